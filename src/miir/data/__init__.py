@@ -1,0 +1,1 @@
+"""Data: field schema, readers for each input format, preparation into artifacts."""

@@ -1,0 +1,1 @@
+"""Evaluation: ranking of the target item and the metrics computed from its rank."""
