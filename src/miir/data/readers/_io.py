@@ -37,9 +37,10 @@ def iter_lines(
             text = text.rstrip("\r\n")
             if lineno == 1 and text.startswith("\ufeff"):
                 text = text[1:]
-            if skip_blank and not text.strip():
+            blank = not text.strip()
+            if skip_blank and blank:
                 continue
-            seen = True
+            seen = seen or not blank
             yield lineno, text
     if not seen:
         raise DataError("empty file", file=path)
