@@ -134,6 +134,151 @@ def prepare(
     typer.echo(f"\nartifact written to {out}")
 
 
+def _load_config_file(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    from miir.data.schema import load_schema_file
+
+    data = load_schema_file(path)  # TOML or JSON reader with errors naming the file
+    unknown = set(data) - {"model", "train"}
+    if unknown:
+        raise typer.BadParameter(
+            f"{path}: unknown section(s) {sorted(unknown)}; use [model] and [train]"
+        )
+    return data
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="Artifact folder written by `miir prepare`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
+    model: Annotated[str, typer.Option(help="Model name.")] = "miir",
+    variant: Annotated[
+        str,
+        typer.Option(help="miir, miir-r, miir-f, miir-m, miir-r-m, sparse-miir, sparse-miir-r."),
+    ] = "miir",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Config file (TOML/JSON) with [model] and [train] tables; CLI options win."
+        ),
+    ] = None,
+    fields: Annotated[
+        str | None, typer.Option(help="Comma-separated side fields to use (default: all).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    item_mask_prob: Annotated[
+        float | None, typer.Option(help="Extra whole-item masking probability in MII.")
+    ] = None,
+    window_stride: Annotated[
+        int | None, typer.Option(help="Training window stride (default: max_len).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="32-true or bf16.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices per node (int or auto).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (multi-node DDP).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto, ddp, ddp_spawn, ...")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    limit_train_batches: Annotated[
+        int | None, typer.Option(help="Batches per epoch (smoke runs).")
+    ] = None,
+    limit_val_batches: Annotated[
+        int | None, typer.Option(help="Validation batches (smoke runs).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Resume from the run folder's last Lightning checkpoint.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar.")
+    ] = True,
+) -> None:
+    """Train a model on an artifact; the best checkpoint is evaluated on validation and test."""
+    from pydantic import ValidationError
+
+    from miir.models import get_model, variant_config
+    from miir.training.train import TrainConfig
+    from miir.training.train import train as run_train
+
+    try:
+        get_model(model)
+        file_cfg = _load_config_file(config)
+        model_over = dict(file_cfg.get("model", {}))
+        if fields is not None:
+            model_over["fields"] = tuple(f for f in fields.split(",") if f)
+        if item_mask_prob is not None:
+            model_over["item_mask_prob"] = item_mask_prob
+        model_cfg = variant_config(variant, **model_over)
+        train_over = dict(file_cfg.get("train", {}))
+        cli = {
+            "max_epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "patience": patience,
+            "window_stride": window_stride,
+            "precision": precision,
+            "seed": seed,
+            "accelerator": accelerator,
+            "num_nodes": num_nodes,
+            "strategy": strategy,
+            "threads": threads,
+            "limit_train_batches": limit_train_batches,
+            "limit_val_batches": limit_val_batches,
+            "devices": (int(devices) if devices and devices.isdigit() else devices),
+        }
+        train_over.update({k: v for k, v in cli.items() if v is not None})
+        train_over["progress"] = progress
+        train_cfg = TrainConfig(**train_over)
+    except (ValidationError, MiirError) as exc:
+        _fail(exc)
+    try:
+        results = run_train(data, out, model_cfg, train_cfg, resume=resume)
+    except MiirError as exc:
+        _fail(exc)
+    if "test" in results:
+        from miir.evaluation.report import metrics_table
+
+        typer.echo(metrics_table(results))
+    typer.echo(f"run written to {out}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `miir train`.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Artifact (default: the one the run was trained on)."),
+    ] = None,
+    stage: Annotated[
+        list[str] | None, typer.Option(help="valid and/or test (repeatable; default both).")
+    ] = None,
+) -> None:
+    """Evaluate a run's best checkpoint under both protocols (sampled 99 negatives, full ranking)."""
+    import json
+
+    from miir.data.artifact import Artifact
+    from miir.evaluation.report import metrics_table
+    from miir.training.train import evaluate_run
+
+    try:
+        artifact = Artifact(data) if data else None
+        stages = tuple(stage or ("valid", "test"))
+        bad = [s for s in stages if s not in ("valid", "test")]
+        if bad:
+            raise typer.BadParameter(f"unknown stage(s) {bad}; use valid or test")
+        results = evaluate_run(run, artifact=artifact, stages=stages)
+    except MiirError as exc:
+        _fail(exc)
+    path = run / "evaluation.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
+    typer.echo(metrics_table(results))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="miir")
 

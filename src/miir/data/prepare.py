@@ -172,10 +172,9 @@ def _multi(spec: FieldSpec, column: list[Any], n_rows: int) -> FieldArrays:
     encoded = [[index[v] for v in (vs or ()) if v in index] for vs in column]
     width = max((len(e) for e in encoded), default=1) or 1
     values = np.zeros((n_rows, width), dtype=np.int32)  # 0-padded lists of value ids
-    dropped = 0
+    dropped = 0  # rare values dropped (an item that loses all its values becomes missing)
     for row, (vs, e) in enumerate(zip(column, encoded, strict=True), start=FIRST_VALUE_ID):
-        if vs and not e:
-            dropped += 1
+        dropped += len(vs or ()) - len(e)
         values[row, : len(e)] = e
     present = values[:, 0] >= FIRST_VALUE_ID
     return FieldArrays(spec, present, values, ["<pad>", "<missing>", *kept], dropped_rare=dropped)
@@ -473,17 +472,27 @@ def prepare(
             "files": files,
         }
         _write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is replaced, and kept
+    if the final rename fails."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old)
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

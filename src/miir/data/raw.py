@@ -45,6 +45,10 @@ class RawDataset:
                 )
         if "item_id" not in self.items.columns:
             raise DataError(f"item table lacks column 'item_id' (has {self.items.columns})")
+        ids = self.items.get_column("item_id")
+        if ids.is_duplicated().any():
+            first = ids.filter(ids.is_duplicated())[0]
+            raise DataError(f"duplicate item {first!r} in the item table", field="item_id")
         for spec in self.schema.fields:
             if spec.name not in self.items.columns:
                 raise DataError(

@@ -1,0 +1,58 @@
+"""Evaluate a next-item model under both protocols, always together:
+
+- **sampled** (the paper's): the target ranked among its 99 negatives saved with the split;
+- **full**: the target ranked among all items (padding and mask ids excluded). Sampled metrics
+  can reverse model rankings (Krichene and Rendle, KDD 2020), so both are always reported.
+
+Ties count against the target (see :mod:`miir.evaluation.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from miir.evaluation.metrics import RankAccumulator, metrics_from_ranks, sampled_ranks, target_ranks
+
+
+class TwoProtocolRanks:
+    """Accumulates the ranks of each target under both protocols from full-catalogue scores."""
+
+    def __init__(self) -> None:
+        self.full = RankAccumulator()
+        self.sampled = RankAccumulator()
+
+    def update(
+        self, scores: Tensor, target: Tensor, negatives: Tensor, exclude: Tensor | None = None
+    ) -> None:
+        """scores (B, N + 2) over item ids; target (B,); negatives (B, K)."""
+        self.full.update(target_ranks(scores, target, exclude))
+        cand = scores.gather(1, torch.cat([target[:, None], negatives], dim=1))  # (B, 1 + K)
+        self.sampled.update(sampled_ranks(cand[:, 0], cand[:, 1:]))
+
+    def compute(self, ks: tuple[int, ...] = (5, 10)) -> dict[str, dict[str, float]]:
+        return {"sampled": self.sampled.compute(ks), "full": self.full.compute(ks)}
+
+
+@torch.no_grad()
+def evaluate_scores(
+    score_fn: Callable[[Tensor], Tensor],
+    history: Tensor,
+    target: Tensor,
+    negatives: Tensor,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    ks: tuple[int, ...] = (5, 10),
+) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
+    """Run ``score_fn`` (history (B, n) -> scores (B, N + 2)) over all rows; return the metrics of
+    both protocols and the per-user ranks (for significance tests)."""
+    acc = TwoProtocolRanks()
+    for start in range(0, len(target), batch_size):
+        sl = slice(start, start + batch_size)
+        scores = score_fn(history[sl].to(device))
+        acc.update(scores, target[sl].to(device), negatives[sl].to(device))
+    ranks = {"sampled": acc.sampled.ranks().cpu(), "full": acc.full.ranks().cpu()}
+    return {k: metrics_from_ranks(v, ks) for k, v in ranks.items()}, ranks

@@ -1,0 +1,1 @@
+"""Training: tensors from artifacts, the Lightning module, checkpoints, and the train entry."""

@@ -1,0 +1,194 @@
+"""Contract tests of MIIR (all variants): shapes, finite losses, overfitting, padding
+invariance, no leakage, save/load round trip, and learning planted structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from miir.data.schema import FieldKind
+from miir.models import VARIANTS, variant_config
+from miir.models.miir import MIIR, FieldInfo, mii_mask, rec_mask
+from miir.training.checkpoint import load_checkpoint, save_checkpoint
+
+N_ITEMS = 30
+FIELDS = [
+    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
+    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
+    FieldInfo("title", FieldKind.TEXT, dim=12),
+    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
+]
+
+
+def make_model(variant: str = "miir", dropout: float = 0.0, seed: int = 0, **kw) -> MIIR:
+    torch.manual_seed(seed)
+    cfg = variant_config(
+        variant, embedding_size=16, n_heads=2, n_layers=2, dropout=dropout, max_len=6, **kw
+    )
+    model = MIIR(cfg, FIELDS, N_ITEMS)
+    g = torch.Generator().manual_seed(1)
+    rows = N_ITEMS + 2
+    present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in FIELDS}
+    for p in present.values():
+        p[:2] = False
+    cats = torch.randint(2, 9, (rows, 3), generator=g)
+    cats[:, 2] = 0  # lists of two values, zero-padded
+    values = {
+        "brand": torch.randint(2, 7, (rows,), generator=g),
+        "cats": cats,
+        "title": torch.randn(rows, 12, generator=g),
+        "price": torch.randint(2, 6, (rows,), generator=g),
+    }
+    for name, v in values.items():
+        v[~present[name]] = 1 if v.dim() == 1 else 0
+    model.set_item_tables(present, values)
+    return model
+
+
+def batch(B: int = 4, n: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
+    items[0, :2] = 0  # left padding in the first row
+    return items
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_shapes_and_finite_losses(variant: str) -> None:
+    model = make_model(variant, dropout=0.1)
+    items = batch()
+    present = model.present(items)
+    assert present.shape == (4, 6, 5)
+    assert not present[0, :2].any()  # padding has no fields
+    masked = mii_mask(present, 0.5, generator=torch.Generator().manual_seed(0))
+    out = model(items, masked.hidden)
+    assert out.shape == (4, 6, 5, 16)
+    loss, parts = model.loss(items, masked)
+    assert torch.isfinite(loss) and loss > 0
+    assert set(parts) == {"item_id", "brand", "cats", "title", "price"}
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    scores = model.score(items[:, 1:])
+    assert scores.shape == (4, N_ITEMS + 2)
+    assert torch.isinf(scores[:, :2]).all() and torch.isfinite(scores[:, 2:]).all()
+    cand = torch.randint(2, N_ITEMS + 2, (4, 7))
+    assert torch.allclose(model.score(items[:, 1:], cand), scores.gather(1, cand), atol=1e-5)
+
+
+def test_masks_supervise_only_present_fields() -> None:
+    model = make_model()
+    present = model.present(batch(B=64))
+    m = mii_mask(present, 0.5, generator=torch.Generator().manual_seed(0))
+    assert not (m.targets & ~present).any()
+    assert torch.equal(m.targets, m.hidden & present)
+    frac = m.hidden[present].float().mean().item()
+    assert 0.4 < frac < 0.6
+    r = rec_mask(present, 0.5, generator=torch.Generator().manual_seed(0))
+    assert not r.targets[..., 1:].any()  # Eq. 14 supervises item IDs only
+    whole = r.hidden.all(-1) | ~r.hidden.any(-1)
+    assert whole.all()  # an item is hidden with all its fields or not at all
+    w = mii_mask(present, 0.5, item_mask_prob=0.99, generator=torch.Generator().manual_seed(0))
+    assert w.hidden[present[..., 0]].all(-1).float().mean() > 0.95
+    again = mii_mask(present, 0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.hidden, m.hidden)  # pure and seeded
+
+
+@pytest.mark.parametrize("variant", ["miir", "miir-r", "sparse-miir", "miir-m"])
+def test_overfits_one_batch(variant: str) -> None:
+    model = make_model(variant)
+    items = batch(B=8)
+    masked = (
+        rec_mask
+        if variant == "miir-r"
+        else lambda p, q, generator: mii_mask(p, q, generator=generator)
+    )(model.present(items), 0.5, generator=torch.Generator().manual_seed(3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss, _ = model.loss(items, masked)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+@pytest.mark.parametrize("variant", ["miir", "sparse-miir", "miir-m"])
+def test_padding_invariance(variant: str) -> None:
+    """Left padding is invisible: fewer or more padding columns, or other rows, change nothing."""
+    model = make_model(variant).eval()
+    items = batch()
+    hist = items[:, 1:].clone()  # (4, 5)
+    hist[0, :3] = 0
+    full = model.score(hist)
+    short = model.score(hist[:1, 3:])  # the same history without its padding
+    assert torch.allclose(full[:1, 2:], short[:, 2:], atol=1e-5)
+    alone = model.score(hist[1:2])
+    assert torch.allclose(full[1:2, 2:], alone[:, 2:], atol=1e-5)
+
+
+def test_target_fields_do_not_leak() -> None:
+    """The query item never looks anything up: changing the target item's true fields (and its
+    presence) does not change any score, including its own."""
+    model = make_model().eval()
+    hist = torch.tensor([[0, 0, 3, 4, 5]])
+    target = 20
+    before = model.score(hist)
+    model.brand__values[target] = 6 if model.brand__values[target] != 6 else 5
+    model.brand__present[target] = ~model.brand__present[target]
+    model.title__values[target] += 10.0
+    model.cats__values[target] = torch.tensor([8, 7, 0])
+    after = model.score(hist)
+    assert torch.equal(before, after)
+    # whereas a history item's fields do matter (the test can fail)
+    model.title__values[4] += 10.0
+    model.title__present[4] = True
+    assert not torch.allclose(model.score(hist), after)
+
+
+def test_sparse_attention_mask_follows_eq16() -> None:
+    model = make_model("sparse-miir")
+    items = batch()
+    mask = model.attention_mask(items, model.present(items))  # (B, 1, T, T)
+    F = model.n_fields
+    i, j = 2 * F + 1, 3 * F + 2  # item 2 field 1 vs item 3 field 2: neither same item nor field
+    assert not mask[1, 0, i, j]
+    assert mask[1, 0, i, 3 * F + 1]  # same field, other item
+    assert mask[1, 0, i, 2 * F + 3]  # same item, other field
+    dense = make_model("miir").attention_mask(items, model.present(items))
+    assert dense.shape[-1] == items.shape[1] * F and dense[1].all()
+
+
+def test_mask_missing_hides_missing_fields_eq15() -> None:
+    model = make_model("miir-m")
+    items = batch()
+    present = model.present(items)
+    mask = model.attention_mask(items, present)
+    B, n, F = present.shape
+    keys = present.reshape(B, n * F).clone()
+    keys.view(B, n, F)[..., 0] = items != 0  # ID fields of real items stay visible
+    eye = torch.eye(n * F, dtype=torch.bool)
+    assert torch.equal(mask[:, 0] & ~eye, keys[:, None, :].expand(B, n * F, n * F) & ~eye)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    model = make_model("sparse-miir-r", dropout=0.2).eval()
+    hist = batch()[:, 1:]
+    path = save_checkpoint(model, tmp_path / "ckpt", extra={"note": "x"})
+    assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
+    loaded, meta = load_checkpoint(path)
+    assert meta["note"] == "x" and loaded.config == model.config
+    assert torch.equal(model.score(hist), loaded.score(hist))
+    imp_a, imp_b = model.impute(batch()), loaded.impute(batch())
+    for name in imp_a:
+        assert torch.equal(imp_a[name], imp_b[name])
+
+
+def test_impute_shapes() -> None:
+    model = make_model().eval()
+    items = batch()
+    preds = model.impute(items)
+    assert preds["brand"].shape == (4, 6) and (preds["brand"] >= 2).all()
+    assert preds["cats"].shape == (4, 6, 9) and (preds["cats"][..., :2] == 0).all()
+    assert preds["title"].shape == (4, 6, 12)
+    assert ((preds["cats"] >= 0) & (preds["cats"] <= 1)).all()
