@@ -93,6 +93,9 @@ def prepare(
         ),
     ] = None,
     text_batch_size: Annotated[int, typer.Option(help="Texts per encoding batch.")] = 256,
+    dedupe_meta: Annotated[
+        bool, typer.Option(help="Amazon 2018: keep the first of repeated metadata records.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
@@ -126,7 +129,13 @@ def prepare(
             if schema_file
             else None
         )
-        raw = read_source(source, fmt, schema=schema, overrides=_parse_overrides(field or []))
+        raw = read_source(
+            source,
+            fmt,
+            schema=schema,
+            overrides=_parse_overrides(field or []),
+            dedupe_meta=dedupe_meta,
+        )
         manifest = run_prepare(raw, out, config, overwrite=overwrite, progress=not quiet)
     except MiirError as exc:
         _fail(exc)

@@ -322,6 +322,8 @@ def prepare(
     """
     config = config or PrepareConfig()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
     if out.exists() and not overwrite:
         raise DataError(f"artifact folder {out} exists (pass --overwrite to replace it)")
     schema = raw.schema

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
+from miir.models.layers import Block, Dropout
 
 ID_FIELD = "item_id"
 
@@ -148,38 +149,6 @@ class FieldInfo:
         return cls(d["name"], FieldKind(d["kind"]), d["cardinality"], d["dim"], d["width"])
 
 
-class Block(nn.Module):
-    """One post-LN transformer layer (Eq. 5), the same computation as
-    ``nn.TransformerEncoderLayer(activation="gelu", norm_first=False)`` but with one fused QKV
-    projection and ``F.scaled_dot_product_attention`` (fused kernels where available)."""
-
-    def __init__(self, e: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        if e % heads:
-            raise ValueError(f"embedding_size {e} is not divisible by n_heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(e, 3 * e)
-        self.proj = nn.Linear(e, e)
-        self.ff1 = nn.Linear(e, 4 * e)
-        self.ff2 = nn.Linear(4 * e, e)
-        self.ln1 = nn.LayerNorm(e)
-        self.ln2 = nn.LayerNorm(e)
-        self.drop = nn.Dropout(dropout)
-        self.p = dropout
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        B, T, E = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
-        )  # 3 x (B, h, T, d)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0
-        )  # (B, h, T, d)
-        a = a.transpose(1, 2).reshape(B, T, E)  # (B, T, e)
-        x = self.ln1(x + self.drop(self.proj(a)))
-        return self.ln2(x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(x))))))
-
-
 @dataclass
 class Masked:
     """The output of a masking function: what the model may not see, and what it must predict."""
@@ -228,7 +197,7 @@ class MIIR(nn.Module):
         self.blocks = nn.ModuleList(
             [Block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
         )
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
             self.register_buffer(
                 "sparse_allowed", self._sparse_mask(config.max_len, self.n_fields), persistent=False
@@ -318,7 +287,11 @@ class MIIR(nn.Module):
         x = self.drop(self.embed(items, present & ~hidden))  # (B, n, F, e)
         B, n, Fn, e = x.shape
         h = x.reshape(B, n * Fn, e)  # (B, T, e): Eq. 4, fields of each item stacked in order
-        mask = self.attention_mask(items, present)
+        allowed = self.attention_mask(items, present)
+        # additive form, built once for all layers: 0 where allowed, -inf elsewhere
+        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(
+            ~allowed, float("-inf")
+        )
         for block in self.blocks:
             h = block(h, mask)
         return h.view(B, n, Fn, e)

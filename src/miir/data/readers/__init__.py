@@ -15,13 +15,13 @@ from miir.data.schema import Schema
 from miir.errors import ConfigError, DataError
 
 
-def _sequences(path: Path, schema: Schema | None) -> RawDataset:
+def _sequences(path: Path, schema: Schema | None, **_: object) -> RawDataset:
     from miir.data.readers.sequences import read_sequence_dir
 
     return read_sequence_dir(path, schema=schema)
 
 
-def _movielens(path: Path, schema: Schema | None) -> RawDataset:
+def _movielens(path: Path, schema: Schema | None, **_: object) -> RawDataset:
     from miir.data.readers.movielens import read_movielens100k
 
     return read_movielens100k(path, schema=schema)
@@ -37,7 +37,7 @@ def _one(path: Path, patterns: tuple[str, ...], what: str) -> Path:
     return found[0]
 
 
-def _amazon2014(path: Path, schema: Schema | None) -> RawDataset:
+def _amazon2014(path: Path, schema: Schema | None, **_: object) -> RawDataset:
     from miir.data.readers.amazon2014 import read_amazon2014
 
     if path.is_file():
@@ -45,13 +45,15 @@ def _amazon2014(path: Path, schema: Schema | None) -> RawDataset:
             "give the folder holding the ratings/reviews file and the meta file", file=path
         )
     inter = _one(
-        path, ("ratings_*.csv", "reviews_*_5.json.gz", "reviews_*.json.gz"), "interactions file"
+        path, ("ratings_*.csv", "reviews_*.json.gz", "reviews_*.json"), "interactions file"
     )
     meta = _one(path, ("meta_*.json.gz", "meta_*.json"), "metadata file")
     return read_amazon2014(inter, meta, schema=schema)
 
 
-def _amazon2018(path: Path, schema: Schema | None) -> RawDataset:
+def _amazon2018(
+    path: Path, schema: Schema | None, *, dedupe_meta: bool = False, **_: object
+) -> RawDataset:
     from miir.data.readers.amazon2018 import read_amazon2018
 
     if path.is_file():
@@ -61,36 +63,48 @@ def _amazon2018(path: Path, schema: Schema | None) -> RawDataset:
     meta = _one(path, ("meta_*.json.gz", "meta_*.json"), "metadata file")
     candidates = [
         p
-        for p in sorted(path.glob("*.json.gz")) + sorted(path.glob("*.csv"))
+        for pattern in ("*.json.gz", "*.json", "*.csv")
+        for p in sorted(path.glob(pattern))
         if not p.name.startswith("meta_")
     ]
+    if len(candidates) > 1:
+        # the 5-core reviews file is the usual choice when a folder also holds the full ratings
+        five_core = [p for p in candidates if p.name.split(".")[0].endswith("_5")]
+        candidates = five_core if len(five_core) == 1 else candidates
     if len(candidates) != 1:
         raise DataError(
             f"expected one reviews or ratings file beside {meta.name}, found {[p.name for p in candidates]}",
             file=path,
         )
-    return read_amazon2018(candidates[0], meta, schema=schema)
+    return read_amazon2018(candidates[0], meta, schema=schema, dedupe_meta=dedupe_meta)
 
 
-def _generic(path: Path, schema: Schema | None) -> RawDataset:
+def _generic(
+    path: Path, schema: Schema | None, *, fields: dict[str, str] | None = None, **_: object
+) -> RawDataset:
     from miir.data.readers.generic import read_generic
 
-    spec = path if path.is_file() else _one(path, ("schema.toml", "schema.json"), "schema file")
-    raw = read_generic(spec)
     if schema is not None:
         raise ConfigError(
             "the generic format declares its fields in its schema file; edit that file instead"
         )
-    return raw
+    spec = path if path.is_file() else _one(path, ("schema.toml", "schema.json"), "schema file")
+    return read_generic(spec, fields=fields or None)
 
 
-def _recbole(path: Path, schema: Schema | None) -> RawDataset:
+def _recbole(
+    path: Path, schema: Schema | None, *, fields: dict[str, str] | None = None, **_: object
+) -> RawDataset:
     from miir.data.readers.recbole import read_recbole
 
-    return read_recbole(path, schema=schema)
+    return read_recbole(path, schema=schema, fields=fields or None)
 
 
-READERS: dict[str, Callable[[Path, Schema | None], RawDataset]] = {
+# Readers that apply kind overrides while parsing (a column's kind decides how its cells are
+# split); for the others, overrides are applied to the typed item table afterwards.
+_PARSE_TIME_OVERRIDES = {"generic", "recbole"}
+
+READERS: dict[str, Callable[..., RawDataset]] = {
     "sequences": _sequences,
     "amazon2014": _amazon2014,
     "amazon2018": _amazon2018,
@@ -136,13 +150,18 @@ def read_source(
     *,
     schema: Schema | None = None,
     overrides: dict[str, str] | None = None,
+    dedupe_meta: bool = False,
 ) -> RawDataset:
-    """Read ``path`` with the reader of ``fmt`` ('auto' detects it), then apply kind overrides."""
+    """Read ``path`` with the reader of ``fmt`` ('auto' detects it), with kind overrides
+    (``{"name": "kind" | "drop"}``) and ``dedupe_meta`` (Amazon 2018: keep the first of
+    repeated metadata records)."""
     path = Path(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in READERS:
         raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(READERS)} (or auto)")
-    raw = READERS[fmt](path, schema)
+    if fmt in _PARSE_TIME_OVERRIDES:
+        return READERS[fmt](path, schema, fields=overrides, dedupe_meta=dedupe_meta)
+    raw = READERS[fmt](path, schema, dedupe_meta=dedupe_meta)
     if overrides:
         from miir.data.raw import normalize_items
 

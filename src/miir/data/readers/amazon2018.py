@@ -145,7 +145,7 @@ def parse_meta(
                 continue
             raise DataError(
                 f"duplicate item {asin!r} (first on line {first_line[asin]}); the 2018 metadata "
-                "repeats some products: pass dedupe_meta=True to keep the first occurrence",
+                "repeats some products: pass dedupe_meta=True (CLI: --dedupe-meta) to keep the first occurrence",
                 file=file,
                 line=lineno,
                 field="asin",

@@ -81,6 +81,7 @@ def parse_movies(
     """``u.item`` lines to an item table with title, genres and release_year."""
     n_fixed = 5
     ids, titles, genre_sets, years = [], [], [], []
+    first_line: dict[str, int] = {}
     for lineno, text in lines:
         parts = text.split("|")
         if len(parts) != n_fixed + len(genres):
@@ -93,6 +94,14 @@ def parse_movies(
         if any(f not in ("0", "1") for f in flags):
             raise DataError("malformed line: genre flags must be 0 or 1", file=file, line=lineno)
         title = parts[1].strip()
+        if parts[0] in first_line:
+            raise DataError(
+                f"duplicate item {parts[0]!r} (first on line {first_line[parts[0]]})",
+                file=file,
+                line=lineno,
+                field="item_id",
+            )
+        first_line[parts[0]] = lineno
         ids.append(parts[0])
         titles.append(None if title in ("", "unknown") else title)
         chosen = [g for g, f in zip(genres, flags, strict=True) if f == "1" and g != "unknown"]
