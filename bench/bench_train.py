@@ -1,0 +1,440 @@
+"""Benchmark MIIR training and evaluation speed on a prepared artifact (amazon-beauty).
+
+    python bench/bench_train.py --data artifacts/beauty [--steps 20 --rounds 3]
+
+Measures, at the paper's hyper-parameters (e = 64, 4 heads, 3 layers, dropout 0.5, p = 0.5,
+batch 128, max length 20) with the fields ID, categories, brand and title:
+
+- seconds per training step of three formulations, timed in interleaved rounds in one process
+  (the machine is shared and noisy, so the comparison is a ratio measured side by side):
+  ``naive`` (a straightforward formulation kept here for this purpose: a plain
+  ``nn.TransformerEncoder``, ``F.dropout`` and item logits at every position), ``ours-fp32``
+  (:class:`miir.models.miir.MIIR`: logits only where a field is masked, fused QKV, the fast
+  dropout) and ``ours-bf16`` (the same under bfloat16 autocast); plus ``ours-torch-dropout``
+  (ours with ``F.dropout``) to isolate the effect of the fast dropout;
+- that the naive and our formulation compute the same loss (dropout off, same batch and mask);
+- FLOPs of one training step (``torch.utils.flop_counter``) and the achieved fraction of this
+  machine's measured float32 / bfloat16 matrix-multiply rate;
+- one real epoch through the Lightning trainer (fp32 and bf16), sequences per second;
+- evaluation time of the validation split under both protocols;
+- peak resident memory of the process.
+
+Writes ``bench/results/train.json`` and ``bench/results/train.md`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+import miir.models.layers as layers
+from miir.data.artifact import Artifact
+from miir.data.schema import FIRST_VALUE_ID, FieldKind
+from miir.evaluation.evaluate import evaluate_scores
+from miir.models import variant_config
+from miir.models.miir import MIIR, Masked, mii_mask
+from miir.training.data import TensorRows, collate_rows, eval_rows, training_windows
+from miir.training.module import MIIRModule
+from miir.training.train import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ("categories", "brand", "title")
+
+
+class NaiveMIIR(nn.Module):
+    """The straightforward formulation: same embeddings and heads (shared with ``model``),
+    ``nn.TransformerEncoder`` with weights copied from ``model``, every head at every position."""
+
+    def __init__(self, model: MIIR) -> None:
+        super().__init__()
+        self.m = model
+        cfg = model.config
+        e = cfg.embedding_size
+        layer = nn.TransformerEncoderLayer(
+            e,
+            cfg.n_heads,
+            4 * e,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=False,
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        with torch.no_grad():
+            for ours, theirs in zip(model.blocks, self.encoder.layers, strict=True):
+                theirs.self_attn.in_proj_weight.copy_(ours.qkv.weight)
+                theirs.self_attn.in_proj_bias.copy_(ours.qkv.bias)
+                theirs.self_attn.out_proj.weight.copy_(ours.proj.weight)
+                theirs.self_attn.out_proj.bias.copy_(ours.proj.bias)
+                for a, b in (
+                    ("linear1", "ff1"),
+                    ("linear2", "ff2"),
+                    ("norm1", "ln1"),
+                    ("norm2", "ln2"),
+                ):
+                    getattr(theirs, a).load_state_dict(getattr(ours, b).state_dict())
+
+    def loss(self, items: torch.Tensor, masked: Masked) -> torch.Tensor:
+        m = self.m
+        present = m.present(items)  # (B, n, F)
+        x = F.dropout(m.embed(items, present & ~masked.hidden), m.config.dropout, self.training)
+        B, n, Fn, e = x.shape
+        pad = (items == 0)[..., None].expand(B, n, Fn).reshape(B, n * Fn)  # (B, T)
+        out = self.encoder(x.reshape(B, n * Fn, e), src_key_padding_mask=pad).view(B, n, Fn, e)
+        tgt = masked.targets.float()  # (B, n, F)
+        logits = out[..., 0, :] @ m.item_emb.weight[FIRST_VALUE_ID:].T  # (B, n, N): every position
+        ids = (items - FIRST_VALUE_ID).clamp(min=0)
+        total = (F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * tgt[..., 0]).sum(
+            -1
+        )
+        for j, f in enumerate(m.fields, start=1):
+            h = out[..., j, :]  # (B, n, e)
+            if f.kind == FieldKind.TEXT:
+                truth = getattr(m, f"{f.name}__values")[items]
+                per = ((m.text_out[f.name](h) - truth) ** 2).sum(-1)
+            elif f.kind == FieldKind.MULTI_CATEGORICAL:
+                lg = h @ m.tables[f.name].weight[FIRST_VALUE_ID:].T  # (B, n, V)
+                vals = getattr(m, f"{f.name}__values")[items]  # (B, n, K)
+                hot = torch.zeros_like(lg).scatter_(
+                    -1, (vals - FIRST_VALUE_ID).clamp(min=0), (vals >= FIRST_VALUE_ID).float()
+                )
+                per = F.binary_cross_entropy_with_logits(lg, hot, reduction="none").mean(-1)
+            else:
+                lg = h @ m.tables[f.name].weight[FIRST_VALUE_ID:].T  # (B, n, V)
+                truth = (getattr(m, f"{f.name}__values")[items] - FIRST_VALUE_ID).clamp(min=0)
+                per = F.cross_entropy(lg.transpose(1, 2), truth, reduction="none")
+            total = total + (per * tgt[..., j]).sum(-1)
+        n_items = (items >= FIRST_VALUE_ID).sum(-1).clamp(min=1).float()
+        return (total / n_items).mean()
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_mib": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def git_state() -> dict:
+    def run(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
+    return {
+        "commit": run("rev-parse", "HEAD"),
+        "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def make_step(kind: str, model: MIIR, naive: NaiveMIIR, windows: torch.Tensor, batch: int):
+    params = list(naive.parameters()) if kind == "naive" else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    state = {"i": 0}
+    nb = len(windows) // batch
+
+    def step() -> float:
+        i = state["i"] % nb
+        state["i"] += 1
+        items = windows[i * batch : (i + 1) * batch]
+        masked = mii_mask(model.present(items), 0.5, generator=gen)
+        if kind == "naive":
+            loss = naive.loss(items, masked)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "ours-bf16"):
+                loss, _ = model.loss(items, masked)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in params:
+            if p.grad is not None:
+                p.grad.clamp_(-5, 5)
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def timed(step, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+class EpochTimer(L.Callback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self.t)
+
+
+def lightning_epoch(artifact: Artifact, bf16: bool, batch: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    windows = training_windows(artifact, model.config.max_len)
+    loader = DataLoader(
+        TensorRows(windows),
+        batch_size=batch,
+        shuffle=True,
+        collate_fn=collate_rows,
+        generator=torch.Generator().manual_seed(0),
+    )
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        gradient_clip_val=5.0,
+        gradient_clip_algorithm="value",
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(MIIRModule(model, lr=1e-4, seed=0, objective="mii", bf16=bf16), loader)
+    return {
+        "seconds": timer.seconds[0],
+        "sequences": len(windows),
+        "sequences_per_second": len(windows) / timer.seconds[0],
+        "steps": len(loader),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        default=str(ROOT / "artifacts" / "beauty"),
+        help="Artifact with categories, brand and title.",
+    )
+    ap.add_argument("--steps", type=int, default=20, help="Timed steps per variant and round.")
+    ap.add_argument("--rounds", type=int, default=3, help="Interleaved rounds.")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--skip-epoch", action="store_true", help="Skip the real Lightning epochs.")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+
+    artifact = Artifact(args.data)
+    torch.manual_seed(0)
+    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    naive = NaiveMIIR(model)
+    windows = training_windows(artifact, model.config.max_len)
+    windows = windows[torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))]
+    steps_per_epoch = -(-len(windows) // args.batch)
+
+    # same losses: dropout off, the same batch and mask
+    model.eval()
+    naive.eval()
+    items = windows[: args.batch]
+    masked = mii_mask(model.present(items), 0.5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours_loss = float(model.loss(items, masked)[0])
+        naive_loss = float(naive.loss(items, masked))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_loss = float(model.loss(items, masked)[0])
+    model.train()
+    naive.train()
+
+    # FLOPs of one training step of ours (fp32)
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = model.loss(items, masked)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    step_flops = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fcn:
+        naive.loss(items, masked).backward()
+    naive.zero_grad(set_to_none=True)
+    naive_flops = fcn.get_total_flops()
+    rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
+
+    fast = layers._Dropout.apply
+
+    def torch_dropout(x, p):
+        return F.dropout(x, p, True)
+
+    kinds = ["naive", "ours-fp32", "ours-bf16", "ours-torch-dropout"]
+    steppers = {
+        k: make_step(
+            "ours-fp32" if k == "ours-torch-dropout" else k, model, naive, windows, args.batch
+        )
+        for k in kinds
+    }
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    ratios = []
+    for r in range(args.rounds):
+        medians = {}
+        for k in kinds:
+            layers._Dropout.apply = torch_dropout if k == "ours-torch-dropout" else fast
+            timed(steppers[k], 3)  # warm-up
+            t = timed(steppers[k], args.steps)
+            times[k] += t
+            medians[k] = statistics.median(t)
+        layers._Dropout.apply = fast
+        ratios.append({f"naive/{k}": medians["naive"] / medians[k] for k in kinds if k != "naive"})
+        print(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()), flush=True)
+
+    variants = {}
+    for k in kinds:
+        med = statistics.median(times[k])
+        rate = rates["bfloat16" if k == "ours-bf16" else "float32"]
+        flops = naive_flops if k == "naive" else step_flops
+        variants[k] = {
+            "step_seconds_median": med,
+            "step_seconds_min": min(times[k]),
+            "step_seconds_max": max(times[k]),
+            "epoch_seconds_estimate": med * steps_per_epoch,
+            "sequences_per_second": args.batch / med,
+            "flops_per_step": flops,
+            "achieved_gflops": flops / med / 1e9,
+            "fraction_of_matmul_rate": flops / med / rate,
+        }
+    ratio_summary = {key: statistics.median(r[key] for r in ratios) for key in ratios[0]}
+
+    epochs = {}
+    if not args.skip_epoch:
+        for name, bf16 in (("ours-fp32", False), ("ours-bf16", True)):
+            epochs[name] = lightning_epoch(artifact, bf16, args.batch)
+            print(f"lightning epoch {name}: {epochs[name]['seconds']:.1f}s", flush=True)
+
+    valid = eval_rows(artifact, "valid", model.config.max_len)
+    model.eval()
+    eval_times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        _metrics, _ = evaluate_scores(model.score, valid.history, valid.target, valid.negatives)
+        eval_times.append(time.perf_counter() - t)
+
+    result = {
+        "benchmark": "train",
+        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "machine": machine(),
+        "setup": {
+            "artifact": artifact.name,
+            "fields": ["item_id", *FIELDS],
+            "batch": args.batch,
+            "windows": len(windows),
+            "steps_per_epoch": steps_per_epoch,
+            "config": model.config.model_dump(mode="json"),
+            "steps_timed_per_variant": args.steps * args.rounds,
+        },
+        "same_loss": {
+            "naive": naive_loss,
+            "ours": ours_loss,
+            "abs_diff": abs(naive_loss - ours_loss),
+            "ours_bf16": bf16_loss,
+        },
+        "matmul_rate_gflops": {k: v / 1e9 for k, v in rates.items()},
+        "variants": variants,
+        "speedup_median_of_rounds": ratio_summary,
+        "lightning_epoch": epochs,
+        "evaluation": {
+            "users": len(valid),
+            "seconds_median": statistics.median(eval_times),
+            "protocols": ["sampled", "full"],
+        },
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "targets": {"epoch_seconds": 30, "speedup_vs_naive": 4.5},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".train.json.{os.getpid()}"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out / "train.json")
+    md = [
+        "# Training speed (amazon-beauty, ID + categories + brand + title, paper hyper-parameters)",
+        "",
+        f"`{result['command']}` at {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, "
+        f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {torch.__version__}.",
+        f"{len(windows):,} training windows, {steps_per_epoch} steps of {args.batch} per epoch; "
+        f"medians of {args.steps * args.rounds} steps per variant, in {args.rounds} interleaved rounds.",
+        "",
+        "| variant | s/step | epoch (est.) | seq/s | GFLOP/s | of matmul peak | speed-up vs naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, v in variants.items():
+        sp = "1.00" if k == "naive" else f"{ratio_summary[f'naive/{k}']:.2f}"
+        md.append(
+            f"| {k} | {v['step_seconds_median']:.3f} | {v['epoch_seconds_estimate']:.1f} s | {v['sequences_per_second']:.0f} | "
+            f"{v['achieved_gflops']:.1f} | {v['fraction_of_matmul_rate']:.1%} | {sp}x |"
+        )
+    md += [
+        "",
+        f"Measured matmul rate (2048^3): fp32 {rates['float32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s. "
+        f"FLOPs per step: ours {step_flops / 1e9:.2f} G, naive {naive_flops / 1e9:.2f} G.",
+        f"Same loss (dropout off, same batch and mask): naive {naive_loss:.5f}, ours {ours_loss:.5f} "
+        f"(|diff| {abs(naive_loss - ours_loss):.2e}); ours under bf16 autocast {bf16_loss:.5f}.",
+    ]
+    for k, v in epochs.items():
+        md.append(
+            f"Real Lightning epoch, {k}: {v['seconds']:.1f} s ({v['sequences_per_second']:.0f} sequences/s)."
+        )
+    md.append(
+        f"Evaluation of {len(valid):,} validation users, both protocols: {statistics.median(eval_times):.1f} s. "
+        f"Peak RSS {result['peak_rss_mib']:.0f} MiB. Targets: <= 30 s/epoch, >= 4.5x vs naive."
+    )
+    tmp = out / f".train.md.{os.getpid()}"
+    tmp.write_text("\n".join(md) + "\n")
+    os.replace(tmp, out / "train.md")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
