@@ -20,7 +20,10 @@ prepare-demo: $(STAMP)
 	$(BIN)/miir prepare $(DATA)/amazon-beauty --out artifacts/beauty --overwrite
 	$(BIN)/miir prepare $(DATA)/amazon-beauty --out artifacts/beauty-d --discard 0.5 --overwrite
 
+# A short demo run (3 epochs); the real settings are in bench/paper_results.py.
 demo: prepare-demo
+	$(BIN)/miir train --data artifacts/beauty --out runs/demo --fields categories,brand,title --epochs 3 --lr 1e-3 --precision bf16
+	$(BIN)/miir evaluate --run runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -36,6 +39,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_prepare.py
+	$(BIN)/python bench/bench_train.py --data artifacts/beauty
 
 clean:
 	rm -rf $(VENV) artifacts runs .pytest_cache .ruff_cache
