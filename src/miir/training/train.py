@@ -155,6 +155,17 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _log_version(out: Path, stage: str, resume: bool) -> str:
+    """The CSV log folder of a stage; a resumed run logs to a new folder (Lightning's CSV logger
+    would otherwise rewrite the earlier epochs' file)."""
+    if not resume or not (out / "logs" / stage).exists():
+        return stage
+    k = 1
+    while (out / "logs" / f"{stage}-resumed{k}").exists():
+        k += 1
+    return f"{stage}-resumed{k}"
+
+
 def _fit_stage(
     model: MIIR,
     artifact: Artifact,
@@ -204,7 +215,7 @@ def _fit_stage(
         gradient_clip_val=cfg.grad_clip,
         gradient_clip_algorithm="value",
         callbacks=callbacks,
-        logger=CSVLogger(out, name="logs", version=stage),
+        logger=CSVLogger(out, name="logs", version=_log_version(out, stage, resume)),
         enable_progress_bar=cfg.progress,
         num_sanity_val_steps=0,
         limit_train_batches=cfg.limit_train_batches,
