@@ -41,7 +41,8 @@ def command(data: str, variant: str, out: Path, args: argparse.Namespace) -> lis
     return [
         "miir", "train", "--data", data, "--out", str(out), "--variant", variant, "--fields", FIELDS,
         "--epochs", str(args.epochs), "--patience", str(args.patience), "--lr", str(args.lr),
-        "--precision", args.precision, "--seed", str(args.seed), "--no-progress",
+        "--precision", args.precision, "--seed", str(args.seed), "--dropout", str(args.dropout),
+        "--item-mask-prob", str(args.item_mask_prob), "--no-progress",
     ]  # fmt: skip
 
 
@@ -54,7 +55,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--runs", default=str(ROOT / "runs"))
+    ap.add_argument("--dropout", type=float, default=0.5)
+    ap.add_argument("--item-mask-prob", type=float, default=0.0)
     ap.add_argument("--only", nargs="*", help="dataset:variant pairs to train (default: all)")
     ap.add_argument("--aggregate-only", action="store_true", help="Only collect finished runs.")
     args = ap.parse_args()
@@ -62,7 +64,7 @@ def main() -> None:
     rows = []
     for ds_name, data in DATASETS.items():
         for variant in VARIANTS:
-            out = Path(args.runs) / Path(data).name / variant
+            out = Path("runs") / Path(data).name / variant
             cmd = command(data, variant, out, args)
             key = f"{ds_name}:{variant}"
             done = out / "results.json"
@@ -87,6 +89,8 @@ def main() -> None:
         "git": git_state(),
         "machine": machine(),
         "settings": {
+            "dropout": args.dropout,
+            "item_mask_prob": args.item_mask_prob,
             "epochs": args.epochs,
             "patience": args.patience,
             "lr": args.lr,
@@ -113,7 +117,8 @@ def main() -> None:
         f"Commit {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Fields: ID, categories, brand, title. "
         f"Budget-limited runs: at most {args.epochs} epochs (early stopping on validation full-ranking NDCG@10, "
-        f"patience {args.patience}), lr {args.lr}, {args.precision}; the paper trains 100 epochs at lr 1e-4.",
+        f"patience {args.patience}), lr {args.lr}, dropout {args.dropout}, whole-item masking {args.item_mask_prob}, "
+        f"{args.precision}; the paper trains 100 epochs at lr 1e-4 with dropout 0.5.",
         "",
         "| data | model | protocol | " + " | ".join(names) + " | best epoch | train time |",
         "|---|---|---|" + "---|" * (len(names) + 2),

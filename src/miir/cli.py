@@ -181,6 +181,12 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="Dropout in DFSA and on the input embeddings (paper: 0.5).")
+    ] = None,
+    mask_prob: Annotated[
+        float | None, typer.Option(help="MII mask probability p (paper: 0.5).")
+    ] = None,
     item_mask_prob: Annotated[
         float | None, typer.Option(help="Extra whole-item masking probability in MII.")
     ] = None,
@@ -220,8 +226,13 @@ def train(
         model_over = dict(file_cfg.get("model", {}))
         if fields is not None:
             model_over["fields"] = tuple(f for f in fields.split(",") if f)
-        if item_mask_prob is not None:
-            model_over["item_mask_prob"] = item_mask_prob
+        for key, value in (
+            ("item_mask_prob", item_mask_prob),
+            ("dropout", dropout),
+            ("mask_prob", mask_prob),
+        ):
+            if value is not None:
+                model_over[key] = value
         model_cfg = variant_config(variant, **model_over)
         train_over = dict(file_cfg.get("train", {}))
         cli = {
