@@ -1,0 +1,104 @@
+"""`miir train` and `miir evaluate` through the CLI: configs, precedence, errors, outputs."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from miir.cli import app
+
+runner = CliRunner()
+SMALL = [
+    "--epochs",
+    "1",
+    "--limit-train-batches",
+    "2",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+
+
+def test_train_with_config_file_and_cli_precedence(planted_artifact, tmp_path) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        "[model]\nembedding_size = 16\nn_heads = 2\nn_layers = 1\ndropout = 0.0\nmax_len = 8\n"
+        "[train]\nlr = 0.01\nbatch_size = 999\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        ["train", "--data", str(planted_artifact), "--out", str(out), "--config", str(cfg), *SMALL],
+    )
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["model_config"]["embedding_size"] == 16 and run["model_config"]["n_layers"] == 1
+    assert run["train_config"]["lr"] == 0.01  # from the file
+    assert run["train_config"]["batch_size"] == 16  # the CLI wins over the file
+    assert "test/full" in res.output and "valid/sampled" in res.output
+
+    ev = runner.invoke(app, ["evaluate", "--run", str(out), "--stage", "test"])
+    assert ev.exit_code == 0, ev.output
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert set(saved) >= {"test"} and "valid" not in saved
+    assert saved["test"] == json.loads((out / "results.json").read_text())["test"]
+
+
+def test_config_errors_are_reported(planted_artifact, tmp_path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[model]\nembeding_size = 16\n", encoding="utf-8")
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(planted_artifact),
+            "--out",
+            str(tmp_path / "r"),
+            "--config",
+            str(cfg),
+        ],
+    )
+    assert res.exit_code == 2 and "embeding_size" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(planted_artifact),
+            "--out",
+            str(tmp_path / "r"),
+            "--variant",
+            "miir-x",
+        ],
+    )
+    assert res.exit_code == 2 and "miir-r" in res.output  # lists the valid variants
+    res = runner.invoke(
+        app,
+        ["train", "--data", str(planted_artifact), "--out", str(tmp_path / "r"), "--model", "gru"],
+    )
+    assert res.exit_code == 2 and "valid models: miir" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(planted_artifact),
+            "--out",
+            str(tmp_path / "r"),
+            "--fields",
+            "colour",
+            *SMALL,
+        ],
+    )
+    assert res.exit_code == 2 and "colour" in res.output
+    res = runner.invoke(
+        app, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), *SMALL]
+    )
+    assert res.exit_code == 2 and "manifest.json" in res.output
+    res = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "model.json" in res.output
