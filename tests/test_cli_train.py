@@ -39,6 +39,7 @@ def test_train_with_config_file_and_cli_precedence(planted_artifact, tmp_path) -
     assert run["model_config"]["embedding_size"] == 16 and run["model_config"]["n_layers"] == 1
     assert run["train_config"]["lr"] == 0.01  # from the file
     assert run["train_config"]["batch_size"] == 16  # the CLI wins over the file
+    assert run["command"].startswith("miir ")
     assert "test/full" in res.output and "valid/sampled" in res.output
 
     ev = runner.invoke(app, ["evaluate", "--run", str(out), "--stage", "test"])

@@ -257,7 +257,16 @@ def train(
     except (ValidationError, MiirError) as exc:
         _fail(exc)
     try:
-        results = run_train(data, out, model_cfg, train_cfg, resume=resume)
+        import shlex
+
+        results = run_train(
+            data,
+            out,
+            model_cfg,
+            train_cfg,
+            resume=resume,
+            command=shlex.join(["miir", *sys.argv[1:]]),
+        )
     except MiirError as exc:
         _fail(exc)
     if "test" in results:

@@ -239,6 +239,7 @@ def train(
     train_config: TrainConfig | None = None,
     *,
     resume: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model_config`` on the artifact into the run folder ``out``; evaluate the best
     checkpoint on validation and test under both protocols; return the results."""
@@ -255,6 +256,7 @@ def train(
         "variant": model_config.variant_name(),
         "model_config": model_config.model_dump(mode="json"),
         "train_config": cfg.model_dump(mode="json"),
+        "command": command,
         "artifact": {
             "path": str(Path(artifact_path).resolve()),
             "name": artifact.name,
