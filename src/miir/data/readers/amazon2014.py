@@ -36,7 +36,7 @@ import ast
 import csv
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -394,23 +394,37 @@ def read_amazon2014(
     must be one of the fields this reader produces. Without ``meta_path`` the item table is empty.
     """
     check_category_paths(category_paths)
-    interactions_path = Path(interactions_path)
-    interactions = read_interactions(interactions_path)
-    sources = [interactions_path]
-    schema = schema if schema is not None else DEFAULT_SCHEMA
+    return assemble(
+        read_interactions(interactions_path),
+        interactions_path,
+        meta_path,
+        lambda path: parse_meta(iter_literal_lines(path), file=path, category_paths=category_paths),
+        schema if schema is not None else DEFAULT_SCHEMA,
+        empty_items=pl.DataFrame(schema=_ITEM_SCHEMA),
+        name=name or category_name(interactions_path, prefix="amazon2014"),
+    )
+
+
+def assemble(
+    interactions: pl.DataFrame,
+    interactions_path: str | Path,
+    meta_path: str | Path | None,
+    parse: Callable[[Path], pl.DataFrame],
+    schema: Schema,
+    *,
+    empty_items: pl.DataFrame,
+    name: str,
+) -> RawDataset:
+    """The dataset of an Amazon release: interactions plus the parsed (or, without a meta
+    file, empty) item table, typed by ``schema`` (shared by the 2014 and 2018 readers)."""
+    sources = [Path(interactions_path)]
     if meta_path is not None:
         meta_path = Path(meta_path)
-        items = parse_meta(
-            iter_literal_lines(meta_path), file=meta_path, category_paths=category_paths
-        )
+        items = parse(meta_path)
         sources.append(meta_path)
     else:
-        items = pl.DataFrame(schema=_ITEM_SCHEMA)
+        items = empty_items
     items = normalize_items(items, schema, file=meta_path)
     return RawDataset(
-        interactions=interactions,
-        items=items,
-        schema=schema,
-        sources=tuple(sources),
-        name=name or category_name(interactions_path, prefix="amazon2014"),
+        interactions=interactions, items=items, schema=schema, sources=tuple(sources), name=name
     )

@@ -42,9 +42,15 @@ from typing import Any
 
 import polars as pl
 
-from miir.data.raw import RawDataset, normalize_items
+from miir.data.raw import RawDataset
 from miir.data.readers._io import iter_json_lines, iter_lines
-from miir.data.readers.amazon2014 import category_name, is_ratings_csv, parse_ratings, parse_reviews
+from miir.data.readers.amazon2014 import (
+    assemble,
+    category_name,
+    is_ratings_csv,
+    parse_ratings,
+    parse_reviews,
+)
 from miir.data.schema import FieldKind, FieldSpec, Schema
 from miir.errors import DataError
 
@@ -189,21 +195,12 @@ def read_amazon2018(
     ``schema`` picks and types the fields (default :data:`DEFAULT_SCHEMA`); a field it names
     must be one of the fields this reader produces. Without ``meta_path`` the item table is empty.
     """
-    interactions_path = Path(interactions_path)
-    interactions = read_interactions(interactions_path)
-    sources = [interactions_path]
-    schema = schema if schema is not None else DEFAULT_SCHEMA
-    if meta_path is not None:
-        meta_path = Path(meta_path)
-        items = parse_meta(iter_json_lines(meta_path), file=meta_path, dedupe_meta=dedupe_meta)
-        sources.append(meta_path)
-    else:
-        items = pl.DataFrame(schema=_ITEM_SCHEMA)
-    items = normalize_items(items, schema, file=meta_path)
-    return RawDataset(
-        interactions=interactions,
-        items=items,
-        schema=schema,
-        sources=tuple(sources),
+    return assemble(
+        read_interactions(interactions_path),
+        interactions_path,
+        meta_path,
+        lambda path: parse_meta(iter_json_lines(path), file=path, dedupe_meta=dedupe_meta),
+        schema if schema is not None else DEFAULT_SCHEMA,
+        empty_items=pl.DataFrame(schema=_ITEM_SCHEMA),
         name=name or category_name(interactions_path, prefix="amazon2018"),
     )
