@@ -171,3 +171,27 @@ def test_ddp_two_cpu_processes(planted_artifact, tmp_path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["run"]["train_config"]["devices"] == 2
     assert (out / "best" / "model.safetensors").exists()
+
+
+def test_early_stopping_waits_for_min_epochs(planted_artifact, tmp_path) -> None:
+    """A model that cannot improve (lr ~ 0) stops after patience epochs, but not before min_epochs."""
+    base = dict(
+        batch_size=32,
+        lr=1e-12,
+        patience=1,
+        max_epochs=6,
+        limit_train_batches=1,
+        progress=False,
+        threads=2,
+    )
+
+    def epochs(run: str) -> set[str]:
+        lines = (
+            (tmp_path / run / "logs" / "main" / "metrics.csv").read_text().strip().splitlines()[1:]
+        )
+        return {line.split(",")[0] for line in lines}
+
+    train(planted_artifact, tmp_path / "early", small_model(), TrainConfig(min_epochs=0, **base))
+    train(planted_artifact, tmp_path / "floor", small_model(), TrainConfig(min_epochs=4, **base))
+    assert epochs("early") == {"0", "1"}
+    assert epochs("floor") == {"0", "1", "2", "3"}

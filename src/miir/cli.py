@@ -181,6 +181,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    min_epochs: Annotated[
+        int | None, typer.Option(help="Early stopping cannot stop before this epoch.")
+    ] = None,
     dropout: Annotated[
         float | None, typer.Option(help="Dropout in DFSA and on the input embeddings (paper: 0.5).")
     ] = None,
@@ -240,6 +243,7 @@ def train(
             "batch_size": batch_size,
             "lr": lr,
             "patience": patience,
+            "min_epochs": min_epochs,
             "window_stride": window_stride,
             "precision": precision,
             "seed": seed,

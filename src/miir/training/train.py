@@ -47,6 +47,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=1, description="Training sequences per batch.")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate.")
     max_epochs: int = Field(100, ge=1, description="Upper bound on epochs (per stage for MIIR-F).")
+    min_epochs: int = Field(
+        20,
+        ge=0,
+        description="Early stopping cannot stop before this epoch: MII training sits at the popularity level for "
+        "several epochs before it improves (8 on amazon-beauty at lr 1e-3; patience 4 stopped it there).",
+    )
     patience: int = Field(
         10, ge=1, description="Early stopping: epochs without improvement of the monitored metric."
     )
@@ -208,6 +214,7 @@ def _fit_stage(
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=cfg.max_epochs,
+        min_epochs=min(cfg.min_epochs, cfg.max_epochs),
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
