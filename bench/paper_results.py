@@ -156,9 +156,19 @@ def main() -> None:
         md.append(
             f"| {m} | {p} | " + " | ".join(f"{v[n]:.4f}" if n in v else "-" for n in names) + " |"
         )
+    have = {(r["dataset"], Path(r["run"]).name) for r in rows}
+    missing = [f"{d} {v}" for d in DATASETS for v in VARIANTS if (d, v) not in have]
+    if missing:
+        md += ["", f"Not run yet: {', '.join(missing)}."]
+    budgets = {r["train_config"]["max_epochs"] for r in rows}
+    if len(budgets) > 1:
+        md += [
+            "",
+            f"The runs had different epoch budgets ({sorted(budgets)}): not an equal-budget comparison.",
+        ]
     md += [
         "",
-        "Each run's exact configuration is in its `run.json`; the table's settings column is read from it.",
+        "Each run's exact configuration is in its `run.json`; the settings column is read from it.",
     ]
     tmp = out_dir / f".results_beauty.md.{os.getpid()}"
     tmp.write_text("\n".join(md) + "\n")
