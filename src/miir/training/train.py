@@ -307,8 +307,6 @@ def train(
     results = {"run": run_info, "stages": stages, "train_seconds": seconds}
     if _is_rank_zero():
         results.update(evaluate_run(out, artifact=artifact, eval_batch_size=cfg.eval_batch_size))
-        results["stages"] = stages
-        results["train_seconds"] = seconds
         _atomic_json(out / "results.json", results)
     return results
 

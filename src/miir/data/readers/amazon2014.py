@@ -229,7 +229,8 @@ def is_ratings_csv(path: str | Path) -> bool:
 # --- metadata -----------------------------------------------------------------------------------
 
 
-def _text(value: Any, *, file: str | Path, line: int, field: str) -> str | None:
+def as_text(value: Any, *, file: str | Path, line: int, field: str) -> str | None:
+    """A metadata value as a string (numbers are written out); anything else is a DataError."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -341,11 +342,11 @@ def parse_meta(
                 field="asin",
             )
         first_line[asin] = lineno
-        brand = _text(obj.get("brand"), file=file, line=lineno, field="brand")
+        brand = as_text(obj.get("brand"), file=file, line=lineno, field="brand")
         cols["item_id"].append(asin)
-        cols["title"].append(_text(obj.get("title"), file=file, line=lineno, field="title"))
+        cols["title"].append(as_text(obj.get("title"), file=file, line=lineno, field="title"))
         cols["description"].append(
-            _text(obj.get("description"), file=file, line=lineno, field="description")
+            as_text(obj.get("description"), file=file, line=lineno, field="description")
         )
         cols["brand"].append(brand.strip() if brand is not None else None)
         cols["categories"].append(

@@ -45,6 +45,7 @@ import polars as pl
 from miir.data.raw import RawDataset
 from miir.data.readers._io import iter_json_lines, iter_lines
 from miir.data.readers.amazon2014 import (
+    as_text,
     assemble,
     category_name,
     is_ratings_csv,
@@ -104,18 +105,6 @@ def parse_price(value: Any) -> float | None:
     return float(match.group(1).replace(",", ""))
 
 
-def _string(value: Any, *, file: str | Path, line: int, field: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise DataError(
-        f"expected a string, got {type(value).__name__}", file=file, line=line, field=field
-    )
-
-
 def _string_list(value: Any, *, file: str | Path, line: int, field: str) -> list[str] | None:
     if value is None or value == "":
         return None
@@ -157,8 +146,8 @@ def parse_meta(
                 field="asin",
             )
         first_line[asin] = lineno
-        title = _string(obj.get("title"), file=file, line=lineno, field="title")
-        brand = _string(obj.get("brand"), file=file, line=lineno, field="brand")
+        title = as_text(obj.get("title"), file=file, line=lineno, field="title")
+        brand = as_text(obj.get("brand"), file=file, line=lineno, field="brand")
         desc = _string_list(obj.get("description"), file=file, line=lineno, field="description")
         cats = _string_list(obj.get("category"), file=file, line=lineno, field="category")
         cols["item_id"].append(asin)
