@@ -22,7 +22,9 @@ SMALL = [
 ]
 
 
-def test_train_with_config_file_and_cli_precedence(planted_artifact, tmp_path) -> None:
+def test_train_with_config_file_and_cli_precedence(
+    planted_artifact, planted_discard_artifact, tmp_path
+) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         "[model]\nembedding_size = 16\nn_heads = 2\nn_layers = 1\ndropout = 0.0\nmax_len = 8\n"
@@ -47,6 +49,19 @@ def test_train_with_config_file_and_cli_precedence(planted_artifact, tmp_path) -
     saved = json.loads((out / "evaluation.json").read_text())
     assert set(saved) >= {"test"} and "valid" not in saved
     assert saved["test"] == json.loads((out / "results.json").read_text())["test"]
+
+    # a run on the discard version of the artifact has the same evaluation cases: comparable
+    other = tmp_path / "run-d"
+    args = ["train", "--data", str(planted_discard_artifact), "--out", str(other)]
+    res = runner.invoke(app, [*args, "--config", str(cfg), "--variant", "miir-r", *SMALL])
+    assert res.exit_code == 0, res.output
+    assert (
+        run["artifact"]["cases_sha256"]
+        == json.loads((other / "run.json").read_text())["artifact"]["cases_sha256"]
+    )
+    cmp = runner.invoke(app, ["compare", str(out), str(other), "--stage", "valid"])
+    assert cmp.exit_code == 0, cmp.output
+    assert "full/NDCG@10" in cmp.output and "MIIR-R" in cmp.output
 
 
 def test_config_errors_are_reported(planted_artifact, tmp_path) -> None:

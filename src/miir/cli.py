@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from miir.atomic import atomic_json
 from miir.errors import MiirError
 
 app = typer.Typer(
@@ -292,8 +293,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """Evaluate a run's best checkpoint under both protocols (sampled 99 negatives, full ranking)."""
-    import json
-
     from miir.data.artifact import Artifact
     from miir.evaluation.report import metrics_table
     from miir.training.train import evaluate_run
@@ -307,9 +306,34 @@ def evaluate(
         results = evaluate_run(run, artifact=artifact, stages=stages)
     except MiirError as exc:
         _fail(exc)
-    path = run / "evaluation.json"
-    path.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
+    atomic_json(run / "evaluation.json", results)
     typer.echo(metrics_table(results))
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run folder A.")],
+    run_b: Annotated[Path, typer.Argument(help="Run folder B (same artifact).")],
+    stage: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="HR@k, NDCG@k or MRR (repeatable; default HR@10, NDCG@10, MRR)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the comparison to this JSON file.")
+    ] = None,
+) -> None:
+    """Paired t-tests between two runs on the same users, under both protocols."""
+    from miir.evaluation.compare import DEFAULT_METRICS, compare_runs
+    from miir.evaluation.report import compare_table
+
+    try:
+        result = compare_runs(run_a, run_b, stage=stage, metrics=tuple(metric or DEFAULT_METRICS))
+    except MiirError as exc:
+        _fail(exc)
+    if json_out is not None:
+        atomic_json(json_out, result)
+    typer.echo(compare_table(result))
 
 
 def main() -> None:  # pragma: no cover

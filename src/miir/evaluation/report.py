@@ -22,3 +22,22 @@ def metrics_table(results: dict[str, Any]) -> str:
     for label, metrics in rows:
         lines.append(f"{label:<16}" + "".join(f"{metrics[n]:>10.4f}" for n in names))
     return "\n".join(lines)
+
+
+def compare_table(result: dict[str, Any]) -> str:
+    """The paired comparison of :func:`miir.evaluation.compare.compare_runs` as text."""
+    a, b = result["a"], result["b"]
+    lines = [
+        f"A: {a['run']} ({a.get('variant')})",
+        f"B: {b['run']} ({b.get('variant')})",
+        f"{result['stage']}, paired two-sided t-test per user (n = {result['rows'][0]['n']}), "
+        "p not corrected for multiple tests",
+        f"{'':<18}{'A':>10}{'B':>10}{'A - B':>10}{'t':>9}{'p':>11}",
+    ]
+    for r in result["rows"]:
+        label = f"{r['protocol']}/{r['metric']}"
+        lines.append(
+            f"{label:<18}{r['mean_a']:>10.4f}{r['mean_b']:>10.4f}{r['diff']:>+10.4f}"
+            f"{r['t']:>9.2f}{r['p']:>11.2e}"
+        )
+    return "\n".join(lines)

@@ -14,7 +14,6 @@ A run folder holds:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -29,9 +28,11 @@ from lightning.pytorch.loggers import CSVLogger
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
+from miir.atomic import atomic_json
 from miir.data.artifact import Artifact
 from miir.data.schema import FieldKind
 from miir.errors import ConfigError
+from miir.evaluation.compare import cases_checksum
 from miir.evaluation.evaluate import evaluate_scores
 from miir.models.miir import MIIR, FieldInfo, MIIRConfig
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
@@ -155,12 +156,6 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _log_version(out: Path, stage: str, resume: bool) -> str:
     """The CSV log folder of a stage; a resumed run logs to a new folder (Lightning's CSV logger
     would otherwise rewrite the earlier epochs' file)."""
@@ -268,10 +263,11 @@ def train(
             "path": str(Path(artifact_path).resolve()),
             "name": artifact.name,
             "manifest_sha256": manifest_sha,
+            "cases_sha256": cases_checksum(artifact.manifest),
         },
     }
     if _is_rank_zero():
-        _atomic_json(out / "run.json", run_info)
+        atomic_json(out / "run.json", run_info)
     extra = {
         "artifact": run_info["artifact"],
         "item_names": artifact.item_names,
@@ -307,7 +303,7 @@ def train(
     results = {"run": run_info, "stages": stages, "train_seconds": seconds}
     if _is_rank_zero():
         results.update(evaluate_run(out, artifact=artifact, eval_batch_size=cfg.eval_batch_size))
-        _atomic_json(out / "results.json", results)
+        atomic_json(out / "results.json", results)
     return results
 
 
