@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import git_state, machine  # noqa: E402
+from miir.evaluation.compare import compare_runs  # noqa: E402
 
 DATASETS = {"Beauty": "artifacts/beauty", "Beauty D": "artifacts/beauty-d"}
 VARIANTS = ["miir", "miir-r", "sparse-miir"]
@@ -64,11 +65,32 @@ def collect(ds_name: str, out: Path) -> dict:
         f"max {tc['max_epochs']} ep, patience {tc['patience']}, lr {tc['lr']}, dropout {mc['dropout']}, "
         f"item mask {mc['item_mask_prob']}, {tc['precision']}"
     )
+    resumed = sum(1 for p in (out / "logs").iterdir() if "-resumed" in p.name)
     return {
         "dataset": ds_name, "variant": res["variant"], "run": str(out), "settings": settings,
+        "command": run.get("command"), "earlier_commands": [e.get("command") for e in run.get("earlier", [])],
+        "resumed": resumed,
         "model_config": mc, "train_config": tc, "stages": res.get("stages"), "epochs_run": epochs_run(out),
         "train_seconds": res.get("train_seconds"), "valid": res["valid"], "test": res["test"],
     }  # fmt: skip
+
+
+SIG_METRICS = ("HR@10", "NDCG@10", "MRR")
+
+
+def paired_tests(rows: list[dict]) -> list[dict]:
+    """MIIR against each other variant on the same data, and each variant on Beauty against
+    Beauty D (same users and split; side fields hidden)."""
+    by = {(r["dataset"], r["variant"]): Path(r["run"]) for r in rows}
+    pairs = [((d, "MIIR"), (d, other)) for d in DATASETS for other in ("MIIR-R", "Sparse-MIIR")] + [
+        (("Beauty", v), ("Beauty D", v)) for v in ("MIIR", "MIIR-R", "Sparse-MIIR")
+    ]
+    out = []
+    for a, b in pairs:
+        if a in by and b in by:
+            res = compare_runs(by[a], by[b], stage="test", metrics=SIG_METRICS)
+            out.append({"a": " ".join(a), "b": " ".join(b), "rows": res["rows"]})
+    return out
 
 
 def main() -> None:
@@ -104,6 +126,7 @@ def main() -> None:
                 )
             if done.exists():
                 rows.append(collect(ds_name, out))
+    significance = paired_tests(rows)
     result = {
         "benchmark": "results_beauty",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -121,6 +144,7 @@ def main() -> None:
             "monitor": "valid/full/NDCG@10",
         },
         "runs": rows,
+        "paired_tests": significance,
         "published_references": [
             {"model": m, "protocol": p, "metrics": v} for m, p, v in REFERENCES
         ],
@@ -156,6 +180,26 @@ def main() -> None:
         md.append(
             f"| {m} | {p} | " + " | ".join(f"{v[n]:.4f}" if n in v else "-" for n in names) + " |"
         )
+    if significance:
+        md += ["", "Paired two-sided t-tests over the 22,363 test users (`miir compare A B`; A - B, "
+               "p not corrected for the number of tests):", "",
+               "| A | B | protocol | " + " | ".join(f"{n} A - B (p)" for n in SIG_METRICS) + " |",
+               "|---|---|---|" + "---|" * len(SIG_METRICS)]  # fmt: skip
+        for t in significance:
+            for protocol in ("sampled", "full"):
+                cells = [
+                    f"{r['diff']:+.4f} ({r['p']:.1g})"
+                    for r in t["rows"] if r["protocol"] == protocol
+                ]  # fmt: skip
+                md.append(f"| {t['a']} | {t['b']} | {protocol} | " + " | ".join(cells) + " |")
+    md += ["", "Commands (a resumed run lists its last command; earlier ones where recorded):", ""]
+    for r in rows:
+        cmds = [*r["earlier_commands"], r["command"]]
+        note = f" (resumed {r['resumed']}x)" if r["resumed"] else ""
+        for c in cmds:
+            md.append(
+                f"- {r['dataset']} {r['variant']}{note}: `{c or '(not recorded; settings from run.json)'}`"
+            )
     have = {(r["dataset"], Path(r["run"]).name) for r in rows}
     missing = [f"{d} {v}" for d in DATASETS for v in VARIANTS if (d, v) not in have]
     if missing:

@@ -1,7 +1,7 @@
 """Plot validation curves of the runs under ``runs/`` (both protocols) to
 ``bench/results/curves.png``.
 
-    python bench/plot_curves.py [--runs runs] [--out bench/results/curves.png]
+    python bench/plot_curves.py [--runs runs] [--data beauty beauty-d] [--out bench/results/curves.png]
 
 Each run folder's CSV logs are read in epoch order (a resumed run's second log folder
 continues the first).
@@ -43,9 +43,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", default=str(ROOT / "runs"))
+    ap.add_argument(
+        "--data", nargs="+", default=["beauty", "beauty-d"], help="Run groups under --runs."
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "curves.png"))
     args = ap.parse_args()
-    runs = sorted(p.parent for p in Path(args.runs).glob("*/*/run.json"))
+    runs = sorted(p.parent for d in args.data for p in (Path(args.runs) / d).glob("*/run.json"))
     fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4))
     for run in runs:
         data = curves(run)

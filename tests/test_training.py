@@ -112,6 +112,9 @@ def test_training_is_deterministic_and_resumable(planted_artifact, tmp_path) -> 
         (tmp_path / "a" / "logs" / "main-resumed1" / "metrics.csv").read_text().strip().splitlines()
     )
     assert {line.split(",")[0] for line in resumed[1:]} == {"2"}
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["train_config"]["max_epochs"] == 3
+    assert [e["train_config"]["max_epochs"] for e in run["earlier"]] == [2]  # history kept
 
 
 @pytest.mark.parametrize("variant", ["miir-f", "sparse-miir-r", "miir-m"])

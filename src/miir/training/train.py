@@ -14,6 +14,7 @@ A run folder holds:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -266,6 +267,12 @@ def train(
             "cases_sha256": cases_checksum(artifact.manifest),
         },
     }
+    previous = out / "run.json"
+    if resume and previous.is_file():
+        # a resumed run keeps what ran before it: the earlier commands and their settings
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        earlier = {k: old.get(k) for k in ("command", "model_config", "train_config")}
+        run_info["earlier"] = [*old.get("earlier", []), earlier]
     if _is_rank_zero():
         atomic_json(out / "run.json", run_info)
     extra = {

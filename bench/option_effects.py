@@ -1,0 +1,216 @@
+"""Measure the effect of our choices against the alternatives, on amazon-beauty, as pairs of
+runs that differ in one setting only: validation curves at equal epochs, test metrics under
+both protocols and per-user paired t-tests (``miir compare``).
+
+    python bench/option_effects.py [--train]
+
+Writes ``bench/results/options.{json,md}`` and ``bench/results/options.png``. With ``--train``,
+the runs of a pair that do not exist yet are trained first (serially; each is one ``miir train``
+command, recorded in its ``run.json``). A pair with a run missing is listed as not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from miir.evaluation.compare import compare_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import git_state, machine  # noqa: E402
+
+COMMON = [
+    "--fields", "categories,brand,title", "--lr", "0.001", "--seed", "42", "--dropout", "0.1",
+    "--no-progress", "--patience", "10",
+]  # fmt: skip
+MONITOR = "valid/full/NDCG@10"
+
+# (name, question, (label, run folder, extra arguments) for A and for B)
+PAIRS = [
+    (
+        "bf16 autocast",
+        "Does bf16 autocast (our default for these runs) keep the metrics of float32 training?",
+        ("bf16", "runs/options/beauty-miir-r-bf16",
+         ["--variant", "miir-r", "--epochs", "15", "--precision", "bf16", "--item-mask-prob", "0.2"]),
+        ("fp32", "runs/options/beauty-miir-r-fp32",
+         ["--variant", "miir-r", "--epochs", "15", "--precision", "32-true", "--item-mask-prob", "0.2"]),
+    ),
+    (
+        "whole-item masking",
+        "MII training with whole-item masking 0.2 (ours) against none (the authors' code, where a "
+        "fully hidden item, the test-time query, appears with probability 1/32 per position)",
+        ("item mask 0.2", "runs/beauty/miir",
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2"]),
+        ("item mask 0", "runs/options/beauty-miir-itemmask0",
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0"]),
+    ),
+]  # fmt: skip
+
+
+def curve(run: Path) -> dict[int, float]:
+    """Validation ``MONITOR`` per epoch, across a resumed run's log folders."""
+    out: dict[int, float] = {}
+    for path in sorted((run / "logs").glob("*/metrics.csv")):
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get(MONITOR):
+                    out[int(row["epoch"])] = float(row[MONITOR])
+    return out
+
+
+def describe(label: str, run: Path) -> dict:
+    info = json.loads((run / "run.json").read_text())
+    res = json.loads((run / "results.json").read_text())
+    epochs = curve(run)
+    return {
+        "label": label,
+        "run": str(run),
+        "command": info.get("command"),
+        "earlier_commands": [e.get("command") for e in info.get("earlier", [])],
+        "model_config": info["model_config"],
+        "train_config": info["train_config"],
+        "best_epoch": res.get("stages", {}).get("main", {}).get("epoch"),
+        "epochs_run": len(epochs),
+        "train_seconds": res.get("train_seconds"),
+        "valid_curve": epochs,
+        "test": res["test"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--train", action="store_true", help="Train the runs that are missing.")
+    ap.add_argument("--data", default="artifacts/beauty")
+    args = ap.parse_args()
+
+    results = []
+    for name, question, a, b in PAIRS:
+        for _, folder, extra in (a, b):
+            run = ROOT / folder
+            if args.train and not (run / "results.json").exists():
+                cmd = ["miir", "train", "--data", args.data, "--out", folder, *extra, *COMMON]
+                print(f"== {shlex.join(cmd)}", flush=True)
+                subprocess.run(cmd, cwd=ROOT, check=False)
+        runs = [(label, ROOT / folder) for label, folder, _ in (a, b)]
+        missing = [str(r) for _, r in runs if not (r / "results.json").exists()]
+        entry = {"name": name, "question": question, "missing": missing}
+        if not missing:
+            entry["a"], entry["b"] = (describe(label, run) for label, run in runs)
+            entry["paired_test"] = compare_runs(runs[0][1], runs[1][1], stage="test")["rows"]
+        results.append(entry)
+
+    out_dir = ROOT / "bench" / "results"
+    result = {
+        "benchmark": "option_effects",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "bench/option_effects.py", *sys.argv[1:]]),
+        "git": git_state(),
+        "machine": machine(),
+        "pairs": results,
+    }
+    tmp = out_dir / f".options.json.{os.getpid()}"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out_dir / "options.json")
+
+    md = [
+        "# Our choices against the alternatives (amazon-beauty, ID + categories + brand + title)",
+        "",
+        f"`{result['command']}` at {result['git']['commit'][:10]}"
+        f"{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Each pair differs in one "
+        "setting; lr 1e-3, dropout 0.1, seed 42, batch 128. One seed per run: the paired t-test is "
+        "over test users, not over training seeds.",
+    ]
+    names = ["HR@10", "NDCG@10", "MRR"]
+    for e in results:
+        md += ["", f"## {e['name']}", "", e["question"], ""]
+        if e["missing"]:
+            md.append(f"Not run yet: {', '.join(e['missing'])}.")
+            continue
+        a, b = e["a"], e["b"]
+        md += [
+            "| run | best epoch / run | train s | "
+            + " | ".join(f"sampled {n}" for n in names)
+            + " | "
+            + " | ".join(f"full {n}" for n in names)
+            + " |",
+            "|---|---|---|" + "---|" * (2 * len(names)),
+        ]
+        for r in (a, b):
+            md.append(
+                f"| {r['label']} | {r['best_epoch']} / {r['epochs_run']} | "
+                f"{r['train_seconds']:.0f} | "
+                + " | ".join(f"{r['test']['sampled'][n]:.4f}" for n in names)
+                + " | "
+                + " | ".join(f"{r['test']['full'][n]:.4f}" for n in names)
+                + " |"
+            )
+        md += ["", f"Paired t-test on test users, {a['label']} minus {b['label']}:", ""]
+        md += ["| protocol | metric | A - B | t | p |", "|---|---|---|---|---|"]
+        for row in e["paired_test"]:
+            md.append(
+                f"| {row['protocol']} | {row['metric']} | {row['diff']:+.4f} | {row['t']:.2f} | "
+                f"{row['p']:.2g} |"
+            )
+        common = sorted(set(a["valid_curve"]) & set(b["valid_curve"]))
+        marks = [x for x in common if x % 5 == 4 or x == common[-1]]
+        md += ["", f"Validation {MONITOR} at equal epochs:", ""]
+        md += ["| epoch | " + " | ".join(str(x + 1) for x in marks) + " |"]
+        md += ["|---|" + "---|" * len(marks)]
+        for r in (a, b):
+            md.append(
+                f"| {r['label']} | "
+                + " | ".join(f"{r['valid_curve'][x]:.4f}" for x in marks)
+                + " |"
+            )
+        md += ["", "Commands:", ""]
+        for r in (a, b):
+            for c in [*r["earlier_commands"], r["command"]]:
+                md.append(f"- {r['label']}: `{c or '(not recorded; see run.json)'}`")
+        md += [
+            "",
+            "Train seconds: wall time of each run's last command (a resumed run counts its last "
+            "part only) on a shared machine; not a speed comparison (see train.md).",
+        ]
+    tmp = out_dir / f".options.md.{os.getpid()}"
+    tmp.write_text("\n".join(md) + "\n")
+    os.replace(tmp, out_dir / "options.md")
+
+    done = [e for e in results if not e["missing"]]
+    if done:
+        fig, axes = plt.subplots(1, len(done), figsize=(5.5 * len(done), 4), squeeze=False)
+        for ax, e in zip(axes[0], done, strict=True):
+            for r in (e["a"], e["b"]):
+                xs = sorted(r["valid_curve"])
+                ax.plot(
+                    [x + 1 for x in xs], [r["valid_curve"][x] for x in xs], ".-", label=r["label"]
+                )
+            ax.set_title(e["name"])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"validation {MONITOR.split('/', 1)[1]}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        tmp = out_dir / f".options.{os.getpid()}.png"
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out_dir / "options.png")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
