@@ -15,6 +15,8 @@ batch 128, max length 20) with the fields ID, categories, brand and title:
 - that the naive and our formulation compute the same loss (dropout off, same batch and mask);
 - FLOPs of one training step (``torch.utils.flop_counter``) and the achieved fraction of this
   machine's measured float32 / bfloat16 matrix-multiply rate;
+- the effect of keeping freed memory in glibc malloc (:mod:`miir.runtime`, on everywhere else
+  in this script and in ``miir train``): child processes with and without it, alternated;
 - one real epoch through the Lightning trainer (fp32 and bf16), sequences per second;
 - evaluation time of the validation split under both protocols;
 - peak resident memory of the process.
@@ -50,6 +52,7 @@ from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.evaluation.evaluate import evaluate_scores
 from miir.models import variant_config
 from miir.models.miir import MIIR, Masked, mii_mask
+from miir.runtime import keep_freed_memory
 from miir.training.data import TensorRows, collate_rows, eval_rows, training_windows
 from miir.training.module import MIIRModule
 from miir.training.train import build_model
@@ -254,6 +257,58 @@ def lightning_epoch(artifact: Artifact, bf16: bool, batch: int) -> dict:
     }
 
 
+def child_steps(data: str, batch: int, steps: int) -> None:
+    """Child process of the allocator comparison: time ours-fp32 and ours-bf16 steps in this
+    process (malloc tuned or not, by MIIR_MALLOC_TUNING) and print one JSON line."""
+    tuned = keep_freed_memory()
+    artifact = Artifact(data)
+    torch.manual_seed(0)
+    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    windows = training_windows(artifact, model.config.max_len)
+    out: dict = {"tuned": tuned}
+    for kind in ("ours-fp32", "ours-bf16"):
+        step = make_step(kind, model, None, windows, batch)  # type: ignore[arg-type]
+        timed(step, 5)  # warm-up: glibc settles within a few steps
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t = timed(step, steps)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        out[kind] = {
+            "step_seconds_median": statistics.median(t),
+            "system_seconds_per_step": (r1.ru_stime - r0.ru_stime) / steps,
+            "user_seconds_per_step": (r1.ru_utime - r0.ru_utime) / steps,
+            "page_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+        }
+    print(json.dumps(out), flush=True)
+
+
+def allocator_comparison(data: str, batch: int, steps: int, rounds: int) -> dict:
+    """The effect of :func:`miir.runtime.keep_freed_memory`: child processes with and without
+    it, alternated in ``rounds`` (malloc settings are per process)."""
+    runs: dict[str, list[dict]] = {"tuned": [], "untuned": []}
+    for r in range(rounds):
+        for name, flag in (("tuned", "1"), ("untuned", "0")):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--data", data, "--batch", str(batch),
+                 "--child-steps", str(steps)],
+                env={**os.environ, "MIIR_MALLOC_TUNING": flag, "PYTHONWARNINGS": "ignore"},
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"allocator round {r}: " + ", ".join(
+            f"{n} {runs[n][-1]['ours-fp32']['step_seconds_median']:.3f}s" for n in runs), flush=True)  # fmt: skip
+    out: dict = {"rounds": rounds, "steps_per_child": steps, "runs": runs}
+    for kind in ("ours-fp32", "ours-bf16"):
+        keys = ("step_seconds_median", "system_seconds_per_step", "page_faults_per_step")
+        out[kind] = {
+            n: {k: statistics.median(c[kind][k] for c in runs[n]) for k in keys} for n in runs
+        }
+        out[kind]["speedup_median_of_rounds"] = statistics.median(
+            u[kind]["step_seconds_median"] / t[kind]["step_seconds_median"]
+            for t, u in zip(runs["tuned"], runs["untuned"], strict=True)
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,7 +323,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-epoch", action="store_true", help="Skip the real Lightning epochs.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument(
+        "--allocator-rounds", type=int, default=3, help="Rounds of the malloc comparison (0: skip)."
+    )
+    ap.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_steps:
+        child_steps(args.data, args.batch, args.child_steps)
+        return
+    malloc_tuned = keep_freed_memory()
 
     artifact = Artifact(args.data)
     torch.manual_seed(0)
@@ -346,6 +409,12 @@ def main() -> None:
         }
     ratio_summary = {key: statistics.median(r[key] for r in ratios) for key in ratios[0]}
 
+    allocator = (
+        allocator_comparison(args.data, args.batch, args.steps, args.allocator_rounds)
+        if args.allocator_rounds
+        else {}
+    )
+
     epochs = {}
     if not args.skip_epoch:
         for name, bf16 in (("ours-fp32", False), ("ours-bf16", True)):
@@ -374,6 +443,7 @@ def main() -> None:
             "steps_per_epoch": steps_per_epoch,
             "config": model.config.model_dump(mode="json"),
             "steps_timed_per_variant": args.steps * args.rounds,
+            "malloc_tuning": malloc_tuned,
         },
         "same_loss": {
             "naive": naive_loss,
@@ -384,6 +454,7 @@ def main() -> None:
         "matmul_rate_gflops": {k: v / 1e9 for k, v in rates.items()},
         "variants": variants,
         "speedup_median_of_rounds": ratio_summary,
+        "allocator": allocator,
         "lightning_epoch": epochs,
         "evaluation": {
             "users": len(valid),
@@ -422,6 +493,18 @@ def main() -> None:
         f"Same loss (dropout off, same batch and mask): naive {naive_loss:.5f}, ours {ours_loss:.5f} "
         f"(|diff| {abs(naive_loss - ours_loss):.2e}); ours under bf16 autocast {bf16_loss:.5f}.",
     ]
+    if allocator:
+        for kind in ("ours-fp32", "ours-bf16"):
+            a = allocator[kind]
+            md.append(
+                f"glibc malloc kept freed memory (`miir.runtime.keep_freed_memory`, on in every row "
+                f"above: {malloc_tuned}), {kind}: {a['untuned']['step_seconds_median']:.3f} s/step "
+                f"without, {a['tuned']['step_seconds_median']:.3f} s with "
+                f"({a['speedup_median_of_rounds']:.2f}x, median of {allocator['rounds']} alternated "
+                f"process pairs); system time {1e3 * a['untuned']['system_seconds_per_step']:.0f} -> "
+                f"{1e3 * a['tuned']['system_seconds_per_step']:.0f} ms/step, page faults "
+                f"{a['untuned']['page_faults_per_step']:.0f} -> {a['tuned']['page_faults_per_step']:.0f} per step."
+            )
     for k, v in epochs.items():
         md.append(
             f"Real Lightning epoch, {k}: {v['seconds']:.1f} s ({v['sequences_per_second']:.0f} sequences/s)."

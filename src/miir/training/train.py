@@ -36,6 +36,7 @@ from miir.errors import ConfigError
 from miir.evaluation.compare import cases_checksum
 from miir.evaluation.evaluate import evaluate_scores
 from miir.models.miir import MIIR, FieldInfo, MIIRConfig
+from miir.runtime import keep_freed_memory
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 from miir.training.data import TensorRows, collate_rows, eval_rows, item_tables, training_windows
 from miir.training.module import MIIRModule
@@ -247,6 +248,7 @@ def train(
     """Train ``model_config`` on the artifact into the run folder ``out``; evaluate the best
     checkpoint on validation and test under both protocols; return the results."""
     cfg = train_config or TrainConfig()
+    keep_freed_memory()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -325,6 +327,7 @@ def evaluate_run(
     """Evaluate the best checkpoint of ``run`` on ``stages`` under both protocols; save the
     per-user ranks next to it."""
     run = Path(run)
+    keep_freed_memory()
     model, meta = load_checkpoint(run / "best", map_location=device)
     if artifact is None:
         artifact = Artifact(meta["artifact"]["path"])
