@@ -29,7 +29,9 @@ def faults(tuning: str) -> tuple[bool, int]:
     return out[0] == "1", int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only"
+)
 def test_freed_large_blocks_are_reused() -> None:
     off_active, off_faults = faults("0")
     on_active, on_faults = faults("1")

@@ -16,7 +16,7 @@ from miir.data.artifact import Artifact
 from miir.models import variant_config
 from miir.training.checkpoint import load_checkpoint
 from miir.training.data import eval_rows, training_windows
-from miir.training.train import TrainConfig, train
+from miir.training.train import ConfiguredEarlyStopping, TrainConfig, train
 
 FAST = dict(batch_size=32, lr=3e-3, patience=100, progress=False, threads=2)
 
@@ -115,6 +115,15 @@ def test_training_is_deterministic_and_resumable(planted_artifact, tmp_path) -> 
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["train_config"]["max_epochs"] == 3
     assert [e["train_config"]["max_epochs"] for e in run["earlier"]] == [2]  # history kept
+
+
+def test_resumed_early_stopping_keeps_the_configured_patience() -> None:
+    first = ConfiguredEarlyStopping(monitor="m", mode="max", patience=4)
+    first.wait_count, first.best_score = 3, torch.tensor(0.5)
+    resumed = ConfiguredEarlyStopping(monitor="m", mode="max", patience=10)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.patience == 10  # the new configuration, not the checkpoint's 4
+    assert resumed.wait_count == 3 and float(resumed.best_score) == 0.5
 
 
 @pytest.mark.parametrize("variant", ["miir-f", "sparse-miir-r", "miir-m"])

@@ -152,6 +152,18 @@ class BestSafetensors(Callback):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
 
 
+class ConfiguredEarlyStopping(EarlyStopping):
+    """Early stopping whose patience is the run's configuration, also on ``--resume``
+    (Lightning restores the patience saved in the checkpoint, so a run first trained with
+    patience 4 and resumed with ``--patience 10`` would silently keep 4). The counters (best
+    score, epochs without improvement) are restored as usual."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 def _is_rank_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -205,7 +217,7 @@ def _fit_stage(
     best = BestSafetensors(best_dir, cfg.monitor, {**extra, "stage": stage, "objective": objective})
     callbacks = [
         best,
-        EarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.patience),
+        ConfiguredEarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.patience),
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0),
     ]
     trainer = L.Trainer(
