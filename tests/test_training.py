@@ -16,6 +16,7 @@ from miir.data.artifact import Artifact
 from miir.models import variant_config
 from miir.training.checkpoint import load_checkpoint
 from miir.training.data import eval_rows, training_windows
+from miir.training.module import MIIRModule
 from miir.training.train import ConfiguredEarlyStopping, TrainConfig, train
 
 FAST = dict(batch_size=32, lr=3e-3, patience=100, progress=False, threads=2)
@@ -115,6 +116,28 @@ def test_training_is_deterministic_and_resumable(planted_artifact, tmp_path) -> 
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["train_config"]["max_epochs"] == 3
     assert [e["train_config"]["max_epochs"] for e in run["earlier"]] == [2]  # history kept
+
+
+def test_a_killed_run_resumes_from_its_last_finished_epoch(
+    planted_artifact, tmp_path, monkeypatch
+) -> None:
+    cfg = TrainConfig(max_epochs=3, limit_train_batches=2, **FAST)
+    original = MIIRModule.on_train_epoch_start
+
+    def crash_in_epoch_2(self) -> None:
+        if self.current_epoch == 2:
+            raise RuntimeError("killed")
+        original(self)
+
+    monkeypatch.setattr(MIIRModule, "on_train_epoch_start", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(planted_artifact, tmp_path / "r", small_model(), cfg)
+    last = tmp_path / "r" / "lightning" / "main" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # saved after each epoch
+    monkeypatch.setattr(MIIRModule, "on_train_epoch_start", original)
+    train(planted_artifact, tmp_path / "r", small_model(), cfg, resume=True)
+    resumed = (tmp_path / "r" / "logs" / "main-resumed1" / "metrics.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in resumed[1:]} == {"2"}  # only the lost epoch again
 
 
 def test_resumed_early_stopping_keeps_the_configured_patience() -> None:

@@ -218,7 +218,11 @@ def _fit_stage(
     callbacks = [
         best,
         ConfiguredEarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.patience),
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0),
+        # the latest state after every epoch, for --resume (save_last with save_top_k=0 saves
+        # only when training ends, so a killed run would lose every epoch since it started)
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False
+        ),
     ]
     trainer = L.Trainer(
         default_root_dir=out,
