@@ -144,7 +144,7 @@ def main() -> None:
             continue
         a, b = e["a"], e["b"]
         md += [
-            "| run | best epoch / run | train s | "
+            "| run | best epoch / epochs run | train s | "
             + " | ".join(f"sampled {n}" for n in names)
             + " | "
             + " | ".join(f"full {n}" for n in names)
@@ -153,7 +153,7 @@ def main() -> None:
         ]
         for r in (a, b):
             md.append(
-                f"| {r['label']} | {r['best_epoch']} / {r['epochs_run']} | "
+                f"| {r['label']} | {r['best_epoch'] + 1} / {r['epochs_run']} | "
                 f"{r['train_seconds']:.0f} | "
                 + " | ".join(f"{r['test']['sampled'][n]:.4f}" for n in names)
                 + " | "

@@ -164,12 +164,14 @@ def main() -> None:
         "Budget-limited runs (early stopping on validation full-ranking NDCG@10); the paper trains 100 epochs "
         "at lr 1e-4 with dropout 0.5.",
         "",
-        "| data | model | protocol | " + " | ".join(names) + " | best epoch / run | settings |",
+        "| data | model | protocol | "
+        + " | ".join(names)
+        + " | best epoch / epochs run | settings |",
         "|---|---|---|" + "---|" * (len(names) + 2),
     ]
     for r in rows:
         best = r["stages"] or {}
-        epoch = ", ".join(f"{v['epoch']}" for v in best.values()) if best else "?"
+        epoch = ", ".join(f"{v['epoch'] + 1}" for v in best.values()) if best else "?"
         for protocol in ("sampled", "full"):
             m = r["test"][protocol]
             md.append(f"| {r['dataset']} | {r['variant']} | {protocol} | " + " | ".join(f"{m[n]:.4f}" for n in names)
@@ -192,14 +194,13 @@ def main() -> None:
                     for r in t["rows"] if r["protocol"] == protocol
                 ]  # fmt: skip
                 md.append(f"| {t['a']} | {t['b']} | {protocol} | " + " | ".join(cells) + " |")
-    md += ["", "Commands (a resumed run lists its last command; earlier ones where recorded):", ""]
+    md += ["", "Commands, in the order they ran in each run folder (a resumed run continues from "
+           "its last finished epoch; commands before this record existed are not known):", ""]  # fmt: skip
     for r in rows:
-        cmds = [*r["earlier_commands"], r["command"]]
-        note = f" (resumed {r['resumed']}x)" if r["resumed"] else ""
-        for c in cmds:
-            md.append(
-                f"- {r['dataset']} {r['variant']}{note}: `{c or '(not recorded; settings from run.json)'}`"
-            )
+        md.append(f"- {r['dataset']} {r['variant']} (`{r['run']}`, resumed {r['resumed']}x):")
+        earlier = r["earlier_commands"] or ([None] if r["resumed"] else [])
+        for c in [*earlier, r["command"]]:
+            md.append(f"  - `{c}`" if c else "  - (not recorded; its settings are in run.json)")
     have = {(r["dataset"], Path(r["run"]).name) for r in rows}
     missing = [f"{d} {v}" for d in DATASETS for v in VARIANTS if (d, v) not in have]
     if missing:
