@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import miir.models.layers as layers
+from miir.atomic import atomic_write_text
 from miir.data.artifact import Artifact
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.evaluation.evaluate import evaluate_scores
@@ -466,9 +467,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".train.json.{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "train.json")
+    atomic_write_text(out / "train.json", json.dumps(result, indent=1))
     md = [
         "# Training speed (amazon-beauty, ID + categories + brand + title, paper hyper-parameters)",
         "",
@@ -513,9 +512,7 @@ def main() -> None:
         f"Evaluation of {len(valid):,} validation users, both protocols: {statistics.median(eval_times):.1f} s. "
         f"Peak RSS {result['peak_rss_mib']:.0f} MiB. Targets: <= 30 s/epoch, >= 4.5x vs naive."
     )
-    tmp = out / f".train.md.{os.getpid()}"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out / "train.md")
+    atomic_write_text(out / "train.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from miir.atomic import atomic_write_text
 from miir.evaluation.compare import compare_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +124,7 @@ def main() -> None:
         "machine": machine(),
         "pairs": results,
     }
-    tmp = out_dir / f".options.json.{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_dir / "options.json")
+    atomic_write_text(out_dir / "options.json", json.dumps(result, indent=1))
 
     md = [
         "# Our choices against the alternatives (amazon-beauty, ID + categories + brand + title)",
@@ -187,9 +186,7 @@ def main() -> None:
             "Train seconds: wall time of each run's last command (a resumed run counts its last "
             "part only) on a shared machine; not a speed comparison (see train.md).",
         ]
-    tmp = out_dir / f".options.md.{os.getpid()}"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out_dir / "options.md")
+    atomic_write_text(out_dir / "options.md", "\n".join(md) + "\n")
 
     done = [e for e in results if not e["missing"]]
     if done:

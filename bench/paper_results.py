@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import git_state, machine  # noqa: E402
+from miir.atomic import atomic_write_text  # noqa: E402
 from miir.evaluation.compare import compare_runs  # noqa: E402
 
 DATASETS = {"Beauty": "artifacts/beauty", "Beauty D": "artifacts/beauty-d"}
@@ -151,9 +152,7 @@ def main() -> None:
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".results_beauty.json.{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_dir / "results_beauty.json")
+    atomic_write_text(out_dir / "results_beauty.json", json.dumps(result, indent=1))
 
     names = ["HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"]
     md = [
@@ -215,9 +214,7 @@ def main() -> None:
         "",
         "Each run's exact configuration is in its `run.json`; the settings column is read from it.",
     ]
-    tmp = out_dir / f".results_beauty.md.{os.getpid()}"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out_dir / "results_beauty.md")
+    atomic_write_text(out_dir / "results_beauty.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 
