@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from miir.evaluation.evaluate import evaluate_scores
 from miir.evaluation.metrics import (
     RankAccumulator,
     metrics_from_ranks,
@@ -372,3 +373,24 @@ def test_significance_errors() -> None:
         paired_significance(_ranks(1, 2), _ranks(2, 1), metric="MRR", k=5)
     with pytest.raises(ValueError):
         paired_significance(_ranks(1, 2), _ranks(2, 1), metric="recall@5")
+
+
+def test_evaluate_scores_returns_ranks_in_row_order() -> None:
+    """Rows are scored in order of history length; the ranks come back in the rows' order."""
+    g = torch.Generator().manual_seed(0)
+    U, n, N = 37, 6, 25
+    history = torch.randint(2, N + 2, (U, n), generator=g)
+    for u in range(U):
+        history[u, : int(torch.randint(0, n, (1,), generator=g))] = 0  # left padding
+    target = torch.randint(2, N + 2, (U,), generator=g)
+    negatives = torch.randint(2, N + 2, (U, 5), generator=g)
+    table = torch.randn(N + 2, generator=g)
+
+    def score_fn(h: torch.Tensor) -> torch.Tensor:  # depends on the history, row by row
+        return table[None, :] * (h != 0).sum(1, keepdim=True) + table[h].sum(1, keepdim=True)
+
+    _, ranks = evaluate_scores(score_fn, history, target, negatives, batch_size=4)
+    scores = score_fn(history)
+    assert torch.equal(ranks["full"], target_ranks(scores, target))
+    cand = scores.gather(1, torch.cat([target[:, None], negatives], 1))
+    assert torch.equal(ranks["sampled"], sampled_ranks(cand[:, 0], cand[:, 1:]))

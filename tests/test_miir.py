@@ -8,7 +8,7 @@ import torch
 
 from miir.data.schema import FieldKind
 from miir.models import VARIANTS, variant_config
-from miir.models.miir import MIIR, FieldInfo, mii_mask, rec_mask
+from miir.models.miir import MIIR, FieldInfo, Masked, mii_mask, rec_mask, trim_left_padding
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 
 N_ITEMS = 30
@@ -192,3 +192,24 @@ def test_impute_shapes() -> None:
     assert preds["cats"].shape == (4, 6, 9) and (preds["cats"][..., :2] == 0).all()
     assert preds["title"].shape == (4, 6, 12)
     assert ((preds["cats"] >= 0) & (preds["cats"] <= 1)).all()
+
+
+@pytest.mark.parametrize("variant", ["miir", "sparse-miir", "miir-m"])
+def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
+    """Columns that are padding in every row can be cut: the same loss on fewer tokens."""
+    model = make_model(variant)
+    items = batch(B=5)
+    items[:, :3] = 0  # three columns of padding in every row
+    items[1, 3] = 0
+    cut = trim_left_padding(items)
+    assert cut.shape == (5, 3) and torch.equal(cut, items[:, 3:])
+    masked = mii_mask(model.present(items), 0.5, generator=torch.Generator().manual_seed(0))
+    assert not masked.hidden[:, :3].any()
+    short = Masked(masked.hidden[:, 3:], masked.targets[:, 3:])
+    full_loss, full_parts = model.loss(items, masked)
+    cut_loss, cut_parts = model.loss(cut, short)
+    assert torch.allclose(full_loss, cut_loss, atol=1e-6)
+    for name, value in full_parts.items():
+        assert torch.allclose(value, cut_parts[name], atol=1e-6), name
+    assert trim_left_padding(batch()) is not None and trim_left_padding(batch()).shape == (4, 6)
+    assert trim_left_padding(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 0)

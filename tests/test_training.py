@@ -15,9 +15,9 @@ import torch
 from miir.data.artifact import Artifact
 from miir.models import variant_config
 from miir.training.checkpoint import load_checkpoint
-from miir.training.data import eval_rows, training_windows
+from miir.training.data import LengthBuckets, eval_rows, row_lengths, training_windows
 from miir.training.module import MIIRModule
-from miir.training.train import ConfiguredEarlyStopping, TrainConfig, train
+from miir.training.train import ConfiguredEarlyStopping, TrainConfig, train, training_loader
 
 FAST = dict(batch_size=32, lr=3e-3, patience=100, progress=False, threads=2)
 
@@ -229,3 +229,40 @@ def test_early_stopping_waits_for_min_epochs(planted_artifact, tmp_path) -> None
     train(planted_artifact, tmp_path / "floor", small_model(), TrainConfig(min_epochs=4, **base))
     assert epochs("early") == {"0", "1"}
     assert epochs("floor") == {"0", "1", "2", "3"}
+
+
+def test_length_buckets_batch_similar_lengths(planted_artifact) -> None:
+    windows = training_windows(Artifact(planted_artifact), 8)  # 240 of 8 items, 240 of 2
+    lengths = row_lengths(windows)
+    sampler = LengthBuckets(lengths, batch_size=32, seed=3, pool_batches=5)
+    first = sampler.batches()
+    rows = torch.cat(first)
+    assert sorted(rows.tolist()) == list(range(len(windows)))  # every row once
+    assert [len(b) for b in first] == [32] * 15  # 480 rows: no short batch
+    mixed = sum(len(set(lengths[b].tolist())) > 1 for b in first)
+    assert mixed <= 3  # at most one batch per pool straddles the two lengths
+    random = torch.randperm(480, generator=torch.Generator().manual_seed(0)).split(32)
+    assert sum(len(set(lengths[b].tolist())) > 1 for b in random) == 15
+    assert [b.tolist() for b in sampler.batches()] == [b.tolist() for b in first]  # seeded
+    sampler.set_epoch(1)
+    assert [b.tolist() for b in sampler.batches()] != [b.tolist() for b in first]  # per epoch
+    # a DataLoader with the same batch size cuts exactly these batches
+    loader = training_loader(windows, TrainConfig(batch_size=32, seed=3))
+    loader.sampler.set_epoch(4)
+    expected = [windows[b] for b in loader.sampler.batches()]
+    got = [b[0] for b in loader]
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    # the one short batch comes last
+    odd = LengthBuckets(lengths[:100], batch_size=32, seed=0, pool_batches=2).batches()
+    assert [len(b) for b in odd] == [32, 32, 32, 4]
+
+
+def test_training_with_uniformly_random_batches(planted_artifact, tmp_path) -> None:
+    cfg = TrainConfig(max_epochs=1, limit_train_batches=3, length_buckets=False, **FAST)
+    res = train(planted_artifact, tmp_path / "r", small_model(), cfg)
+    assert 0 <= res["test"]["full"]["MRR"] <= 1
+    assert (
+        json.loads((tmp_path / "r" / "run.json").read_text())["train_config"]["length_buckets"]
+        is False
+    )

@@ -18,7 +18,9 @@ and items are ranked by the ID head at that position.
 Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
 
 - **Left padding.** Sequences are right-aligned, so the appended query item always sits at the
-  last position and has the same position embedding in training and at inference.
+  last position and has the same position embedding in training and at inference. Positions
+  count from the right, so columns that are padding in every row of a batch can be cut
+  (:func:`trim_left_padding`; training batches of similar lengths make that cut large).
 - **The query pattern in training.** Per-field masking with p = 0.5 hides all F fields of an
   item with probability p**F (1/16 for four fields): that is how often plain MII meets the
   inference query. ``item_mask_prob`` adds whole-item masking on top (every field of a
@@ -126,6 +128,17 @@ VARIANTS: dict[str, dict[str, object]] = {
     "sparse-miir": {"attention": "sparse"},
     "sparse-miir-r": {"attention": "sparse", "objective": "rec"},
 }
+
+
+def trim_left_padding(items: Tensor) -> Tensor:
+    """(B, n) right-aligned rows -> (B, m): without the leading columns that are padding (0) in
+    every row. Positions count from the right, so the model computes the same thing on fewer
+    tokens. A batch of only padding keeps no column."""
+    filled = (items != 0).any(0)  # (n,)
+    if bool(filled[0]):
+        return items
+    first = int(filled.to(torch.int8).argmax()) if bool(filled.any()) else items.shape[1]
+    return items[:, first:]
 
 
 @dataclass(frozen=True)
@@ -363,6 +376,7 @@ class MIIR(nn.Module):
         item is the last position. The query's item id is 1 (unknown): nothing about the
         target is ever looked up.
         """
+        history = trim_left_padding(history)
         B = history.shape[0]
         query = torch.full((B, 1), MISSING_ID, dtype=history.dtype, device=history.device)
         items = torch.cat([history, query], dim=1)  # (B, n)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from miir.evaluation.evaluate import TwoProtocolRanks
-from miir.models.miir import MIIR, mii_mask, rec_mask
+from miir.models.miir import MIIR, mii_mask, rec_mask, trim_left_padding
 
 
 def step_seed(*parts: int) -> int:
@@ -49,6 +49,7 @@ class MIIRModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         (items,) = batch  # (B, n)
+        items = trim_left_padding(items)  # (B, m): same loss, fewer tokens
         masked = self.mask(items, batch_idx)
         with self._autocast():
             loss, parts = self.model.loss(items, masked)

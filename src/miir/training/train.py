@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from miir.atomic import atomic_json
@@ -38,7 +39,15 @@ from miir.evaluation.evaluate import evaluate_scores
 from miir.models.miir import MIIR, FieldInfo, MIIRConfig
 from miir.runtime import keep_freed_memory
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
-from miir.training.data import TensorRows, collate_rows, eval_rows, item_tables, training_windows
+from miir.training.data import (
+    LengthBuckets,
+    TensorRows,
+    collate_rows,
+    eval_rows,
+    item_tables,
+    row_lengths,
+    training_windows,
+)
 from miir.training.module import MIIRModule
 
 
@@ -69,6 +78,11 @@ class TrainConfig(BaseModel):
         None,
         ge=1,
         description="Training windows step back this many items (default max_len: non-overlapping).",
+    )
+    length_buckets: bool = Field(
+        True,
+        description="Batch training windows of similar length and cut their shared padding "
+        "(see miir.training.data.LengthBuckets); off: uniformly random batches.",
     )
     eval_batch_size: int = Field(512, ge=1, description="Users per evaluation batch.")
     precision: str = Field("32-true", description="'32-true' or 'bf16' (autocast to bfloat16).")
@@ -115,6 +129,25 @@ def build_model(artifact: Artifact, config: MIIRConfig) -> MIIR:
     present, values = item_tables(artifact, names)
     model.set_item_tables(present, values)
     return model
+
+
+def training_loader(windows: Tensor, cfg: TrainConfig) -> DataLoader:
+    """The training batches of an epoch: similar lengths (``cfg.length_buckets``, the default)
+    or uniformly random rows; seeded by ``cfg.seed`` (and the epoch)."""
+    if cfg.length_buckets:
+        order: dict[str, Any] = {
+            "sampler": LengthBuckets(row_lengths(windows), cfg.batch_size, cfg.seed)
+        }
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed)}
+    return DataLoader(
+        TensorRows(windows),
+        batch_size=cfg.batch_size,
+        collate_fn=collate_rows,
+        num_workers=cfg.num_workers,
+        drop_last=False,
+        **order,
+    )
 
 
 class BestSafetensors(Callback):
@@ -195,18 +228,12 @@ def _fit_stage(
     max_len = model.config.max_len
     windows = training_windows(artifact, max_len, cfg.window_stride)
     valid = eval_rows(artifact, "valid", max_len)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(
-        TensorRows(windows),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=gen,
-        collate_fn=collate_rows,
-        num_workers=cfg.num_workers,
-        drop_last=False,
-    )
+    train_loader = training_loader(windows, cfg)
+    # validation metrics are means over users: score them in order of history length, so that
+    # each batch's shared padding is cut (see MIIR.query_states)
+    by_length = torch.argsort(row_lengths(valid.history), stable=True)
     val_loader = DataLoader(
-        TensorRows(valid.history, valid.target, valid.negatives),
+        TensorRows(valid.history[by_length], valid.target[by_length], valid.negatives[by_length]),
         batch_size=cfg.eval_batch_size,
         shuffle=False,
         collate_fn=collate_rows,
