@@ -192,10 +192,20 @@ def train(
         float | None, typer.Option(help="MII mask probability p (paper: 0.5).")
     ] = None,
     item_mask_prob: Annotated[
-        float | None, typer.Option(help="Extra whole-item masking probability in MII.")
+        float | None,
+        typer.Option(help="Extra whole-item masking probability in MII (default 0.2; authors: 0)."),
     ] = None,
     window_stride: Annotated[
         int | None, typer.Option(help="Training window stride (default: max_len).")
+    ] = None,
+    length_buckets: Annotated[
+        bool | None,
+        typer.Option(
+            "--length-buckets/--random-batches",
+            help="Batches of similar length with their shared padding cut (default), or "
+            "uniformly random batches.",
+            show_default=False,
+        ),
     ] = None,
     precision: Annotated[str | None, typer.Option(help="32-true or bf16.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
@@ -246,6 +256,7 @@ def train(
             "patience": patience,
             "min_epochs": min_epochs,
             "window_stride": window_stride,
+            "length_buckets": length_buckets,
             "precision": precision,
             "seed": seed,
             "accelerator": accelerator,
