@@ -2,6 +2,8 @@
 protocols in ``bench/results/results_beauty.{json,md}``.
 
     python bench/paper_results.py [--epochs 20 --lr 1e-3 --precision bf16] [--aggregate-only]
+    python bench/paper_results.py --aggregate-only --datasets Beauty \
+        --runs 'runs/long/{data}-{variant}' --name results_beauty_long
 
 Each run is the ``miir train`` command printed in the table, so it can be re-run as is. Runs
 whose folder already holds a ``results.json`` from the same command are not trained again.
@@ -62,9 +64,10 @@ def collect(ds_name: str, out: Path) -> dict:
     res = json.loads((out / "results.json").read_text())
     run = json.loads((out / "run.json").read_text())
     mc, tc = run["model_config"], run["train_config"]
+    batches = "length buckets" if tc.get("length_buckets") else "random batches"
     settings = (
         f"max {tc['max_epochs']} ep, patience {tc['patience']}, lr {tc['lr']}, dropout {mc['dropout']}, "
-        f"item mask {mc['item_mask_prob']}, {tc['precision']}"
+        f"item mask {mc['item_mask_prob']}, {tc['precision']}, {batches}"
     )
     resumed = sum(1 for p in (out / "logs").iterdir() if "-resumed" in p.name)
     return {
@@ -79,11 +82,11 @@ def collect(ds_name: str, out: Path) -> dict:
 SIG_METRICS = ("HR@10", "NDCG@10", "MRR")
 
 
-def paired_tests(rows: list[dict]) -> list[dict]:
+def paired_tests(rows: list[dict], datasets: dict[str, str]) -> list[dict]:
     """MIIR against each other variant on the same data, and each variant on Beauty against
     Beauty D (same users and split; side fields hidden)."""
     by = {(r["dataset"], r["variant"]): Path(r["run"]) for r in rows}
-    pairs = [((d, "MIIR"), (d, other)) for d in DATASETS for other in ("MIIR-R", "Sparse-MIIR")] + [
+    pairs = [((d, "MIIR"), (d, other)) for d in datasets for other in ("MIIR-R", "Sparse-MIIR")] + [
         (("Beauty", v), ("Beauty D", v)) for v in ("MIIR", "MIIR-R", "Sparse-MIIR")
     ]
     out = []
@@ -107,12 +110,22 @@ def main() -> None:
     ap.add_argument("--item-mask-prob", type=float, default=0.0)
     ap.add_argument("--only", nargs="*", help="dataset:variant pairs to train (default: all)")
     ap.add_argument("--aggregate-only", action="store_true", help="Only collect finished runs.")
+    ap.add_argument(
+        "--datasets", nargs="*", choices=list(DATASETS), help="Data sets (default: all)."
+    )
+    ap.add_argument(
+        "--runs",
+        default="runs/{data}/{variant}",
+        help="Run folder of each (artifact folder name, variant).",
+    )
+    ap.add_argument("--name", default="results_beauty", help="Results file name (no suffix).")
     args = ap.parse_args()
+    datasets = {k: v for k, v in DATASETS.items() if not args.datasets or k in args.datasets}
 
     rows = []
-    for ds_name, data in DATASETS.items():
+    for ds_name, data in datasets.items():
         for variant in VARIANTS:
-            out = Path("runs") / Path(data).name / variant
+            out = Path(args.runs.format(data=Path(data).name, variant=variant))
             cmd = command(data, variant, out, args)
             key = f"{ds_name}:{variant}"
             done = out / "results.json"
@@ -127,9 +140,10 @@ def main() -> None:
                 )
             if done.exists():
                 rows.append(collect(ds_name, out))
-    significance = paired_tests(rows)
+    significance = paired_tests(rows, datasets)
     result = {
-        "benchmark": "results_beauty",
+        "benchmark": args.name,
+        "command": shlex.join(["python", "bench/paper_results.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "machine": machine(),
@@ -152,13 +166,13 @@ def main() -> None:
     }
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results_beauty.json", json.dumps(result, indent=1))
+    atomic_write_text(out_dir / f"{args.name}.json", json.dumps(result, indent=1))
 
     names = ["HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"]
     md = [
         "# MIIR on amazon-beauty: test metrics, both protocols",
         "",
-        f"Commit {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
+        f"`{result['command']}` at commit {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Fields: ID, categories, brand, title. "
         "Budget-limited runs (early stopping on validation full-ranking NDCG@10); the paper trains 100 epochs "
         "at lr 1e-4 with dropout 0.5.",
@@ -200,8 +214,13 @@ def main() -> None:
         earlier = r["earlier_commands"] or ([None] if r["resumed"] else [])
         for c in [*earlier, r["command"]]:
             md.append(f"  - `{c}`" if c else "  - (not recorded; its settings are in run.json)")
-    have = {(r["dataset"], Path(r["run"]).name) for r in rows}
-    missing = [f"{d} {v}" for d in DATASETS for v in VARIANTS if (d, v) not in have]
+    have = {(r["dataset"], r["run"]) for r in rows}
+    missing = [
+        f"{d} {v}"
+        for d, data in datasets.items()
+        for v in VARIANTS
+        if (d, args.runs.format(data=Path(data).name, variant=v)) not in have
+    ]
     if missing:
         md += ["", f"Not run yet: {', '.join(missing)}."]
     budgets = {r["train_config"]["max_epochs"] for r in rows}
@@ -214,7 +233,7 @@ def main() -> None:
         "",
         "Each run's exact configuration is in its `run.json`; the settings column is read from it.",
     ]
-    atomic_write_text(out_dir / "results_beauty.md", "\n".join(md) + "\n")
+    atomic_write_text(out_dir / f"{args.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
 
