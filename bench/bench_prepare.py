@@ -40,6 +40,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from miir.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_NO_TEXT_S = 10.0
 TARGET_CORES = 2
@@ -194,19 +196,6 @@ def bench_case(
 # ----------------------------------------------------------------------------- output
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def target_verdict(report: dict[str, Any]) -> str:
     case = report["cases"].get("no-text")
     if case is None:
@@ -309,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     out = Path(args.results_dir)
-    write_atomic(out / "prepare.json", json.dumps(report, indent=1) + "\n")
-    write_atomic(out / "prepare.md", markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "prepare.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "prepare.md", markdown(report))
     for name, c in report["cases"].items():
         w = c["wall_s"]
         print(
