@@ -8,20 +8,21 @@ batch 128, max length 20) with the fields ID, categories, brand and title:
 - seconds per training step of three formulations, timed in interleaved rounds in one process
   on the same batches (the machine is shared and noisy, so the comparison is a ratio measured
   side by side): ``naive`` (a straightforward formulation kept here for this purpose: a plain
-  ``nn.TransformerEncoder``, ``F.dropout``, item logits at every position, every batch at the
-  full width), ``ours-fp32`` (:class:`miir.models.miir.MIIR` as ``miir train`` runs it:
-  batches of similar length with their shared padding cut, logits only where a field is
-  masked, fused QKV, the fast dropout) and ``ours-bf16`` (the same under bfloat16 autocast);
-  plus ``ours-torch-dropout`` (ours with ``F.dropout``) and ``ours-fp32-random-batches``
-  (uniformly random batches, so almost nothing to cut) to isolate those two effects;
+  ``nn.TransformerEncoder``, ``F.dropout``, item logits at every position, every batch padded
+  to the full width), ``ours-fp32`` (:class:`miir.models.miir.MIIR` as ``miir train`` runs it:
+  a batch's windows packed into shared rows, logits only where a field is masked, fused QKV,
+  the fast dropout) and ``ours-bf16`` (the same under bfloat16 autocast); plus
+  ``ours-fp32-buckets`` (batches of similar lengths, shared padding cut),
+  ``ours-fp32-padded`` (uniformly random batches, shared padding cut: almost none) and
+  ``ours-torch-dropout`` (ours with ``F.dropout``) to isolate those effects;
 - that the naive and our formulation compute the same loss (dropout off, same batch and mask),
-  also on a batch whose padding ours cuts;
+  on a packed batch and on a batch whose padding ours cuts;
 - FLOPs of one training step (``torch.utils.flop_counter``) and the achieved fraction of this
   machine's measured float32 / bfloat16 matrix-multiply rate;
 - the effect of keeping freed memory in glibc malloc (:mod:`miir.runtime`, on everywhere else
   in this script and in ``miir train``): child processes with and without it, alternated;
-- one real epoch through the Lightning trainer with ``miir train``'s data loader (fp32, bf16,
-  and fp32 with uniformly random batches), sequences per second;
+- one real epoch through the Lightning trainer with ``miir train``'s data loader and module
+  (packed in fp32 and bf16, buckets and padded in fp32), sequences per second;
 - evaluation time of the validation split under both protocols (users in order of history
   length, as ``evaluate_scores`` does, and in row order);
 - peak resident memory of the process.
@@ -56,7 +57,7 @@ from miir.data.artifact import Artifact
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.evaluation.evaluate import TwoProtocolRanks, evaluate_scores
 from miir.models import variant_config
-from miir.models.miir import MIIR, Masked, mii_mask, trim_left_padding
+from miir.models.miir import MIIR, Masked, mii_mask, pack_windows, trim_left_padding
 from miir.runtime import keep_freed_memory
 from miir.training.data import LengthBuckets, eval_rows, row_lengths, training_windows
 from miir.training.module import MIIRModule
@@ -179,23 +180,31 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def make_step(kind: str, model: MIIR, naive: NaiveMIIR, windows: torch.Tensor):
-    """A training step of ``kind`` on a batch of row indices. Ours cuts the batch's shared
-    padding (as ``miir train`` does); the naive formulation does not."""
+def prepare(items: torch.Tensor, batching: str, max_len: int):
+    """A batch as ``miir train`` feeds it to the model: packed, or with its shared padding cut."""
+    if batching == "packed":
+        return pack_windows(items, max_len)
+    return trim_left_padding(items), None
+
+
+def make_step(kind: str, model: MIIR, naive: NaiveMIIR, windows: torch.Tensor, batching: str):
+    """A training step of ``kind`` on a batch of row indices, prepared by ``batching``
+    ('packed', 'buckets' or 'random', as in ``miir train``); the naive formulation always runs
+    the padded batch at full width."""
     params = list(naive.parameters()) if kind == "naive" else list(model.parameters())
     opt = torch.optim.Adam(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
 
     def step(batch: torch.Tensor) -> float:
-        items = windows[batch]
+        items, packing = windows[batch], None
         if kind != "naive":
-            items = trim_left_padding(items)
+            items, packing = prepare(items, batching, model.config.max_len)
         masked = mii_mask(model.present(items), 0.5, generator=gen)
         if kind == "naive":
             loss = naive.loss(items, masked)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "ours-bf16"):
-                loss, _ = model.loss(items, masked)
+                loss, _ = model.loss(items, masked, packing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in params:
@@ -227,12 +236,12 @@ class EpochTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self.t)
 
 
-def lightning_epoch(artifact: Artifact, bf16: bool, batch: int, buckets: bool) -> dict:
+def lightning_epoch(artifact: Artifact, bf16: bool, batch: int, batching: str) -> dict:
     """One epoch through the Lightning trainer with ``miir train``'s own data loader."""
     torch.manual_seed(0)
     model = build_model(artifact, variant_config("miir", fields=FIELDS))
     windows = training_windows(artifact, model.config.max_len)
-    loader = training_loader(windows, TrainConfig(batch_size=batch, seed=0, length_buckets=buckets))
+    loader = training_loader(windows, TrainConfig(batch_size=batch, seed=0, batching=batching))
     timer = EpochTimer()
     trainer = L.Trainer(
         max_epochs=1,
@@ -248,13 +257,16 @@ def lightning_epoch(artifact: Artifact, bf16: bool, batch: int, buckets: bool) -
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(MIIRModule(model, lr=1e-4, seed=0, objective="mii", bf16=bf16), loader)
+    module = MIIRModule(
+        model, lr=1e-4, seed=0, objective="mii", bf16=bf16, pack=batching == "packed"
+    )
+    trainer.fit(module, loader)
     return {
         "seconds": timer.seconds[0],
         "sequences": len(windows),
         "sequences_per_second": len(windows) / timer.seconds[0],
         "steps": len(loader),
-        "length_buckets": buckets,
+        "batching": batching,
     }
 
 
@@ -266,10 +278,12 @@ def child_steps(data: str, batch: int, steps: int) -> None:
     torch.manual_seed(0)
     model = build_model(artifact, variant_config("miir", fields=FIELDS))
     windows = training_windows(artifact, model.config.max_len)
-    batches = LengthBuckets(row_lengths(windows), batch, seed=0).batches()
+    batches = list(
+        torch.randperm(len(windows), generator=torch.Generator().manual_seed(0)).split(batch)
+    )
     out: dict = {"tuned": tuned}
     for kind in ("ours-fp32", "ours-bf16"):
-        step = make_step(kind, model, None, windows)  # type: ignore[arg-type]
+        step = make_step(kind, model, None, windows, "packed")  # type: ignore[arg-type]
         timed(step, batches[-5:])  # warm-up: glibc settles within a few steps
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = timed(step, batches[:steps])
@@ -341,33 +355,50 @@ def main() -> None:
     naive = NaiveMIIR(model)
     windows = training_windows(artifact, model.config.max_len)
     steps_per_epoch = -(-len(windows) // args.batch)
-    # the batches of a `miir train` epoch (similar lengths), and uniformly random ones
-    bucketed = LengthBuckets(row_lengths(windows), args.batch, seed=0).batches()
+    # uniformly random batches (`miir train --batching packed` or `random`) and batches of
+    # similar lengths (`--batching buckets`)
     shuffled = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))
     random_batches = list(shuffled.split(args.batch))
+    bucketed = LengthBuckets(row_lengths(windows), args.batch, seed=0).batches()
     widths = [int(row_lengths(windows[b]).max()) for b in bucketed]
+    packed_rows = [
+        pack_windows(windows[b], model.config.max_len)[0].shape[0] for b in random_batches
+    ]
 
-    # same losses: dropout off, the same batch and mask; ours on the trimmed batch, naive on
-    # the full-width one (a random batch, and a bucketed batch that trimming shortens)
+    # same losses: dropout off, the same batch and mask; naive on the padded full-width batch,
+    # ours on the batch as `miir train` prepares it (masks moved along)
     model.eval()
     naive.eval()
     same_loss = {}
     short = next(b for b, w in zip(bucketed, widths, strict=True) if w < model.config.max_len)
-    for name, batch in (("random batch", random_batches[0]), ("short batch", short)):
+    for name, batch, batching in (
+        ("random batch, packed", random_batches[0], "packed"),
+        ("bucketed batch, padding cut", short, "buckets"),
+    ):
         items = windows[batch]
-        trimmed = trim_left_padding(items)
         gen = torch.Generator().manual_seed(1)
         masked = mii_mask(model.present(items), 0.5, generator=gen)
-        cut = items.shape[1] - trimmed.shape[1]
-        masked_trimmed = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
+        ours_items, packing = prepare(items, batching, model.config.max_len)
+        if packing is not None:
+            src, ok = packing.source, packing.source >= 0
+
+            def move(t: torch.Tensor, src=src, ok=ok) -> torch.Tensor:
+                out = torch.zeros((*src.shape, *t.shape[2:]), dtype=t.dtype)
+                out[ok] = t.reshape(-1, *t.shape[2:])[src[ok]]
+                return out
+
+            ours_masked = Masked(move(masked.hidden), move(masked.targets))
+        else:
+            cut = items.shape[1] - ours_items.shape[1]
+            ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
         with torch.no_grad():
-            ours_loss = float(model.loss(trimmed, masked_trimmed)[0])
+            ours_loss = float(model.loss(ours_items, ours_masked, packing)[0])
             naive_loss = float(naive.loss(items, masked))
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf16_loss = float(model.loss(trimmed, masked_trimmed)[0])
+                bf16_loss = float(model.loss(ours_items, ours_masked, packing)[0])
         same_loss[name] = {
-            "width": items.shape[1],
-            "trimmed_width": trimmed.shape[1],
+            "shape": list(items.shape),
+            "ours_shape": list(ours_items.shape),
             "naive": naive_loss,
             "ours": ours_loss,
             "abs_diff": abs(naive_loss - ours_loss),
@@ -377,32 +408,35 @@ def main() -> None:
     naive.train()
 
     rounds = [
-        {"bucketed": bucketed[r * args.steps : (r + 1) * args.steps],
+        {"buckets": bucketed[r * args.steps : (r + 1) * args.steps],
          "random": random_batches[r * args.steps : (r + 1) * args.steps]}
         for r in range(args.rounds)
     ]  # fmt: skip
-    if any(len(r["bucketed"]) < args.steps for r in rounds):
+    if any(len(r["buckets"]) < args.steps for r in rounds):
         raise SystemExit(f"--steps x --rounds exceeds the {steps_per_epoch} batches of an epoch")
 
-    # FLOPs of training steps (fp32): ours on round 0's batches (widths vary), naive on one
-    def count_flops(loss_fn, batches: list[torch.Tensor], trim: bool) -> float:
+    # FLOPs of fp32 training steps, averaged over round 0's batches (their sizes vary)
+    def count_flops(kind: str, batching: str, batches: list[torch.Tensor]) -> float:
         gen = torch.Generator().manual_seed(2)
         with FlopCounterMode(display=False) as fc:
             for b in batches:
-                items = windows[b]
-                if trim:
-                    items = trim_left_padding(items)
+                items, packing = windows[b], None
+                if kind != "naive":
+                    items, packing = prepare(items, batching, model.config.max_len)
                 masked = mii_mask(model.present(items), 0.5, generator=gen)
-                out = loss_fn(items, masked)
-                (out[0] if isinstance(out, tuple) else out).backward()
+                if kind == "naive":
+                    naive.loss(items, masked).backward()
+                else:
+                    model.loss(items, masked, packing)[0].backward()
         model.zero_grad(set_to_none=True)
         naive.zero_grad(set_to_none=True)
         return fc.get_total_flops() / len(batches)
 
     flops = {
-        "ours-bucketed": count_flops(model.loss, rounds[0]["bucketed"], trim=True),
-        "ours-random": count_flops(model.loss, rounds[0]["random"][:3], trim=True),
-        "naive": count_flops(naive.loss, rounds[0]["bucketed"][:3], trim=False),
+        "packed": count_flops("ours", "packed", rounds[0]["random"]),
+        "buckets": count_flops("ours", "buckets", rounds[0]["buckets"]),
+        "random": count_flops("ours", "random", rounds[0]["random"][:3]),
+        "naive": count_flops("naive", "random", rounds[0]["random"][:3]),
     }
     rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
 
@@ -411,23 +445,26 @@ def main() -> None:
     def torch_dropout(x, p):
         return F.dropout(x, p, True)
 
-    # (variant, formulation, batches): every variant of a round runs the same batches
+    # variant -> (formulation, batching, batches); in a round, every variant on random batches
+    # runs the same batches; `buckets` runs as many batches of similar lengths
     kinds = {
-        "naive": ("naive", "bucketed"),
-        "ours-fp32-random-batches": ("ours-fp32", "random"),
-        "ours-fp32": ("ours-fp32", "bucketed"),
-        "ours-bf16": ("ours-bf16", "bucketed"),
-        "ours-torch-dropout": ("ours-fp32", "bucketed"),
+        "naive": ("naive", "random", "random"),
+        "ours-fp32": ("ours-fp32", "packed", "random"),
+        "ours-bf16": ("ours-bf16", "packed", "random"),
+        "ours-fp32-buckets": ("ours-fp32", "buckets", "buckets"),
+        "ours-fp32-padded": ("ours-fp32", "random", "random"),
+        "ours-torch-dropout": ("ours-fp32", "packed", "random"),
     }
-    steppers = {k: make_step(f, model, naive, windows) for k, (f, _) in kinds.items()}
+    steppers = {k: make_step(f, model, naive, windows, m) for k, (f, m, _) in kinds.items()}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     round_means: dict[str, list[float]] = {k: [] for k in kinds}
     ratios = []
     for r, batches in enumerate(rounds):
         means = {}
-        for k, (_, order) in kinds.items():
+        for k, (_, _, order) in kinds.items():
             layers._Dropout.apply = torch_dropout if k == "ours-torch-dropout" else fast
-            timed(steppers[k], bucketed[-2:] if order == "bucketed" else random_batches[-3:-1])
+            warm = bucketed[-3:-1] if order == "buckets" else random_batches[-3:-1]
+            timed(steppers[k], warm)
             t = timed(steppers[k], batches[order])
             times[k] += t
             means[k] = statistics.fmean(t)
@@ -437,11 +474,12 @@ def main() -> None:
         print(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in means.items()), flush=True)
 
     variants = {}
-    for k, (_, order) in kinds.items():
+    for k, (_, batching, order) in kinds.items():
         mean = statistics.median(round_means[k])  # median over rounds of the mean step time
         rate = rates["bfloat16" if k == "ours-bf16" else "float32"]
-        f = flops["naive" if k == "naive" else f"ours-{order}"]
+        f = flops["naive" if k == "naive" else batching]
         variants[k] = {
+            "batching": "padded, full width" if k == "naive" else batching,
             "batches": order,
             "step_seconds_mean": mean,
             "step_seconds_min": min(times[k]),
@@ -462,12 +500,13 @@ def main() -> None:
 
     epochs = {}
     if not args.skip_epoch:
-        for name, bf16, buckets in (
-            ("ours-fp32", False, True),
-            ("ours-bf16", True, True),
-            ("ours-fp32-random-batches", False, False),
+        for name, bf16, batching in (
+            ("ours-fp32", False, "packed"),
+            ("ours-bf16", True, "packed"),
+            ("ours-fp32-buckets", False, "buckets"),
+            ("ours-fp32-padded", False, "random"),
         ):
-            epochs[name] = lightning_epoch(artifact, bf16, args.batch, buckets)
+            epochs[name] = lightning_epoch(artifact, bf16, args.batch, batching)
             print(f"lightning epoch {name}: {epochs[name]['seconds']:.1f}s", flush=True)
 
     valid = eval_rows(artifact, "valid", model.config.max_len)
@@ -501,6 +540,7 @@ def main() -> None:
             "config": model.config.model_dump(mode="json"),
             "steps_timed_per_variant": args.steps * args.rounds,
             "mean_bucketed_batch_width": statistics.fmean(widths),
+            "mean_packed_rows_per_batch": statistics.fmean(packed_rows),
             "malloc_tuning": malloc_tuned,
         },
         "same_loss": same_loss,
@@ -528,19 +568,22 @@ def main() -> None:
         f"`{result['command']}` at {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, "
         f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {torch.__version__}.",
         f"{len(windows):,} training windows, {steps_per_epoch} steps of {args.batch} per epoch. "
-        f"Each of {args.rounds} interleaved rounds times every variant on the same {args.steps} batches "
-        f"of an epoch (`bucketed`: similar lengths, as `miir train` makes them, mean width "
-        f"{statistics.fmean(widths):.1f} of {model.config.max_len} items; `random`: uniformly random rows); "
-        "s/step is the median over rounds of the mean step time, the speed-up the median over rounds "
-        "of the ratio. Ours cuts each batch's shared padding; the naive formulation runs the full width.",
+        f"Each of {args.rounds} interleaved rounds times every variant on {args.steps} batches of an epoch: "
+        "the same uniformly random batches for all but `ours-fp32-buckets`, which runs as many batches of "
+        f"similar lengths (mean width {statistics.fmean(widths):.1f} of {model.config.max_len} items). "
+        "Batching as in `miir train --batching`: `packed` (the default) packs a batch's windows into "
+        f"shared rows ({statistics.fmean(packed_rows):.1f} rows of {model.config.max_len} per batch of "
+        f"{args.batch} on average), `buckets` and `random` cut the padding a batch shares; the naive "
+        "formulation runs the padded batch at full width. s/step is the median over rounds of the mean "
+        "step time, the speed-up the median over rounds of the ratio.",
         "",
-        "| variant | batches | s/step | epoch (est.) | seq/s | GFLOP/step | GFLOP/s | of matmul peak | speed-up vs naive |",
+        "| variant | batching | s/step | epoch (est.) | seq/s | GFLOP/step | GFLOP/s | of matmul peak | speed-up vs naive |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in variants.items():
         sp = "1.00" if k == "naive" else f"{ratio_summary[f'naive/{k}']:.2f}"
         md.append(
-            f"| {k} | {v['batches']} | {v['step_seconds_mean']:.3f} | {v['epoch_seconds_estimate']:.1f} s | {v['sequences_per_second']:.0f} | "
+            f"| {k} | {v['batching']} | {v['step_seconds_mean']:.3f} | {v['epoch_seconds_estimate']:.1f} s | {v['sequences_per_second']:.0f} | "
             f"{v['flops_per_step'] / 1e9:.2f} | {v['achieved_gflops']:.1f} | {v['fraction_of_matmul_rate']:.1%} | {sp}x |"
         )
     md += [
@@ -549,8 +592,8 @@ def main() -> None:
     ]
     for name, v in same_loss.items():
         md.append(
-            f"Same loss (dropout off, same batch and mask), {name} of width {v['width']}, ours cut to "
-            f"{v['trimmed_width']}: naive {v['naive']:.5f}, ours {v['ours']:.5f} "
+            f"Same loss (dropout off, same batch and mask), {name}: naive on {tuple(v['shape'])}, ours on "
+            f"{tuple(v['ours_shape'])}: naive {v['naive']:.5f}, ours {v['ours']:.5f} "
             f"(|diff| {v['abs_diff']:.2e}); ours under bf16 autocast {v['ours_bf16']:.5f}."
         )
     if allocator:
@@ -561,7 +604,7 @@ def main() -> None:
                 f"above: {malloc_tuned}), {kind}: {a['untuned']['step_seconds_mean']:.3f} s/step "
                 f"without, {a['tuned']['step_seconds_mean']:.3f} s with "
                 f"(median of per-pair ratios {a['speedup_median_of_rounds']:.2f}x over {allocator['rounds']} alternated "
-                f"process pairs; mean step time over the same bucketed batches); system time {1e3 * a['untuned']['system_seconds_per_step']:.0f} -> "
+                f"process pairs; mean step time over the same packed random batches); system time {1e3 * a['untuned']['system_seconds_per_step']:.0f} -> "
                 f"{1e3 * a['tuned']['system_seconds_per_step']:.0f} ms/step, page faults "
                 f"{a['untuned']['page_faults_per_step']:.0f} -> {a['tuned']['page_faults_per_step']:.0f} per step."
             )

@@ -41,7 +41,7 @@ def test_train_with_config_file_and_cli_precedence(
     assert run["model_config"]["embedding_size"] == 16 and run["model_config"]["n_layers"] == 1
     assert run["train_config"]["lr"] == 0.01  # from the file
     assert run["train_config"]["batch_size"] == 16  # the CLI wins over the file
-    assert run["train_config"]["length_buckets"] is True  # the default
+    assert run["train_config"]["batching"] == "packed"  # the default
     assert run["command"].startswith("miir ")
     assert "test/full" in res.output and "valid/sampled" in res.output
 
@@ -55,10 +55,10 @@ def test_train_with_config_file_and_cli_precedence(
     other = tmp_path / "run-d"
     args = ["train", "--data", str(planted_discard_artifact), "--out", str(other)]
     res = runner.invoke(
-        app, [*args, "--config", str(cfg), "--variant", "miir-r", "--random-batches", *SMALL]
+        app, [*args, "--config", str(cfg), "--variant", "miir-r", "--batching", "buckets", *SMALL]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads((other / "run.json").read_text())["train_config"]["length_buckets"] is False
+    assert json.loads((other / "run.json").read_text())["train_config"]["batching"] == "buckets"
     assert (
         run["artifact"]["cases_sha256"]
         == json.loads((other / "run.json").read_text())["artifact"]["cases_sha256"]

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miir.data.schema import FieldKind
 from miir.models import VARIANTS, variant_config
-from miir.models.miir import MIIR, FieldInfo, Masked, mii_mask, rec_mask, trim_left_padding
+from miir.models.miir import (
+    MIIR,
+    FieldInfo,
+    Masked,
+    mii_mask,
+    pack_windows,
+    rec_mask,
+    trim_left_padding,
+)
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 
 N_ITEMS = 30
@@ -213,3 +223,79 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
         assert torch.allclose(value, cut_parts[name], atol=1e-6), name
     assert trim_left_padding(batch()) is not None and trim_left_padding(batch()).shape == (4, 6)
     assert trim_left_padding(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 0)
+
+
+def _to_packed(t: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Move per-position values of a (B, n, ...) batch to their packed slots."""
+    flat = t.reshape(-1, *t.shape[2:])
+    out = torch.zeros((*source.shape, *t.shape[2:]), dtype=t.dtype)
+    ok = source >= 0
+    out[ok] = flat[source[ok]]
+    return out
+
+
+def _ragged_batch(B: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, N_ITEMS + 2, (B, 6), generator=g)
+    for r in range(B):
+        items[r, : int(torch.randint(0, 6, (1,), generator=g))] = 0  # 1 to 6 items
+    return items
+
+
+@pytest.mark.parametrize("variant", ["miir", "miir-r", "sparse-miir", "miir-m"])
+def test_packed_windows_have_the_loss_of_the_unpacked_batch(variant: str) -> None:
+    """Windows packed into shared rows attend only within themselves and keep their positions:
+    the loss and every per-field loss are those of the padded batch."""
+    model = make_model(variant)
+    items = _ragged_batch(11, seed=4)
+    g = torch.Generator().manual_seed(0)
+    present = model.present(items)
+    masked = (
+        rec_mask(present, 0.5, generator=g)
+        if variant == "miir-r"
+        else mii_mask(present, 0.5, 0.2, generator=g)
+    )
+    packed, packing = pack_windows(items)
+    assert packed.shape[0] < items.shape[0]  # fewer rows
+    moved = Masked(
+        _to_packed(masked.hidden, packing.source), _to_packed(masked.targets, packing.source)
+    )
+    loss, parts = model.loss(items, masked)
+    packed_loss, packed_parts = model.loss(packed, moved, packing)
+    assert torch.allclose(loss, packed_loss, atol=1e-5)
+    for name, value in parts.items():
+        assert torch.allclose(value, packed_parts[name], atol=1e-5), name
+    # and the gradients agree
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    packed_grads = torch.autograd.grad(packed_loss, list(model.parameters()), allow_unused=True)
+    for a, b in zip(grads, packed_grads, strict=True):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=24), st.integers(0, 2**31 - 1))
+def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, 50, (len(lengths), 6), generator=g)
+    for r, n in enumerate(lengths):
+        items[r, : 6 - n] = 0
+    packed, p = pack_windows(items, max_len=8)
+    n_rows = packed.shape[0]
+    assert packed.shape[1] == 6 and 1 <= n_rows <= max(1, len(lengths))
+    # first-fit decreasing never uses more rows than twice the lower bound, plus one
+    bound = 2 * -(-sum(lengths) // 6) + 1
+    assert n_rows <= bound
+    assert p.n_windows == len(lengths)
+    for w, n in enumerate(lengths):
+        slots = (p.windows == w).nonzero().tolist()
+        assert len(slots) == n
+        if n:
+            assert len({r for r, _ in slots}) == 1  # one window, one row
+            row, cols = slots[0][0], [c for _, c in slots]
+            assert cols == list(range(cols[0], cols[0] + n))  # contiguous, in order
+            assert packed[row, cols].tolist() == items[w, 6 - n :].tolist()
+            assert p.positions[row, cols].tolist() == list(range(8 - n, 8))  # from the right
+    empty = p.windows < 0
+    assert (packed[empty] == 0).all() and (p.source[empty] == -1).all()
+    assert (packed[~empty] != 0).all()

@@ -247,7 +247,7 @@ def test_length_buckets_batch_similar_lengths(planted_artifact) -> None:
     sampler.set_epoch(1)
     assert [b.tolist() for b in sampler.batches()] != [b.tolist() for b in first]  # per epoch
     # a DataLoader with the same batch size cuts exactly these batches
-    loader = training_loader(windows, TrainConfig(batch_size=32, seed=3))
+    loader = training_loader(windows, TrainConfig(batch_size=32, seed=3, batching="buckets"))
     loader.sampler.set_epoch(4)
     expected = [windows[b] for b in loader.sampler.batches()]
     got = [b[0] for b in loader]
@@ -258,11 +258,10 @@ def test_length_buckets_batch_similar_lengths(planted_artifact) -> None:
     assert [len(b) for b in odd] == [32, 32, 32, 4]
 
 
-def test_training_with_uniformly_random_batches(planted_artifact, tmp_path) -> None:
-    cfg = TrainConfig(max_epochs=1, limit_train_batches=3, length_buckets=False, **FAST)
+@pytest.mark.parametrize("batching", ["buckets", "random"])
+def test_training_with_other_batching(planted_artifact, tmp_path, batching) -> None:
+    cfg = TrainConfig(max_epochs=1, limit_train_batches=3, batching=batching, **FAST)
     res = train(planted_artifact, tmp_path / "r", small_model(), cfg)
     assert 0 <= res["test"]["full"]["MRR"] <= 1
-    assert (
-        json.loads((tmp_path / "r" / "run.json").read_text())["train_config"]["length_buckets"]
-        is False
-    )
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["train_config"]["batching"] == batching

@@ -198,12 +198,11 @@ def train(
     window_stride: Annotated[
         int | None, typer.Option(help="Training window stride (default: max_len).")
     ] = None,
-    length_buckets: Annotated[
-        bool | None,
+    batching: Annotated[
+        str | None,
         typer.Option(
-            "--length-buckets/--random-batches",
-            help="Batches of similar length with their shared padding cut (default), or "
-            "uniformly random batches.",
+            help="Training batches: packed (default: random windows packed into shared rows), "
+            "buckets (windows of similar length) or random (padded).",
             show_default=False,
         ),
     ] = None,
@@ -256,7 +255,7 @@ def train(
             "patience": patience,
             "min_epochs": min_epochs,
             "window_stride": window_stride,
-            "length_buckets": length_buckets,
+            "batching": batching,
             "precision": precision,
             "seed": seed,
             "accelerator": accelerator,

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from miir.evaluation.evaluate import TwoProtocolRanks
-from miir.models.miir import MIIR, mii_mask, rec_mask, trim_left_padding
+from miir.models.miir import MIIR, mii_mask, pack_windows, rec_mask, trim_left_padding
 
 
 def step_seed(*parts: int) -> int:
@@ -23,7 +23,14 @@ class MIIRModule(L.LightningModule):
     """Trains ``model`` with ``objective`` ('mii': Eq. 13, 'rec': Eq. 14)."""
 
     def __init__(
-        self, model: MIIR, *, lr: float, seed: int, objective: str, bf16: bool = False
+        self,
+        model: MIIR,
+        *,
+        lr: float,
+        seed: int,
+        objective: str,
+        bf16: bool = False,
+        pack: bool = False,
     ) -> None:
         super().__init__()
         if objective not in ("mii", "rec"):
@@ -33,6 +40,7 @@ class MIIRModule(L.LightningModule):
         self.seed = seed
         self.objective = objective
         self.bf16 = bf16
+        self.pack = pack
         self.ranks = TwoProtocolRanks()
 
     def _autocast(self):
@@ -49,20 +57,23 @@ class MIIRModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         (items,) = batch  # (B, n)
-        items = trim_left_padding(items)  # (B, m): same loss, fewer tokens
+        # the same loss on fewer tokens: windows packed into shared rows, or shared padding cut
+        if self.pack:
+            items, packing = pack_windows(items, self.model.config.max_len)  # (R, n)
+        else:
+            items, packing = trim_left_padding(items), None  # (B, m)
         masked = self.mask(items, batch_idx)
         with self._autocast():
-            loss, parts = self.model.loss(items, masked)
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(items)
-        )
+            loss, parts = self.model.loss(items, masked, packing)
+        n_seqs = len(items) if packing is None else packing.n_windows
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_seqs)
         for name, value in parts.items():
             self.log(
                 f"train/loss_{name}",
                 value,
                 on_step=False,
                 on_epoch=True,
-                batch_size=len(items),
+                batch_size=n_seqs,
                 sync_dist=True,
             )
         return loss

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as L
 import numpy as np
@@ -79,10 +79,12 @@ class TrainConfig(BaseModel):
         ge=1,
         description="Training windows step back this many items (default max_len: non-overlapping).",
     )
-    length_buckets: bool = Field(
-        True,
-        description="Batch training windows of similar length and cut their shared padding "
-        "(see miir.training.data.LengthBuckets); off: uniformly random batches.",
+    batching: Literal["packed", "buckets", "random"] = Field(
+        "packed",
+        description="Training batches: 'packed' (uniformly random windows packed into shared "
+        "rows, see miir.models.miir.pack_windows), 'buckets' (windows of similar length, their "
+        "shared padding cut: fastest, but batches are not uniform draws) or 'random' (uniformly "
+        "random windows, padded).",
     )
     eval_batch_size: int = Field(512, ge=1, description="Users per evaluation batch.")
     precision: str = Field("32-true", description="'32-true' or 'bf16' (autocast to bfloat16).")
@@ -132,9 +134,9 @@ def build_model(artifact: Artifact, config: MIIRConfig) -> MIIR:
 
 
 def training_loader(windows: Tensor, cfg: TrainConfig) -> DataLoader:
-    """The training batches of an epoch: similar lengths (``cfg.length_buckets``, the default)
-    or uniformly random rows; seeded by ``cfg.seed`` (and the epoch)."""
-    if cfg.length_buckets:
+    """The training batches of an epoch: windows of similar length (``cfg.batching ==
+    'buckets'``) or uniformly random windows; seeded by ``cfg.seed`` (and the epoch)."""
+    if cfg.batching == "buckets":
         order: dict[str, Any] = {
             "sampler": LengthBuckets(row_lengths(windows), cfg.batch_size, cfg.seed)
         }
@@ -271,7 +273,12 @@ def _fit_stage(
         enable_model_summary=False,
     )
     module = MIIRModule(
-        model, lr=cfg.lr, seed=cfg.seed, objective=objective, bf16=cfg.precision == "bf16"
+        model,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        objective=objective,
+        bf16=cfg.precision == "bf16",
+        pack=cfg.batching == "packed",
     )
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
