@@ -7,7 +7,7 @@ both protocols and per-user paired t-tests (``miir compare``).
 Writes ``bench/results/options.{json,md}`` and ``bench/results/options.png``. With ``--train``,
 the runs of a pair that do not exist yet are trained first (serially; each is one ``miir train``
 command, recorded in its ``run.json``). A pair with a run missing is listed as not run. Runs
-made before ``--random-batches`` existed trained on uniformly random batches; their commands
+made before ``--batching`` existed trained on uniformly random, padded batches; their commands
 here say so.
 """
 
@@ -48,10 +48,10 @@ PAIRS = [
         "Does bf16 autocast (our default for these runs) keep the metrics of float32 training?",
         ("bf16", "runs/options/beauty-miir-r-bf16",
          ["--variant", "miir-r", "--epochs", "15", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--random-batches"]),
+          "--batching", "random"]),
         ("fp32", "runs/options/beauty-miir-r-fp32",
          ["--variant", "miir-r", "--epochs", "15", "--precision", "32-true", "--item-mask-prob", "0.2",
-          "--random-batches"]),
+          "--batching", "random"]),
     ),
     (
         "whole-item masking",
@@ -59,21 +59,34 @@ PAIRS = [
         "fully hidden item, the test-time query, appears with probability 1/32 per position)",
         ("item mask 0.2", "runs/beauty/miir",
          ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--random-batches"]),
+          "--batching", "random"]),
         ("item mask 0", "runs/options/beauty-miir-itemmask0",
          ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0",
-          "--random-batches"]),
+          "--batching", "random"]),
+    ),
+    (
+        "packed batches",
+        "Uniformly random batches packed into shared rows (the default: the loss of a padded "
+        "batch on a third of the tokens) against the same batches padded: the same objective, so "
+        "any difference is the trajectory of one seed.",
+        ("packed", "runs/packed/beauty-miir",
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
+          "--batching", "packed"]),
+        ("padded", "runs/beauty/miir",
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
+          "--batching", "random"]),
     ),
     (
         "length buckets",
-        "Batches of similar length with their shared padding cut (ours; 2.5x less time per epoch, "
-        "see train.md) against uniformly random batches: does the batch composition change what "
-        "the model learns?",
+        "Batches of similar length with their shared padding cut (`--batching buckets`, the "
+        "fastest) against uniformly random batches: does the batch composition change what the "
+        "model learns?",
         ("length buckets", "runs/buckets/beauty-miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2"]),
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
+          "--batching", "buckets"]),
         ("random batches", "runs/beauty/miir",
          ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--random-batches"]),
+          "--batching", "random"]),
     ),
 ]  # fmt: skip
 

@@ -64,7 +64,9 @@ def collect(ds_name: str, out: Path) -> dict:
     res = json.loads((out / "results.json").read_text())
     run = json.loads((out / "run.json").read_text())
     mc, tc = run["model_config"], run["train_config"]
-    batches = "length buckets" if tc.get("length_buckets") else "random batches"
+    # runs from before `batching` existed trained on padded random batches
+    legacy = "buckets" if tc.get("length_buckets") else "random"
+    batches = f"{tc.get('batching', legacy)} batches"
     settings = (
         f"max {tc['max_epochs']} ep, patience {tc['patience']}, lr {tc['lr']}, dropout {mc['dropout']}, "
         f"item mask {mc['item_mask_prob']}, {tc['precision']}, {batches}"

@@ -20,7 +20,9 @@ Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
 - **Left padding.** Sequences are right-aligned, so the appended query item always sits at the
   last position and has the same position embedding in training and at inference. Positions
   count from the right, so columns that are padding in every row of a batch can be cut
-  (:func:`trim_left_padding`; training batches of similar lengths make that cut large).
+  (:func:`trim_left_padding`, used at inference), and short training windows can share a row
+  (:func:`pack_windows`: each window attends only to itself and keeps its positions; the loss
+  is computed per window, so it is the loss of the padded batch).
 - **The query pattern in training.** Per-field masking with p = 0.5 hides all F fields of an
   item with probability p**F (1/16 for four fields): that is how often plain MII meets the
   inference query. ``item_mask_prob`` adds whole-item masking on top (every field of a

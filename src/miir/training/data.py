@@ -4,10 +4,12 @@ This is the one path from files to tensors. Everything is built once, as whole t
 run starts; a batch is an index slice (no per-step Python work beyond the index list).
 
 Padding costs compute: amazon-beauty's training windows hold 6.5 items on average out of 20.
-:class:`LengthBuckets` orders each epoch so that a batch holds windows of similar length, and
-:func:`miir.models.miir.trim_left_padding` drops the columns that are padding in every row of
-a batch. Rows are right-aligned and the model counts positions from the right, so cutting
-changes nothing but the work done.
+``miir train`` packs each batch's windows into shared rows by default
+(:func:`miir.models.miir.pack_windows`); with ``batching='buckets'``, :class:`LengthBuckets`
+orders each epoch so that a batch holds windows of similar length and
+:func:`miir.models.miir.trim_left_padding` drops the columns that are padding in every row.
+Rows are right-aligned and the model counts positions from the right, so neither changes the
+loss of a window.
 
 - Training rows: each user's training part (the sequence without its last two items) cut into
   windows of ``max_len`` items, the newest window first, stepping back ``stride`` items
