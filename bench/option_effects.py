@@ -88,6 +88,17 @@ PAIRS = [
          ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
           "--batching", "random"]),
     ),
+    (
+        "longer training",
+        "The length-buckets run continued from 30 to at most 100 epochs (early stopping with "
+        "patience 10 on validation full NDCG@10): how much do the 30-epoch budgets leave?",
+        ("up to 100 epochs", "runs/long/beauty-miir",
+         ["--variant", "miir", "--epochs", "100", "--precision", "bf16", "--item-mask-prob", "0.2",
+          "--batching", "buckets"]),
+        ("30 epochs", "runs/buckets/beauty-miir",
+         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
+          "--batching", "buckets"]),
+    ),
 ]  # fmt: skip
 
 
