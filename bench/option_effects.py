@@ -66,9 +66,11 @@ PAIRS = [
     ),
     (
         "packed batches",
-        "Uniformly random batches packed into shared rows (the default: the loss of a padded "
-        "batch on a third of the tokens) against the same batches padded: the same objective, so "
-        "any difference is the trajectory of one seed.",
+        "Uniformly random batches packed into shared rows (the default) against the same kind of "
+        "batches padded. A packed batch has exactly the loss and gradients of the padded one "
+        "(tests/test_miir.py, train.md); only the random draws differ (MII masks are drawn over "
+        "the packed layout, dropout over fewer tokens). So this pair measures run-to-run noise: "
+        "how far apart two runs of the same objective land.",
         ("packed", "runs/packed/beauty-miir",
          ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
           "--batching", "packed"]),
@@ -90,8 +92,9 @@ PAIRS = [
     ),
     (
         "longer training",
-        "The length-buckets run continued from 30 to at most 100 epochs (early stopping with "
-        "patience 10 on validation full NDCG@10): how much do the 30-epoch budgets leave?",
+        "The length-buckets run continued from 30 to at most 100 epochs (its folder copied, then "
+        "`--resume`; early stopping with patience 10 on validation full NDCG@10): how much do the "
+        "30-epoch budgets leave?",
         ("up to 100 epochs", "runs/long/beauty-miir",
          ["--variant", "miir", "--epochs", "100", "--precision", "bf16", "--item-mask-prob", "0.2",
           "--batching", "buckets"]),
@@ -174,7 +177,10 @@ def main() -> None:
         f"{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Each pair differs in one "
         "setting; lr 1e-3, dropout 0.1, seed 42, batch 128. One seed per run: the paired t-test is "
-        "over test users, not over training seeds.",
+        "over test users, not over training seeds, so its p-value says nothing about run-to-run "
+        "noise. The `packed batches` pair below measures that noise (two runs of the same "
+        "objective); a difference between single runs no larger than theirs is not evidence of an "
+        "effect, whatever its p.",
     ]
     names = ["HR@10", "NDCG@10", "MRR"]
     for e in results:
