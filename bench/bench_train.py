@@ -380,14 +380,7 @@ def main() -> None:
         masked = mii_mask(model.present(items), 0.5, generator=gen)
         ours_items, packing = prepare(items, batching, model.config.max_len)
         if packing is not None:
-            src, ok = packing.source, packing.source >= 0
-
-            def move(t: torch.Tensor, src=src, ok=ok) -> torch.Tensor:
-                out = torch.zeros((*src.shape, *t.shape[2:]), dtype=t.dtype)
-                out[ok] = t.reshape(-1, *t.shape[2:])[src[ok]]
-                return out
-
-            ours_masked = Masked(move(masked.hidden), move(masked.targets))
+            ours_masked = Masked(packing.move(masked.hidden), packing.move(masked.targets))
         else:
             cut = items.shape[1] - ours_items.shape[1]
             ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])

@@ -41,28 +41,33 @@ COMMON = [
 ]  # fmt: skip
 MONITOR = "valid/full/NDCG@10"
 
+
+def run_args(
+    variant: str, epochs: int, batching: str, precision: str = "bf16", item_mask: str = "0.2"
+):
+    """The `miir train` arguments of a run of a pair (beyond COMMON)."""
+    return ["--variant", variant, "--epochs", str(epochs), "--precision", precision,
+            "--item-mask-prob", item_mask, "--batching", batching]  # fmt: skip
+
+
 # (name, question, (label, run folder, extra arguments) for A and for B)
 PAIRS = [
     (
         "bf16 autocast",
         "Does bf16 autocast (our default for these runs) keep the metrics of float32 training?",
         ("bf16", "runs/options/beauty-miir-r-bf16",
-         ["--variant", "miir-r", "--epochs", "15", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "random"]),
+         run_args("miir-r", 15, "random")),
         ("fp32", "runs/options/beauty-miir-r-fp32",
-         ["--variant", "miir-r", "--epochs", "15", "--precision", "32-true", "--item-mask-prob", "0.2",
-          "--batching", "random"]),
+         run_args("miir-r", 15, "random", precision="32-true")),
     ),
     (
         "whole-item masking",
         "MII training with whole-item masking 0.2 (ours) against none (the authors' code, where a "
         "fully hidden item, the test-time query, appears with probability 1/32 per position)",
         ("item mask 0.2", "runs/beauty/miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "random"]),
+         run_args("miir", 30, "random")),
         ("item mask 0", "runs/options/beauty-miir-itemmask0",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0",
-          "--batching", "random"]),
+         run_args("miir", 30, "random", item_mask="0")),
     ),
     (
         "packed batches",
@@ -72,11 +77,9 @@ PAIRS = [
         "the packed layout, dropout over fewer tokens). So this pair measures run-to-run noise: "
         "how far apart two runs of the same objective land.",
         ("packed", "runs/packed/beauty-miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "packed"]),
+         run_args("miir", 30, "packed")),
         ("padded", "runs/beauty/miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "random"]),
+         run_args("miir", 30, "random")),
     ),
     (
         "length buckets",
@@ -84,11 +87,9 @@ PAIRS = [
         "fastest) against uniformly random batches: does the batch composition change what the "
         "model learns?",
         ("length buckets", "runs/buckets/beauty-miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "buckets"]),
+         run_args("miir", 30, "buckets")),
         ("random batches", "runs/beauty/miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "random"]),
+         run_args("miir", 30, "random")),
     ),
     (
         "longer training",
@@ -96,11 +97,9 @@ PAIRS = [
         "`--resume`; early stopping with patience 10 on validation full NDCG@10): how much do the "
         "30-epoch budgets leave?",
         ("up to 100 epochs", "runs/long/beauty-miir",
-         ["--variant", "miir", "--epochs", "100", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "buckets"]),
+         run_args("miir", 100, "buckets")),
         ("30 epochs", "runs/buckets/beauty-miir",
-         ["--variant", "miir", "--epochs", "30", "--precision", "bf16", "--item-mask-prob", "0.2",
-          "--batching", "buckets"]),
+         run_args("miir", 30, "buckets")),
     ),
 ]  # fmt: skip
 

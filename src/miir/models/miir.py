@@ -153,6 +153,14 @@ class Packing:
     source: Tensor  # (R, n) flat index into the (B, n) input of the slot's item, -1 if empty
     n_windows: int
 
+    def move(self, values: Tensor) -> Tensor:
+        """Per-position values of the unpacked (B, n, ...) batch (masks, for instance) moved
+        to their packed slots: (R, n, ...), zero (False) in empty slots."""
+        out = values.new_zeros((*self.source.shape, *values.shape[2:]))
+        filled = self.source >= 0
+        out[filled] = values.reshape(-1, *values.shape[2:])[self.source[filled]]
+        return out
+
 
 def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Packing]:
     """Pack the right-aligned windows of a batch into as few rows of the same width as
