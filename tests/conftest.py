@@ -12,6 +12,15 @@ from miir.data.prepare import PrepareConfig, prepare
 from miir.data.raw import RawDataset
 from miir.data.schema import FieldKind, FieldSpec, Schema
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Artifact verification caches hashes under MIIR_CACHE_DIR: keep the tests' cache private."""
+    import os
+
+    os.environ["MIIR_CACHE_DIR"] = str(tmp_path_factory.mktemp("miir-cache"))
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 N_GROUPS = 4

@@ -101,7 +101,7 @@ def test_config_errors_are_reported(planted_artifact, tmp_path) -> None:
         app,
         ["train", "--data", str(planted_artifact), "--out", str(tmp_path / "r"), "--model", "gru"],
     )
-    assert res.exit_code == 2 and "valid models: miir" in res.output
+    assert res.exit_code == 2 and "registered models: miir" in res.output
     res = runner.invoke(
         app,
         [

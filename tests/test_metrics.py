@@ -389,8 +389,28 @@ def test_evaluate_scores_returns_ranks_in_row_order() -> None:
     def score_fn(h: torch.Tensor) -> torch.Tensor:  # depends on the history, row by row
         return table[None, :] * (h != 0).sum(1, keepdim=True) + table[h].sum(1, keepdim=True)
 
-    _, ranks = evaluate_scores(score_fn, history, target, negatives, batch_size=4)
+    seen = history.clone()  # the earlier items (here: the history itself), 0-padded
+    _, ranks = evaluate_scores(score_fn, history, target, negatives, seen, batch_size=4)
     scores = score_fn(history)
     assert torch.equal(ranks["full"], target_ranks(scores, target))
     cand = scores.gather(1, torch.cat([target[:, None], negatives], 1))
     assert torch.equal(ranks["sampled"], sampled_ranks(cand[:, 0], cand[:, 1:]))
+    exclude = torch.zeros(U, N + 2, dtype=torch.bool)
+    for u in range(U):
+        exclude[u, history[u][history[u] != 0]] = True
+        exclude[u, target[u]] = False
+    assert torch.equal(ranks["full_masked"], target_ranks(scores, target, exclude))
+
+
+def test_full_masked_protocol_removes_the_history_only() -> None:
+    """Masking the history lifts the target exactly by the history items that outscored it,
+    never the target itself (even when it appears in ``seen``), and never other items."""
+    scores = torch.tensor([[-math.inf, -math.inf, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    target = torch.tensor([5])  # score 2.0: items 2, 3, 4 (5, 4, 3) outscore it
+    seen = torch.tensor([[0, 2, 4, 5]])  # history: items 2 and 4, plus the target (ignored)
+    negatives = torch.tensor([[6]])
+    metrics, ranks = evaluate_scores(lambda h: scores, seen, target, negatives, seen)
+    assert ranks["full"].tolist() == [4]
+    assert ranks["full_masked"].tolist() == [2]  # only item 3 is left above it
+    assert ranks["sampled"].tolist() == [1]
+    assert set(metrics) == {"sampled", "full", "full_masked"}

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from miir.data.schema import FieldKind
 from miir.models import VARIANTS, variant_config
+from miir.models.fields import ItemCatalogue
 from miir.models.miir import (
     MIIR,
     FieldInfo,
@@ -35,7 +36,7 @@ def make_model(variant: str = "miir", dropout: float = 0.0, seed: int = 0, **kw)
     cfg = variant_config(
         variant, embedding_size=16, n_heads=2, n_layers=2, dropout=dropout, max_len=6, **kw
     )
-    model = MIIR(cfg, FIELDS, N_ITEMS)
+    model = MIIR(cfg, ItemCatalogue(FIELDS, N_ITEMS))
     g = torch.Generator().manual_seed(1)
     rows = N_ITEMS + 2
     present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in FIELDS}
@@ -72,7 +73,7 @@ def test_shapes_and_finite_losses(variant: str) -> None:
     masked = mii_mask(present, 0.5, generator=torch.Generator().manual_seed(0))
     out = model(items, masked.hidden)
     assert out.shape == (4, 6, 5, 16)
-    loss, parts = model.loss(items, masked)
+    loss, parts = model.masked_loss(items, masked)
     assert torch.isfinite(loss) and loss > 0
     assert set(parts) == {"item_id", "brand", "cats", "title", "price"}
     loss.backward()
@@ -115,7 +116,7 @@ def test_overfits_one_batch(variant: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for _ in range(150):
-        loss, _ = model.loss(items, masked)
+        loss, _ = model.masked_loss(items, masked)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -144,15 +145,17 @@ def test_target_fields_do_not_leak() -> None:
     hist = torch.tensor([[0, 0, 3, 4, 5]])
     target = 20
     before = model.score(hist)
-    model.brand__values[target] = 6 if model.brand__values[target] != 6 else 5
-    model.brand__present[target] = ~model.brand__present[target]
-    model.title__values[target] += 10.0
-    model.cats__values[target] = torch.tensor([8, 7, 0])
+    model.encoder.features.brand__values[target] = (
+        6 if model.encoder.features.brand__values[target] != 6 else 5
+    )
+    model.encoder.features.brand__present[target] = ~model.encoder.features.brand__present[target]
+    model.encoder.features.title__values[target] += 10.0
+    model.encoder.features.cats__values[target] = torch.tensor([8, 7, 0])
     after = model.score(hist)
     assert torch.equal(before, after)
     # whereas a history item's fields do matter (the test can fail)
-    model.title__values[4] += 10.0
-    model.title__present[4] = True
+    model.encoder.features.title__values[4] += 10.0
+    model.encoder.features.title__present[4] = True
     assert not torch.allclose(model.score(hist), after)
 
 
@@ -198,7 +201,8 @@ def test_impute_shapes() -> None:
     model = make_model().eval()
     items = batch()
     preds = model.impute(items)
-    assert preds["brand"].shape == (4, 6) and (preds["brand"] >= 2).all()
+    assert preds["brand"].shape == (4, 6, 7) and (preds["brand"][..., :2] == 0).all()
+    assert torch.allclose(preds["brand"].sum(-1), torch.ones(4, 6))  # a softmax over values
     assert preds["cats"].shape == (4, 6, 9) and (preds["cats"][..., :2] == 0).all()
     assert preds["title"].shape == (4, 6, 12)
     assert ((preds["cats"] >= 0) & (preds["cats"] <= 1)).all()
@@ -216,8 +220,8 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
     masked = mii_mask(model.present(items), 0.5, generator=torch.Generator().manual_seed(0))
     assert not masked.hidden[:, :3].any()
     short = Masked(masked.hidden[:, 3:], masked.targets[:, 3:])
-    full_loss, full_parts = model.loss(items, masked)
-    cut_loss, cut_parts = model.loss(cut, short)
+    full_loss, full_parts = model.masked_loss(items, masked)
+    cut_loss, cut_parts = model.masked_loss(cut, short)
     assert torch.allclose(full_loss, cut_loss, atol=1e-6)
     for name, value in full_parts.items():
         assert torch.allclose(value, cut_parts[name], atol=1e-6), name
@@ -249,8 +253,8 @@ def test_packed_windows_have_the_loss_of_the_unpacked_batch(variant: str) -> Non
     packed, packing = pack_windows(items)
     assert packed.shape[0] < items.shape[0]  # fewer rows
     moved = Masked(packing.move(masked.hidden), packing.move(masked.targets))
-    loss, parts = model.loss(items, masked)
-    packed_loss, packed_parts = model.loss(packed, moved, packing)
+    loss, parts = model.masked_loss(items, masked)
+    packed_loss, packed_parts = model.masked_loss(packed, moved, packing)
     assert torch.allclose(loss, packed_loss, atol=1e-5)
     for name, value in parts.items():
         assert torch.allclose(value, packed_parts[name], atol=1e-5), name

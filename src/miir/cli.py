@@ -152,10 +152,39 @@ def _load_config_file(path: Path | None) -> dict:
     data = load_schema_file(path)  # TOML or JSON reader with errors naming the file
     unknown = set(data) - {"model", "train"}
     if unknown:
-        raise typer.BadParameter(
-            f"{path}: unknown section(s) {sorted(unknown)}; use [model] and [train]"
+        raise MiirError(
+            f"{path}: unknown section(s) {sorted(unknown)}; allowed sections: model, train"
         )
+    for section in ("model", "train"):
+        if not isinstance(data.get(section, {}), dict):
+            raise MiirError(f"{path}: '{section}' must be a table of options")
     return data
+
+
+def _parse_value(text: str) -> object:
+    """A --set value: JSON where it parses (numbers, true/false, lists, null), else a string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MiirError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _model_names() -> str:
+    from miir.models import REGISTRY
+
+    return ", ".join(REGISTRY)
 
 
 @app.command()
@@ -164,15 +193,31 @@ def train(
         Path, typer.Option("--data", "-d", help="Artifact folder written by `miir prepare`.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
-    model: Annotated[str, typer.Option(help="Model name.")] = "miir",
-    variant: Annotated[
+    model: Annotated[
         str,
-        typer.Option(help="miir, miir-r, miir-f, miir-m, miir-r-m, sparse-miir, sparse-miir-r."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Registered model: miir, miir-r, miir-f, miir-m, miir-r-m, sparse-miir, "
+            "sparse-miir-r, and the baselines (`miir models` lists them).",
+        ),
     ] = "miir",
+    variant: Annotated[
+        str | None, typer.Option(hidden=True, help="Old name of --model for MIIR variants.")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Config file (TOML/JSON) with [model] and [train] tables; CLI options win."
+            help="Config file (TOML/JSON) with \\[model] and \\[train] tables; command-line "
+            "options win over it."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A model option KEY=VALUE (repeatable), e.g. --set dropout=0.2 --set n_layers=2; "
+            "`miir models --options NAME` lists a model's options.",
         ),
     ] = None,
     fields: Annotated[
@@ -185,11 +230,9 @@ def train(
     min_epochs: Annotated[
         int | None, typer.Option(help="Early stopping cannot stop before this epoch.")
     ] = None,
-    dropout: Annotated[
-        float | None, typer.Option(help="Dropout in DFSA and on the input embeddings (paper: 0.5).")
-    ] = None,
+    dropout: Annotated[float | None, typer.Option(help="Model dropout (--set dropout=).")] = None,
     mask_prob: Annotated[
-        float | None, typer.Option(help="MII mask probability p (paper: 0.5).")
+        float | None, typer.Option(help="MII mask probability p (MIIR; paper: 0.5).")
     ] = None,
     item_mask_prob: Annotated[
         float | None,
@@ -206,7 +249,12 @@ def train(
             show_default=False,
         ),
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="32-true or bf16.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (default: bf16 only where the CPU/GPU runs it natively), 32-true or bf16."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices per node (int or auto).")] = None,
@@ -222,20 +270,22 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Resume from the run folder's last Lightning checkpoint.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing run folder (its contents are deleted).")
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar.")
     ] = True,
 ) -> None:
     """Train a model on an artifact; the best checkpoint is evaluated on validation and test."""
-    from pydantic import ValidationError
-
-    from miir.models import get_model, variant_config
-    from miir.training.train import TrainConfig
+    from miir.models import model_config
     from miir.training.train import train as run_train
+    from miir.training.train import train_config
 
     try:
-        get_model(model)
+        name = variant or model
         file_cfg = _load_config_file(config)
+        where = f"{config} [model]" if config else None
         model_over = dict(file_cfg.get("model", {}))
         if fields is not None:
             model_over["fields"] = tuple(f for f in fields.split(",") if f)
@@ -246,7 +296,8 @@ def train(
         ):
             if value is not None:
                 model_over[key] = value
-        model_cfg = variant_config(variant, **model_over)
+        model_over.update(_parse_sets(set_ or []))
+        model_cfg = model_config(name, model_over, where)
         train_over = dict(file_cfg.get("train", {}))
         cli = {
             "max_epochs": epochs,
@@ -268,8 +319,8 @@ def train(
         }
         train_over.update({k: v for k, v in cli.items() if v is not None})
         train_over["progress"] = progress
-        train_cfg = TrainConfig(**train_over)
-    except (ValidationError, MiirError) as exc:
+        train_cfg = train_config(train_over, f"{config} [train]" if config else "train")
+    except MiirError as exc:
         _fail(exc)
     try:
         import shlex
@@ -277,9 +328,11 @@ def train(
         results = run_train(
             data,
             out,
+            name,
             model_cfg,
             train_cfg,
             resume=resume,
+            overwrite=overwrite,
             command=shlex.join(["miir", *sys.argv[1:]]),
         )
     except MiirError as exc:
@@ -289,6 +342,30 @@ def train(
 
         typer.echo(metrics_table(results))
     typer.echo(f"run written to {out}")
+
+
+@app.command()
+def models(
+    options: Annotated[
+        str | None, typer.Option("--options", help="List the options of this model.")
+    ] = None,
+) -> None:
+    """List the registered models (or one model's options with their defaults)."""
+    from miir.models import REGISTRY, get_entry
+
+    if options is None:
+        for entry in REGISTRY.values():
+            preset = f"  preset {entry.preset}" if entry.preset else ""
+            typer.echo(f"{entry.name:<16}{entry.description}{preset}")
+        return
+    try:
+        entry = get_entry(options)
+    except MiirError as exc:
+        _fail(exc)
+    defaults = entry.cls.Config().model_dump()
+    defaults.update(entry.preset)
+    for key, info in entry.cls.Config.model_fields.items():
+        typer.echo(f"{key:<18}{defaults[key]!r:<14}{info.description or ''}")
 
 
 @app.command()

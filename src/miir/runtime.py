@@ -12,6 +12,11 @@ accumulated); it is simply not handed back to the system between steps.
 
 Set ``MIIR_MALLOC_TUNING=0`` to leave malloc alone. Without glibc (macOS, musl) this does
 nothing.
+
+:func:`resolve_precision` picks the training precision for ``auto``: bf16 autocast on a CPU
+without native bf16 instructions (no ``avx512_bf16``/``amx_bf16``) emulates it and runs a
+matmul about 13x slower than float32, so ``auto`` only picks bf16 where the hardware has it.
+:func:`machine_info` records the machine for benchmark results.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
+from typing import Any
+
+from miir.errors import ConfigError
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -43,3 +52,72 @@ def keep_freed_memory() -> bool:
     # no mmap for large blocks, and never trim the heap's top below 1 GiB of free memory
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _applied
+
+
+# ---------------------------------------------------------------------------- precision
+
+PRECISIONS = ("auto", "32-true", "bf16")
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "bf16")
+_CPUINFO = "/proc/cpuinfo"
+
+
+def _cpuinfo_field(*names: str) -> str | None:
+    """The value of the first line of /proc/cpuinfo whose key is one of ``names``."""
+    try:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in names:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM); an
+    empty set where there is no /proc/cpuinfo (macOS, Windows)."""
+    value = _cpuinfo_field("flags", "Features")
+    return set(value.split()) if value else set()
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether ``device_type`` computes bf16 in hardware rather than emulating it."""
+    if device_type == "cuda":
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return False
+    flags = cpu_flags()
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``32-true``; ``32-true`` and
+    ``bf16`` pass through."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "32-true"
+    if precision in PRECISIONS:
+        return precision
+    allowed = ", ".join(f"'{p}'" for p in PRECISIONS)
+    raise ConfigError(f"unknown precision {precision!r}; allowed: {allowed}")
+
+
+def machine_info() -> dict[str, Any]:
+    """What a benchmark result should record about the machine it ran on."""
+    import torch
+
+    flags = cpu_flags()
+    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "flags": [f for f in RELEVANT_FLAGS if f in flags],
+        "native_bf16": native_bf16("cpu"),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }

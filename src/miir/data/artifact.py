@@ -2,19 +2,137 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from miir.data.readers._io import file_sha256
 from miir.data.schema import FieldKind, Schema
-from miir.errors import DataError
+from miir.errors import ConfigError, DataError
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
+
+Verify = Literal["auto", "full", "off"] | bool
+
+CHECKSUM_MISMATCH = (
+    "checksum mismatch: the file was changed after `miir prepare` wrote it; "
+    "re-run `miir prepare` or restore the file"
+)
+MISSING_FILE = (
+    "missing file: manifest.json lists it but it is not there; "
+    "re-run `miir prepare` or restore the file"
+)
+# A file modified less than this long before it was hashed is not cached: a later edit within
+# the file system's timestamp granularity could leave its mtime unchanged (git's "racy clean").
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def verified_cache_path() -> Path:
+    """``$MIIR_CACHE_DIR/verified.json``, else ``$XDG_CACHE_HOME/miir`` or ``~/.cache/miir``."""
+    root = os.environ.get("MIIR_CACHE_DIR")
+    if root:
+        return Path(root) / "verified.json"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "miir" / "verified.json"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    # ctime and inode catch what size + mtime miss: a file replaced by one with the same size
+    # and a restored mtime (``rsync -a``, ``cp -p``, ``os.utime``) gets a new ctime.
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("files") if isinstance(data, dict) else None
+    return entries if isinstance(entries, dict) else {}
+
+
+def _save_cache(path: Path, new: dict[str, Any]) -> None:
+    """Merge ``new`` into the cache file atomically; entries of deleted files are dropped. Any
+    failure (read-only home, full disk) is ignored: the files are simply hashed next time."""
+    tmp: str | None = None
+    try:
+        entries = {k: v for k, v in _load_cache(path).items() if os.path.exists(k)}
+        entries.update(new)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".verified-", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "files": entries}, fh)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def verify_files(root: Path, files: dict[str, Any], verify: Verify = "auto") -> None:
+    """Check the files listed in a manifest (relative path -> sha256, or -> ``{"sha256": ...,
+    "bytes": ...}``) under ``root``; raises :class:`DataError` naming the first bad file.
+
+    Existence (and size, where recorded) is always checked. With ``verify="auto"`` a file is
+    only hashed if the cache (:func:`verified_cache_path`) holds no entry for its absolute path
+    with the same size, mtime, ctime and inode and the expected sha256.
+    """
+    if verify is True or verify == "full":
+        mode = "full"
+    elif verify is False or verify == "off":
+        mode = "off"
+    elif verify == "auto":
+        mode = "auto"
+    else:
+        raise ConfigError(f"verify must be 'auto', 'full' or 'off', got {verify!r}")
+
+    stats: dict[str, tuple[Path, os.stat_result, str]] = {}
+    for rel, entry in files.items():
+        sha = entry["sha256"] if isinstance(entry, dict) else entry
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        p = root / rel
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise DataError(MISSING_FILE, file=p) from None
+        if size is not None and st.st_size != size:
+            raise DataError(
+                f"size mismatch: manifest.json records {size} bytes, the file has "
+                f"{st.st_size}; the file was changed after `miir prepare` wrote it; "
+                "re-run `miir prepare` or restore the file",
+                file=p,
+            )
+        stats[rel] = (p, st, sha)
+    if mode == "off":
+        return
+
+    cache_path = verified_cache_path()
+    cache = _load_cache(cache_path) if mode == "auto" else {}
+    fresh: dict[str, Any] = {}
+    for p, st, sha in stats.values():
+        key = str(p.absolute())
+        hit = cache.get(key)
+        if isinstance(hit, dict) and hit.get("sha256") == sha and hit.get("stat") == _stat_key(st):
+            continue
+        now = time.time_ns()
+        if file_sha256(p) != sha:
+            raise DataError(CHECKSUM_MISMATCH, file=p)
+        if now - st.st_mtime_ns >= RACY_WINDOW_NS and _stat_key(p.stat()) == _stat_key(st):
+            fresh[key] = {"sha256": sha, "stat": _stat_key(st)}
+    if fresh:
+        _save_cache(cache_path, fresh)
 
 
 @dataclass(frozen=True)
@@ -39,7 +157,14 @@ class FieldData:
 class Artifact:
     """A prepared data set. Arrays are loaded lazily, read-only."""
 
-    def __init__(self, path: str | Path, *, verify: bool = False) -> None:
+    def __init__(self, path: str | Path, *, verify: Verify = "auto") -> None:
+        """Open the artifact at ``path`` and check it against ``manifest.json``.
+
+        Every listed file must exist (and have the recorded size, where the manifest records
+        one). ``verify`` picks how checksums are checked: ``"auto"`` (default) hashes the files
+        not already verified in this state (see :func:`verify_files`), ``"full"`` or ``True``
+        hashes every file, ``"off"`` or ``False`` skips the hashes.
+        """
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.exists():
@@ -51,12 +176,7 @@ class Artifact:
                 f"artifact format version {version} is not supported {SUPPORTED_FORMAT_VERSIONS}",
                 file=manifest_path,
             )
-        if verify:
-            for rel, sha in self.manifest["files"].items():
-                if file_sha256(self.path / rel) != sha:
-                    raise DataError(
-                        "checksum mismatch: the artifact was modified", file=self.path / rel
-                    )
+        verify_files(self.path, self.manifest["files"], verify)
 
     # ------------------------------------------------------------------ basics
     @property

@@ -1,7 +1,7 @@
-"""Compare two trained runs on the same users: per-user paired t-tests under both protocols.
+"""Compare two trained runs on the same users: per-user paired t-tests under every protocol.
 
 Each run folder written by ``miir train`` (or ``miir evaluate``) holds ``ranks_<stage>.npz``, the
-rank of every user's target under the sampled and the full protocol, in the artifact's user
+rank of every user's target under each protocol (sampled, full, full_masked), in the artifact's user
 order. Two runs are comparable when they were evaluated on the same artifact (same
 ``manifest.json`` checksum, recorded in ``run.json``) and so on the same users in the same order.
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from miir.errors import ConfigError
+from miir.evaluation.evaluate import PROTOCOLS
 from miir.evaluation.metrics import paired_significance
 
 DEFAULT_METRICS = ("HR@10", "NDCG@10", "MRR")
-PROTOCOLS = ("sampled", "full")
 
 
 def _run_info(run: Path) -> dict[str, Any]:
@@ -66,17 +66,18 @@ def _cases_key(info: dict[str, Any]) -> str | None:
 
 
 def load_ranks(run: str | Path, stage: str = "test") -> dict[str, torch.Tensor]:
-    """The saved per-user ranks of a run: ``{"sampled": (N,), "full": (N,)}`` int64 tensors."""
+    """The saved per-user ranks of a run: protocol -> (N,) int64 tensor. Runs evaluated before
+    the ``full_masked`` protocol existed have only ``sampled`` and ``full``."""
     path = Path(run) / f"ranks_{stage}.npz"
     if not path.is_file():
         raise ConfigError(
             f"{path} does not exist: evaluate the run first (miir evaluate --run {run})"
         )
     with np.load(path, allow_pickle=False) as data:
-        missing = [p for p in PROTOCOLS if p not in data.files]
+        missing = [p for p in ("sampled", "full") if p not in data.files]
         if missing:
             raise ConfigError(f"{path}: no ranks for protocol(s) {missing}")
-        return {p: torch.from_numpy(data[p].astype(np.int64)) for p in PROTOCOLS}
+        return {p: torch.from_numpy(data[p].astype(np.int64)) for p in PROTOCOLS if p in data.files}
 
 
 def compare_runs(
@@ -86,7 +87,8 @@ def compare_runs(
     stage: str = "test",
     metrics: tuple[str, ...] = DEFAULT_METRICS,
 ) -> dict[str, Any]:
-    """Paired two-sided t-tests of ``metrics`` between runs A and B under both protocols.
+    """Paired two-sided t-tests of ``metrics`` between runs A and B under every protocol both
+    runs have ranks for.
 
     Returns ``{"stage", "a": {...}, "b": {...}, "rows": [...]}``; each row holds protocol,
     metric, ``mean_a``, ``mean_b``, ``diff`` (A - B), ``t`` (positive when A is better), ``p``
@@ -108,7 +110,7 @@ def compare_runs(
         )
     ranks_a, ranks_b = load_ranks(run_a, stage), load_ranks(run_b, stage)
     rows = []
-    for protocol in PROTOCOLS:
+    for protocol in [p for p in PROTOCOLS if p in ranks_a and p in ranks_b]:
         a, b = ranks_a[protocol], ranks_b[protocol]
         if a.numel() != b.numel():
             raise ConfigError(

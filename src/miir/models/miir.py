@@ -52,34 +52,42 @@ Variants (Sections 5.1-5.3) are options, not copies:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
+from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
+from miir.models.base import SequenceModel, SideInfoConfig
+from miir.models.batch import Batch, Packing, pack_windows, trim_left_padding
+from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
 from miir.models.layers import Block, Dropout
+from miir.models.masking import Masked, mii_mask, rec_mask
 
-ID_FIELD = "item_id"
+__all__ = [
+    "ID_FIELD",
+    "MIIR",
+    "VARIANTS",
+    "FieldInfo",
+    "MIIRConfig",
+    "Masked",
+    "Packing",
+    "mii_mask",
+    "pack_windows",
+    "rec_mask",
+    "trim_left_padding",
+]
 
 
-class MIIRConfig(BaseModel):
-    """Hyper-parameters of MIIR and its variants (paper defaults). Unknown keys are errors."""
+class MIIRConfig(SideInfoConfig):
+    """Hyper-parameters of MIIR and its variants (paper defaults). Unknown keys are errors.
+    ``embedding_size`` is e, the size of every field embedding; ``dropout`` applies in DFSA
+    and to the input embeddings; ``max_len`` counts the appended query item."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    embedding_size: int = Field(64, ge=8, description="e: the size of every field embedding.")
     n_heads: int = Field(4, ge=1, description="Attention heads.")
     n_layers: int = Field(3, ge=1, description="Transformer layers L.")
-    dropout: float = Field(
-        0.5, ge=0.0, lt=1.0, description="Dropout in DFSA and on the input embeddings."
-    )
-    max_len: int = Field(
-        20, ge=2, description="Items per sequence window, the appended query included."
-    )
     mask_prob: float = Field(
         0.5,
         gt=0.0,
@@ -102,9 +110,6 @@ class MIIRConfig(BaseModel):
     )
     mask_missing: bool = Field(
         False, description="MIIR-M: mask fields missing in the input out of attention (Eq. 15)."
-    )
-    fields: tuple[str, ...] | None = Field(
-        None, description="Side fields to use (default: all of the artifact's)."
     )
     field_weights: dict[str, float] = Field(
         default_factory=dict, description="Loss weight per field (default 1)."
@@ -132,152 +137,26 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def trim_left_padding(items: Tensor) -> Tensor:
-    """(B, n) right-aligned rows -> (B, m): without the leading columns that are padding (0) in
-    every row. Positions count from the right, so the model computes the same thing on fewer
-    tokens. A batch of only padding keeps no column."""
-    filled = (items != 0).any(0)  # (n,)
-    if bool(filled[0]):
-        return items
-    first = int(filled.to(torch.int8).argmax()) if bool(filled.any()) else items.shape[1]
-    return items[:, first:]
+class MIIR(SequenceModel):
+    """The MIIR model over ``item_id`` plus the side fields of its catalogue.
 
-
-@dataclass
-class Packing:
-    """Where the windows of a batch sit once :func:`pack_windows` has packed them into shared
-    rows: each slot's position id and window, and where it came from."""
-
-    positions: Tensor  # (R, n) position id of each slot (0 in empty slots)
-    windows: Tensor  # (R, n) index of the window a slot holds, -1 in empty slots
-    source: Tensor  # (R, n) flat index into the (B, n) input of the slot's item, -1 if empty
-    n_windows: int
-
-    def move(self, values: Tensor) -> Tensor:
-        """Per-position values of the unpacked (B, n, ...) batch (masks, for instance) moved
-        to their packed slots: (R, n, ...), zero (False) in empty slots."""
-        out = values.new_zeros((*self.source.shape, *values.shape[2:]))
-        filled = self.source >= 0
-        out[filled] = values.reshape(-1, *values.shape[2:])[self.source[filled]]
-        return out
-
-
-def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Packing]:
-    """Pack the right-aligned windows of a batch into as few rows of the same width as
-    first-fit decreasing finds: (B, n) item ids -> (R, n) item ids and their :class:`Packing`.
-
-    A window keeps its items in order and their position ids (counted from the right, as in
-    the unpacked batch, over ``max_len`` positions, default n); :meth:`MIIR.forward` lets a
-    slot attend only to slots of its own window, and :meth:`MIIR.loss` normalises per window,
-    so a packed batch has the loss of the unpacked one on about a third of the tokens
-    (amazon-beauty's windows hold 6.5 items out of 20)."""
-    B, n = items.shape
-    max_len = max_len or n
-    lengths = (items != 0).sum(1).tolist()
-    free: list[int] = []  # free slots left in each row
-    row_of, col_of = [0] * B, [0] * B
-    for w in sorted(range(B), key=lambda i: -lengths[i]):
-        length = lengths[w]
-        r = next((r for r, f in enumerate(free) if f >= length), len(free))
-        if r == len(free):
-            free.append(n)
-        row_of[w], col_of[w] = r, n - free[r]
-        free[r] -= length
-    R = max(len(free), 1)
-    lens = torch.tensor(lengths, dtype=torch.long)
-    w_of_item = torch.repeat_interleave(torch.arange(B), lens)  # (I,) window of each item
-    starts = torch.cumsum(lens, 0) - lens
-    i_in_w = torch.arange(len(w_of_item)) - starts[w_of_item]  # (I,) index within its window
-    rows = torch.tensor(row_of, dtype=torch.long)[w_of_item]
-    cols = torch.tensor(col_of, dtype=torch.long)[w_of_item] + i_in_w
-    L = lens[w_of_item]
-    slot = rows * n + cols  # (I,) flat slot in the (R, n) output
-    source = torch.full((R * n,), -1, dtype=torch.long)
-    source[slot] = w_of_item * n + (n - L + i_in_w)
-    positions = torch.zeros(R * n, dtype=torch.long)
-    positions[slot] = max_len - L + i_in_w
-    windows = torch.full((R * n,), -1, dtype=torch.long)
-    windows[slot] = w_of_item
-    packed = torch.zeros(R * n, dtype=items.dtype)
-    packed[slot] = items.reshape(-1)[source[slot]].cpu()
-    dev = items.device
-    return packed.view(R, n).to(dev), Packing(
-        positions=positions.view(R, n).to(dev),
-        windows=windows.view(R, n).to(dev),
-        source=source.view(R, n).to(dev),
-        n_windows=B,
-    )
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """What the model needs to know of one field (the checkpoint stores these)."""
-
-    name: str
-    kind: FieldKind
-    cardinality: int = 0  # vocabulary size with reserved ids (categorical, multi, numeric buckets)
-    dim: int = 0  # text vector size
-    width: int = 0  # values per item (multi_categorical)
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "kind": self.kind.value,
-            "cardinality": self.cardinality,
-            "dim": self.dim,
-            "width": self.width,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> FieldInfo:
-        return cls(d["name"], FieldKind(d["kind"]), d["cardinality"], d["dim"], d["width"])
-
-
-@dataclass
-class Masked:
-    """The output of a masking function: what the model may not see, and what it must predict."""
-
-    hidden: Tensor  # (B, n, F) bool: fields replaced by their missing value
-    targets: Tensor  # (B, n, F) bool: fields supervised (hidden and present in the data)
-
-
-class MIIR(nn.Module):
-    """The MIIR model over ``fields[0] = item_id`` plus the side fields.
-
-    Item side information is held in buffers (the artifact's observed tables, after any
+    Item side information is held in buffers (the catalogue's observed tables, after any
     discard), so a checkpoint can score and impute without the artifact.
     """
 
-    def __init__(self, config: MIIRConfig, fields: list[FieldInfo], n_items: int) -> None:
-        super().__init__()
-        self.config = config
-        self.fields = fields  # side fields, in order
-        self.n_items = n_items
-        self.n_fields = 1 + len(fields)
+    Config: ClassVar[type[MIIRConfig]] = MIIRConfig
+    uses_side_info: ClassVar[bool] = True
+    batch_mode: ClassVar = "packed"
+
+    def __init__(self, config: MIIRConfig, catalogue: ItemCatalogue) -> None:
+        super().__init__(config, catalogue)
+        self.fields = list(catalogue.fields)  # side fields, in order
+        self.n_fields = 1 + len(self.fields)
         e = config.embedding_size
-        n_rows = n_items + FIRST_VALUE_ID
-        self.item_emb = nn.Embedding(n_rows, e)
+        self.item_emb = nn.Embedding(self.n_items + FIRST_VALUE_ID, e)
         self.field_emb = nn.Embedding(self.n_fields, e)
         self.pos_emb = nn.Embedding(config.max_len, e)
-        self.tables = nn.ModuleDict()
-        self.text_in = nn.ModuleDict()
-        self.text_out = nn.ModuleDict()
-        self.text_missing = nn.ParameterDict()
-        for f in fields:
-            if f.kind == FieldKind.TEXT:
-                self.text_in[f.name] = nn.Linear(f.dim, e)
-                self.text_out[f.name] = nn.Linear(e, f.dim)
-                self.text_missing[f.name] = nn.Parameter(torch.zeros(e))
-                self.register_buffer(f"{f.name}__values", torch.zeros(n_rows, f.dim))
-            elif f.kind == FieldKind.MULTI_CATEGORICAL:
-                self.tables[f.name] = nn.Embedding(f.cardinality, e)
-                self.register_buffer(
-                    f"{f.name}__values", torch.zeros(n_rows, f.width, dtype=torch.long)
-                )
-            else:  # categorical, numeric (buckets)
-                self.tables[f.name] = nn.Embedding(f.cardinality, e)
-                self.register_buffer(f"{f.name}__values", torch.zeros(n_rows, dtype=torch.long))
-            self.register_buffer(f"{f.name}__present", torch.zeros(n_rows, dtype=torch.bool))
+        self.encoder = FieldEncoder(catalogue, e)
         self.blocks = nn.ModuleList(
             [Block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
         )
@@ -288,6 +167,21 @@ class MIIR(nn.Module):
             )
         self.reset_parameters()
 
+    # ------------------------------------------------------------------ description
+    def display_name(self) -> str:
+        return self.config.variant_name()
+
+    def stages(self) -> tuple[str, ...]:
+        """MIIR-F: MII training ('pretrain'), then fine-tuning with Eq. 14 ('main')."""
+        return ("pretrain", "main") if self.config.finetune else ("main",)
+
+    @property
+    def objective(self) -> str:
+        """The loss of the current stage: 'mii' (Eq. 13) or 'rec' (Eq. 14)."""
+        if self.config.finetune and self.stage == "main":
+            return "rec"
+        return self.config.objective
+
     # ------------------------------------------------------------------ setup
     def reset_parameters(self) -> None:
         """Xavier-normal initialisation of every matrix (embeddings included), zero biases."""
@@ -296,14 +190,12 @@ class MIIR(nn.Module):
                 nn.init.xavier_normal_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
-            elif name.startswith("text_missing"):
+            elif name.endswith(".missing"):
                 nn.init.normal_(p, std=0.02)
 
     def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
         """Load the observed side information of every item (rows = item ids)."""
-        for f in self.fields:
-            getattr(self, f"{f.name}__present").copy_(present[f.name])
-            getattr(self, f"{f.name}__values").copy_(values[f.name])
+        self.encoder.features.load_tables(present, values)
 
     @staticmethod
     def _sparse_mask(n: int, n_fields: int) -> Tensor:
@@ -314,32 +206,15 @@ class MIIR(nn.Module):
     # ------------------------------------------------------------------ forward
     def present(self, items: Tensor) -> Tensor:
         """Which fields of each position exist in the data: (B, n, F) bool (ID: a real item)."""
-        cols = [items >= FIRST_VALUE_ID] + [
-            getattr(self, f"{f.name}__present")[items] for f in self.fields
-        ]
-        return torch.stack(cols, dim=-1)  # (B, n, F)
+        return self.encoder.present(items)
 
     def embed(self, items: Tensor, visible: Tensor, positions: Tensor | None = None) -> Tensor:
         """Eq. 1-3: (B, n) item ids and (B, n, F) visibility -> (B, n, F, e) token embeddings.
         ``positions`` (B, n): position ids of packed rows (default: right-aligned columns)."""
         ids = torch.where(visible[..., 0], items, torch.full_like(items, MISSING_ID))
-        cols = [self.item_emb(ids)]  # (B, n, e)
-        for j, f in enumerate(self.fields, start=1):
-            vis = visible[..., j]  # (B, n)
-            if f.kind == FieldKind.TEXT:
-                vec = self.text_in[f.name](getattr(self, f"{f.name}__values")[items])  # (B, n, e)
-                cols.append(torch.where(vis[..., None], vec, self.text_missing[f.name]))
-            elif f.kind == FieldKind.MULTI_CATEGORICAL:
-                vals = getattr(self, f"{f.name}__values")[items]  # (B, n, K)
-                table = self.tables[f.name]
-                summed = (table(vals) * (vals >= FIRST_VALUE_ID)[..., None]).sum(-2)  # (B, n, e)
-                cols.append(torch.where(vis[..., None], summed, table.weight[MISSING_ID]))
-            else:
-                vals = getattr(self, f"{f.name}__values")[items]  # (B, n)
-                cols.append(
-                    self.tables[f.name](torch.where(vis, vals, torch.full_like(vals, MISSING_ID)))
-                )
-        x = torch.stack(cols, dim=2)  # (B, n, F, e)
+        x = self.item_emb(ids)[:, :, None]  # (B, n, 1, e)
+        if self.fields:
+            x = torch.cat([x, self.encoder.embed(items, visible[..., 1:])], dim=2)  # (B, n, F, e)
         if positions is not None:
             pos = self.pos_emb(positions)  # (B, n, e)
         else:
@@ -404,15 +279,10 @@ class MIIR(nn.Module):
         S = n_seqs
         losses: dict[str, Tensor] = {}
         sel = targets[..., 0]  # (B, n)
-        row = owner[sel]  # (M,)
         if sel.any():
-            logits = (
-                out[..., 0, :][sel] @ self.item_emb.weight[FIRST_VALUE_ID:].T
-            )  # (M, N): real items only
-            ce = F.cross_entropy(
-                logits.float(), items[sel] - FIRST_VALUE_ID, reduction="none"
-            )  # (M,)
-            losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, row, ce)
+            logits = out[..., 0, :][sel] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
+            ce = F.cross_entropy(logits.float(), items[sel] - FIRST_VALUE_ID, reduction="none")
+            losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[sel], ce)
         else:
             losses[ID_FIELD] = out.new_zeros(S).float()
         for j, f in enumerate(self.fields, start=1):
@@ -420,51 +290,36 @@ class MIIR(nn.Module):
             if not sel.any():
                 losses[f.name] = out.new_zeros(S).float()
                 continue
-            row = owner[sel]  # (M,)
-            h = out[..., j, :][sel]  # (M, e)
-            tgt_items = items[sel]  # (M,)
-            if f.kind == FieldKind.TEXT:
-                pred = self.text_out[f.name](h).float()  # (M, D)
-                truth = getattr(self, f"{f.name}__values")[tgt_items]  # (M, D)
-                per = ((pred - truth) ** 2).sum(-1)  # (M,): Eq. 12, squared error
-            elif f.kind == FieldKind.MULTI_CATEGORICAL:
-                table = self.tables[f.name].weight[FIRST_VALUE_ID:]  # (V, e)
-                logits = (h @ table.T).float()  # (M, V)
-                vals = getattr(self, f"{f.name}__values")[tgt_items]  # (M, K)
-                multi_hot = torch.zeros_like(logits)
-                multi_hot.scatter_(
-                    1, (vals - FIRST_VALUE_ID).clamp(min=0), (vals >= FIRST_VALUE_ID).float()
-                )
-                per = F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="none").mean(
-                    -1
-                )  # (M,)
-            else:
-                logits = (h @ self.tables[f.name].weight[FIRST_VALUE_ID:].T).float()  # (M, V)
-                truth = getattr(self, f"{f.name}__values")[tgt_items] - FIRST_VALUE_ID  # (M,)
-                per = F.cross_entropy(logits, truth, reduction="none")  # (M,)
-            losses[f.name] = torch.zeros(S, device=items.device).index_add(0, row, per)
+            per = self.encoder.loss(f.name, out[..., j, :][sel], items[sel])  # (M,): Eq. 10-12
+            losses[f.name] = torch.zeros(S, device=items.device).index_add(0, owner[sel], per)
         return losses
 
+    def draw_mask(self, items: Tensor, generator: torch.Generator | None = None) -> Masked:
+        """The masks of one training step for the current stage's objective."""
+        present = self.present(items)  # (B, n, F)
+        cfg = self.config
+        if self.objective == "rec":
+            return rec_mask(present, cfg.mask_prob, generator=generator)
+        return mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=generator)
+
     def loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of the current stage on ``batch``, masks drawn with ``generator``."""
+        masked = self.draw_mask(batch.items, generator)
+        return self.masked_loss(batch.items, masked, batch.packing)
+
+    def masked_loss(
         self, items: Tensor, masked: Masked, packing: Packing | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 13 (or Eq. 14 when only ID targets are set): returns the loss and per-field means.
         Per sequence (a row, or a window of packed rows), the masked-field losses are summed
         and divided by the number of items; the loss is the mean over sequences."""
         out = self(items, masked.hidden, packing)  # (B, n, F, e)
-        B, n = items.shape
-        if packing is None:
-            owner = torch.arange(B, device=items.device)[:, None].expand(B, n)  # (B, n)
-            n_seqs = B
-        else:
-            owner, n_seqs = packing.windows.clamp(min=0), packing.n_windows
+        batch = Batch(items, packing)
+        owner, n_seqs = batch.owner(), batch.n_seqs
         per_field = self.field_losses(items, out, masked.targets, owner, n_seqs)
-        real = items >= FIRST_VALUE_ID  # (B, n)
-        n_items = (
-            torch.zeros(n_seqs, device=items.device)
-            .index_add(0, owner[real], torch.ones(int(real.sum()), device=items.device))
-            .clamp(min=1)
-        )  # (S,)
+        n_items = batch.items_per_sequence()  # (S,)
         weights = self.config.field_weights
         total = sum(weights.get(name, 1.0) * v for name, v in per_field.items()) / n_items  # (S,)
         return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
@@ -497,62 +352,18 @@ class MIIR(nn.Module):
 
     @torch.no_grad()
     def impute(self, items: Tensor, hidden: Tensor | None = None) -> dict[str, Tensor]:
-        """Predict every side field at every position: name -> predictions.
+        """Predict every side field at every position (the :class:`~miir.models.base.Imputer`
+        capability): name -> predictions.
 
-        Categorical and numeric: (B, n) value ids; multi-valued: (B, n, V + 2) probabilities
-        (ids 0 and 1 at 0); text: (B, n, D) vectors. Fields hidden by ``hidden`` (or missing
-        in the data) are what the caller will want to read.
+        Categorical and numeric: (B, n, V + 2) probabilities over value ids (softmax);
+        multi-valued: (B, n, V + 2) independent probabilities; ids 0 and 1 at 0. Text:
+        (B, n, D) vectors. Fields hidden by ``hidden`` (or missing in the data) are what the
+        caller will want to read.
         """
         if hidden is None:
             hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
         out = self(items, hidden)  # (B, n, F, e)
-        preds: dict[str, Tensor] = {}
-        for j, f in enumerate(self.fields, start=1):
-            h = out[..., j, :]  # (B, n, e)
-            if f.kind == FieldKind.TEXT:
-                preds[f.name] = self.text_out[f.name](h)
-            elif f.kind == FieldKind.MULTI_CATEGORICAL:
-                probs = torch.sigmoid(h @ self.tables[f.name].weight.T)  # (B, n, V + 2)
-                probs[..., :FIRST_VALUE_ID] = 0.0
-                preds[f.name] = probs
-            else:
-                logits = h @ self.tables[f.name].weight.T  # (B, n, V + 2)
-                logits[..., :FIRST_VALUE_ID] = -math.inf
-                preds[f.name] = logits.argmax(-1)
-        return preds
-
-
-# ---------------------------------------------------------------------- masking (pure, seeded)
-
-
-def mii_mask(
-    present: Tensor,
-    mask_prob: float,
-    item_mask_prob: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> Masked:
-    """Eq. 11-13 masking: hide each present field independently with probability ``mask_prob``;
-    with ``item_mask_prob``, also hide every field of a position. Only present fields are
-    supervised. ``present``: (B, n, F) bool from :meth:`MIIR.present`."""
-    u = torch.rand(present.shape, generator=generator, device=present.device)  # (B, n, F)
-    hidden = (u < mask_prob) & present
-    if item_mask_prob > 0:
-        whole = (
-            torch.rand(present.shape[:2], generator=generator, device=present.device)
-            < item_mask_prob
-        )  # (B, n)
-        hidden = hidden | (whole[..., None] & present[..., :1])
-    return Masked(hidden=hidden, targets=hidden & present)
-
-
-def rec_mask(present: Tensor, mask_prob: float, generator: torch.Generator | None = None) -> Masked:
-    """Eq. 14 masking: hide every field of an item with probability ``mask_prob``; only the
-    item IDs of the hidden items are supervised."""
-    real = present[..., 0]  # (B, n)
-    whole = (
-        torch.rand(real.shape, generator=generator, device=present.device) < mask_prob
-    ) & real  # (B, n)
-    hidden = whole[..., None].expand_as(present).clone()
-    targets = torch.zeros_like(present)
-    targets[..., 0] = whole
-    return Masked(hidden=hidden, targets=targets)
+        return {
+            f.name: self.encoder.codecs[f.name].predict(out[..., j, :])
+            for j, f in enumerate(self.fields, start=1)
+        }

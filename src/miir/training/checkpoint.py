@@ -1,7 +1,9 @@
-"""Self-describing checkpoints: ``model.safetensors`` (weights and item tables) plus
-``model.json`` (model name, config, fields, vocabularies, format version). Loading needs
-nothing else and never unpickles. Both files are written to a temporary folder that is then
-renamed, so a crash never leaves a half-written checkpoint."""
+"""Self-describing checkpoints for any registered model: ``model.safetensors`` (weights and item
+tables) plus ``model.json`` (registry name, config, the item catalogue with its field
+vocabularies and item names, format version). Loading needs nothing else and never unpickles.
+Both files are written to a temporary folder that is then renamed, so a crash never leaves a
+half-written checkpoint. Every failure to load is one :class:`~miir.errors.MiirError` line that
+names the file and says what to do."""
 
 from __future__ import annotations
 
@@ -11,19 +13,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
-
 from miir.errors import MiirError
-from miir.models import get_model
-from miir.models.miir import MIIR, FieldInfo
+from miir.models import build_model, get_entry
+from miir.models.base import SequenceModel
+from miir.models.fields import ItemCatalogue
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointError(MiirError):
+    """A checkpoint that cannot be read: names the file and what to do."""
 
 
 def save_checkpoint(
-    model: MIIR, path: str | Path, *, name: str = "miir", extra: dict[str, Any] | None = None
+    model: SequenceModel, path: str | Path, *, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` to the folder ``path`` atomically; ``extra`` is stored in the JSON."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -33,9 +40,10 @@ def save_checkpoint(
         save_file(state, str(tmp / "model.safetensors"))
         meta = {
             "format_version": CHECKPOINT_FORMAT,
-            "model": name,
+            "model": getattr(model, "registry_name", None) or type(model).__name__.lower(),
+            "display_name": model.display_name(),
             "config": model.config.model_dump(mode="json"),
-            "fields": [f.to_json() for f in model.fields],
+            "catalogue": model.catalogue.to_json(),
             "n_items": model.n_items,
             **(extra or {}),
         }
@@ -55,27 +63,58 @@ def save_checkpoint(
     return path
 
 
+RETRAIN = "re-run `miir train` (or restore the folder from a copy)"
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_path = path / "model.json"
-    if not meta_path.exists():
-        raise MiirError(f"{path}: not a checkpoint folder (no model.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format_version") != CHECKPOINT_FORMAT:
-        raise MiirError(
-            f"{meta_path}: checkpoint format {meta.get('format_version')} is not supported ({CHECKPOINT_FORMAT})"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint folder (no model.json); {RETRAIN}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: damaged ({exc}); {RETRAIN}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != CHECKPOINT_FORMAT:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(
+            f"{meta_path}: checkpoint format {version} is not supported by this version of miir "
+            f"(it reads format {CHECKPOINT_FORMAT}); {RETRAIN}"
         )
     return meta
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> tuple[MIIR, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, *, map_location: str = "cpu"
+) -> tuple[SequenceModel, dict[str, Any]]:
     """Rebuild the model from ``path`` alone; returns it (in eval mode) and its metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     meta = read_meta(path)
-    model_cls, config_cls = get_model(meta["model"])
-    config = config_cls.model_validate(meta["config"])
-    model = model_cls(config, [FieldInfo.from_json(f) for f in meta["fields"]], meta["n_items"])
-    state = load_file(str(path / "model.safetensors"), device=map_location)
-    model.load_state_dict(state)
+    weights = path / "model.safetensors"
+    try:
+        name = meta["model"]
+        entry = get_entry(name)
+        config = entry.cls.Config.model_validate(meta["config"])
+        catalogue = ItemCatalogue.from_json(meta["catalogue"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'model.json'}: damaged ({exc}); {RETRAIN}") from None
+    model = build_model(name, config, catalogue)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing; {RETRAIN}")
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: damaged or truncated ({exc}); {RETRAIN}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{weights}: does not match {path / 'model.json'} ({first[0] if first else exc}); "
+            f"{RETRAIN}"
+        ) from None
     model.eval()
     return model, meta

@@ -111,12 +111,15 @@ class LengthBuckets(Sampler[int]):
 
 @dataclass
 class EvalRows:
-    """Evaluation inputs of one stage: (U, max_len - 1) histories, (U,) targets, (U, K) negatives."""
+    """Evaluation inputs of one stage: (U, max_len - 1) histories, (U,) targets, (U, K)
+    negatives, and (U, S) every earlier item of each user, 0-padded (the ``full_masked``
+    protocol removes them from the ranking)."""
 
     history: Tensor
     target: Tensor
     negatives: Tensor
     users: Tensor
+    seen: Tensor
 
     def __len__(self) -> int:
         return len(self.target)
@@ -126,11 +129,13 @@ def eval_rows(artifact: Artifact, stage: str, max_len: int) -> EvalRows:
     targets, negatives = artifact.split(stage)
     cut = 2 if stage == "valid" else 1
     hist = [artifact.sequence(u)[:-cut] for u in range(artifact.n_users)]
+    longest = max((len(h) for h in hist), default=0)
     return EvalRows(
         history=torch.from_numpy(_right_aligned(hist, max_len - 1)),
         target=torch.from_numpy(targets.astype(np.int64)),
         negatives=torch.from_numpy(negatives.astype(np.int64)),
         users=torch.arange(artifact.n_users),
+        seen=torch.from_numpy(_right_aligned(hist, max(longest, 1))),
     )
 
 
@@ -156,16 +161,3 @@ def collate_rows(batch: tuple[Tensor, ...] | list) -> tuple[Tensor, ...]:
     if isinstance(batch, tuple):
         return batch
     return tuple(torch.stack(col) for col in zip(*batch, strict=True))
-
-
-def item_tables(
-    artifact: Artifact, names: list[str]
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The observed side-information tables of ``names`` as tensors (rows = item ids)."""
-    present, values = {}, {}
-    for name in names:
-        fd = artifact.fields[name]
-        present[name] = torch.from_numpy(np.array(fd.present, dtype=bool))
-        v = np.asarray(fd.values)
-        values[name] = torch.from_numpy(v.astype(np.float32 if v.dtype.kind == "f" else np.int64))
-    return present, values

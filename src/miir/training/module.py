@@ -1,5 +1,5 @@
-"""The Lightning module that trains MIIR: masking per step (pure, seeded), losses, validation
-under both protocols."""
+"""The Lightning module that trains any registered model: batch transform per step, a seeded
+generator for the model's masks, the loss, and validation under every protocol."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from miir.evaluation.evaluate import TwoProtocolRanks
-from miir.models.miir import MIIR, mii_mask, pack_windows, rec_mask, trim_left_padding
+from miir.evaluation.evaluate import ProtocolRanks
+from miir.models.base import SequenceModel
+from miir.models.batch import BatchMode, make_batch
 
 
 def step_seed(*parts: int) -> int:
@@ -19,53 +20,47 @@ def step_seed(*parts: int) -> int:
     )
 
 
-class MIIRModule(L.LightningModule):
-    """Trains ``model`` with ``objective`` ('mii': Eq. 13, 'rec': Eq. 14)."""
+class SequenceModule(L.LightningModule):
+    """Trains ``model`` (any :class:`~miir.models.base.SequenceModel`) in its current stage.
+
+    ``batching``: 'packed' packs each batch's windows into shared rows where the model supports
+    it (``model.batch_mode == 'packed'``); otherwise, and for 'buckets' and 'random', the
+    padding that every row of the batch shares is cut. Either way the loss is the padded
+    batch's."""
 
     def __init__(
         self,
-        model: MIIR,
+        model: SequenceModel,
         *,
         lr: float,
         seed: int,
-        objective: str,
         bf16: bool = False,
-        pack: bool = False,
+        batching: str = "packed",
     ) -> None:
         super().__init__()
-        if objective not in ("mii", "rec"):
-            raise ValueError(f"objective must be 'mii' or 'rec', got {objective!r}")
         self.model = model
         self.lr = lr
         self.seed = seed
-        self.objective = objective
         self.bf16 = bf16
-        self.pack = pack
-        self.ranks = TwoProtocolRanks()
+        self.mode: BatchMode = (
+            "packed" if batching == "packed" and model.batch_mode == "packed" else "trim"
+        )
+        self.ranks = ProtocolRanks()
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def mask(self, items: Tensor, batch_idx: int):
-        gen = torch.Generator(device=items.device)
+    def generator(self, batch_idx: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
         gen.manual_seed(step_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
-        present = self.model.present(items)  # (B, n, F)
-        cfg = self.model.config
-        if self.objective == "rec":
-            return rec_mask(present, cfg.mask_prob, generator=gen)
-        return mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=gen)
+        return gen
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         (items,) = batch  # (B, n)
-        # the same loss on fewer tokens: windows packed into shared rows, or shared padding cut
-        if self.pack:
-            items, packing = pack_windows(items, self.model.config.max_len)  # (R, n)
-        else:
-            items, packing = trim_left_padding(items), None  # (B, m)
-        masked = self.mask(items, batch_idx)
+        rows = make_batch(items, self.mode, self.model.config.max_len)
         with self._autocast():
-            loss, parts = self.model.loss(items, masked, packing)
-        n_seqs = len(items) if packing is None else packing.n_windows
+            loss, parts = self.model.loss(rows, self.generator(batch_idx))
+        n_seqs = rows.n_seqs
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_seqs)
         for name, value in parts.items():
             self.log(
@@ -79,13 +74,13 @@ class MIIRModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.ranks = TwoProtocolRanks()
+        self.ranks = ProtocolRanks()
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        history, target, negatives = batch  # (B, n - 1), (B,), (B, K)
+        history, target, negatives, seen = batch  # (B, n - 1), (B,), (B, K), (B, S)
         with self._autocast():
             scores = self.model.score(history)  # (B, N + 2)
-        self.ranks.update(scores.float(), target, negatives)
+        self.ranks.update(scores.float(), target, negatives, seen)
 
     def on_validation_epoch_end(self) -> None:
         if not len(self.ranks.full):

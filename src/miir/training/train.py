@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,29 +29,30 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from miir.atomic import atomic_json
 from miir.data.artifact import Artifact
-from miir.data.schema import FieldKind
 from miir.errors import ConfigError
 from miir.evaluation.compare import cases_checksum
-from miir.evaluation.evaluate import evaluate_scores
-from miir.models.miir import MIIR, FieldInfo, MIIRConfig
-from miir.runtime import keep_freed_memory
+from miir.evaluation.evaluate import PROTOCOLS, evaluate_scores
+from miir.models import build_model as build_registered
+from miir.models import describe_validation_error, model_config
+from miir.models.base import ModelConfig, SequenceModel
+from miir.models.fields import ItemCatalogue
+from miir.runtime import keep_freed_memory, resolve_precision
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 from miir.training.data import (
     LengthBuckets,
     TensorRows,
     collate_rows,
     eval_rows,
-    item_tables,
     row_lengths,
     training_windows,
 )
-from miir.training.module import MIIRModule
+from miir.training.module import SequenceModule
 
 
 class TrainConfig(BaseModel):
@@ -87,7 +91,12 @@ class TrainConfig(BaseModel):
         "random windows, padded).",
     )
     eval_batch_size: int = Field(512, ge=1, description="Users per evaluation batch.")
-    precision: str = Field("32-true", description="'32-true' or 'bf16' (autocast to bfloat16).")
+    precision: Literal["auto", "32-true", "bf16"] = Field(
+        "auto",
+        description="'auto' (bf16 where the device runs it natively, else float32), '32-true' "
+        "or 'bf16' (autocast to bfloat16; on a CPU without avx512_bf16/amx_bf16 it is many "
+        "times slower than float32).",
+    )
     accelerator: str = Field("auto", description="cpu, gpu or auto.")
     devices: int | str = Field(1, description="Devices per node (an int, or 'auto').")
     num_nodes: int = Field(1, ge=1, description="Nodes for multi-node DDP.")
@@ -105,32 +114,20 @@ class TrainConfig(BaseModel):
     )
 
 
-def field_infos(artifact: Artifact, names: list[str]) -> list[FieldInfo]:
-    infos = []
-    for name in names:
-        if name not in artifact.fields:
-            raise ConfigError(
-                f"field {name!r} is not in the artifact; fields are {list(artifact.fields)}"
-            )
-        fd = artifact.fields[name]
-        if fd.kind == FieldKind.TEXT:
-            infos.append(FieldInfo(name, fd.kind, dim=int(fd.values.shape[1])))
-        elif fd.kind == FieldKind.MULTI_CATEGORICAL:
-            infos.append(
-                FieldInfo(name, fd.kind, cardinality=fd.cardinality, width=int(fd.values.shape[1]))
-            )
-        else:
-            infos.append(FieldInfo(name, fd.kind, cardinality=fd.cardinality))
-    return infos
+def train_config(values: dict[str, Any], where: str = "train config") -> TrainConfig:
+    """A validated :class:`TrainConfig`; errors name the key, the allowed keys and range."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, TrainConfig, where)) from None
 
 
-def build_model(artifact: Artifact, config: MIIRConfig) -> MIIR:
-    """A freshly initialised MIIR over the artifact's fields, with its item tables loaded."""
-    names = list(config.fields) if config.fields is not None else artifact.schema.names
-    model = MIIR(config, field_infos(artifact, names), artifact.n_items)
-    present, values = item_tables(artifact, names)
-    model.set_item_tables(present, values)
-    return model
+def build_model(artifact: Artifact, config: ModelConfig, name: str = "miir") -> SequenceModel:
+    """A freshly initialised model ``name`` over the artifact's items (and side fields, for a
+    model that reads them), with its item tables loaded."""
+    names = getattr(config, "fields", None)
+    catalogue = ItemCatalogue.from_artifact(artifact, list(names) if names is not None else None)
+    return build_registered(name, config, catalogue)
 
 
 def training_loader(windows: Tensor, cfg: TrainConfig) -> DataLoader:
@@ -161,8 +158,12 @@ class BestSafetensors(Callback):
         self.extra = extra
         self.best = -math.inf
         self.best_epoch = -1
+        self.world_size = 1
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: MIIRModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: SequenceModule) -> None:
+        self.world_size = trainer.world_size
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SequenceModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
@@ -216,34 +217,54 @@ def _log_version(out: Path, stage: str, resume: bool) -> str:
     return f"{stage}-resumed{k}"
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's banners, tips and advice off the terminal: a user sees our messages,
+    not our dependencies' noise (the CSV log and progress bar stay)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*LeafSpec.*")
+
+
 def _fit_stage(
-    model: MIIR,
+    model: SequenceModel,
     artifact: Artifact,
     cfg: TrainConfig,
     out: Path,
     *,
-    objective: str,
     stage: str,
+    final: bool,
     extra: dict[str, Any],
     resume: bool,
 ) -> BestSafetensors:
+    model.set_stage(stage)
     max_len = model.config.max_len
     windows = training_windows(artifact, max_len, cfg.window_stride)
     valid = eval_rows(artifact, "valid", max_len)
     train_loader = training_loader(windows, cfg)
     # validation metrics are means over users: score them in order of history length, so that
-    # each batch's shared padding is cut (see MIIR.query_states)
+    # each batch's shared padding is cut
     by_length = torch.argsort(row_lengths(valid.history), stable=True)
     val_loader = DataLoader(
-        TensorRows(valid.history[by_length], valid.target[by_length], valid.negatives[by_length]),
+        TensorRows(
+            valid.history[by_length],
+            valid.target[by_length],
+            valid.negatives[by_length],
+            valid.seen[by_length],
+        ),
         batch_size=cfg.eval_batch_size,
         shuffle=False,
         collate_fn=collate_rows,
         num_workers=cfg.num_workers,
     )
-    best_dir = out / ("best" if stage == "main" else f"best_{stage}")
+    best_dir = out / ("best" if final else f"best_{stage}")
     ckpt_dir = out / "lightning" / stage
-    best = BestSafetensors(best_dir, cfg.monitor, {**extra, "stage": stage, "objective": objective})
+    best = BestSafetensors(best_dir, cfg.monitor, {**extra, "stage": stage})
     callbacks = [
         best,
         ConfiguredEarlyStopping(monitor=cfg.monitor, mode="max", patience=cfg.patience),
@@ -272,13 +293,13 @@ def _fit_stage(
         deterministic=True,
         enable_model_summary=False,
     )
-    module = MIIRModule(
+    device_type = "cuda" if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu"
+    module = SequenceModule(
         model,
         lr=cfg.lr,
         seed=cfg.seed,
-        objective=objective,
-        bf16=cfg.precision == "bf16",
-        pack=cfg.batching == "packed",
+        bf16=resolve_precision(cfg.precision, device_type) == "bf16",
+        batching=cfg.batching,
     )
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
@@ -286,31 +307,56 @@ def _fit_stage(
     return best
 
 
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over an existing run unless ``resume`` or ``overwrite`` says so."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"{out}: the folder is not empty (an earlier run?); pass --resume to continue "
+                "it or --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def train(
     artifact_path: str | Path,
     out: str | Path,
-    model_config: MIIRConfig,
+    model: str = "miir",
+    config: ModelConfig | dict[str, Any] | None = None,
     train_config: TrainConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``model_config`` on the artifact into the run folder ``out``; evaluate the best
-    checkpoint on validation and test under both protocols; return the results."""
+    """Train the registered model ``model`` (with ``config``: its config, or overrides of its
+    preset) on the artifact into the run folder ``out``; evaluate the best checkpoint on
+    validation and test under every protocol; return the results."""
     cfg = train_config or TrainConfig()
+    if not isinstance(config, ModelConfig):
+        config = model_config(model, config or {})
     keep_freed_memory()
+    quiet_lightning()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if _is_rank_zero():
+        _prepare_out(out, resume=resume, overwrite=overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     artifact = Artifact(artifact_path)
     manifest_sha = hashlib.sha256((Path(artifact_path) / "manifest.json").read_bytes()).hexdigest()
+    net = build_model(artifact, config, model)
     run_info = {
-        "model": "miir",
-        "variant": model_config.variant_name(),
-        "model_config": model_config.model_dump(mode="json"),
+        "model": net.registry_name,
+        "variant": net.display_name(),
+        "model_config": config.model_dump(mode="json"),
         "train_config": cfg.model_dump(mode="json"),
+        "precision": resolve_precision(cfg.precision),
         "command": command,
         "artifact": {
             "path": str(Path(artifact_path).resolve()),
@@ -327,37 +373,27 @@ def train(
         run_info["earlier"] = [*old.get("earlier", []), earlier]
     if _is_rank_zero():
         atomic_json(out / "run.json", run_info)
-    extra = {
-        "artifact": run_info["artifact"],
-        "item_names": artifact.item_names,
-        "train_config": run_info["train_config"],
-    }
-    model = build_model(artifact, model_config)
+    extra = {"artifact": run_info["artifact"], "train_config": run_info["train_config"]}
     started = time.perf_counter()
-    best = _fit_stage(
-        model,
-        artifact,
-        cfg,
-        out,
-        objective=model_config.objective,
-        stage="main" if not model_config.finetune else "pretrain",
-        extra=extra,
-        resume=resume,
-    )
-    stages = {
-        "main" if not model_config.finetune else "pretrain": {
-            "best": best.best,
-            "epoch": best.best_epoch,
-        }
-    }
-    if model_config.finetune:
-        # MIIR-F: continue from the best MII model with the recommendation loss (Eq. 14).
-        pre, _ = load_checkpoint(out / "best_pretrain")
-        model.load_state_dict(pre.state_dict())
+    stages: dict[str, Any] = {}
+    names = net.stages()
+    for k, stage in enumerate(names):
+        if k > 0:
+            # the next stage starts from the best model of the one before (MIIR-F: fine-tuning
+            # with Eq. 14 continues from the best MII model)
+            pre, _ = load_checkpoint(out / f"best_{names[k - 1]}")
+            net.load_state_dict(pre.state_dict())
         best = _fit_stage(
-            model, artifact, cfg, out, objective="rec", stage="main", extra=extra, resume=resume
+            net,
+            artifact,
+            cfg,
+            out,
+            stage=stage,
+            final=k == len(names) - 1,
+            extra=extra,
+            resume=resume,
         )
-        stages["finetune"] = {"best": best.best, "epoch": best.best_epoch}
+        stages[stage] = {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
     seconds = time.perf_counter() - started
     results = {"run": run_info, "stages": stages, "train_seconds": seconds}
     if _is_rank_zero():
@@ -374,7 +410,7 @@ def evaluate_run(
     eval_batch_size: int = 512,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate the best checkpoint of ``run`` on ``stages`` under both protocols; save the
+    """Evaluate the best checkpoint of ``run`` on ``stages`` under every protocol; save the
     per-user ranks next to it."""
     run = Path(run)
     keep_freed_memory()
@@ -387,7 +423,8 @@ def evaluate_run(
         )
     out: dict[str, Any] = {
         "checkpoint_epoch": meta.get("epoch"),
-        "variant": model.config.variant_name(),
+        "model": meta.get("model"),
+        "variant": model.display_name(),
     }
     for stage in stages:
         rows = eval_rows(artifact, stage, model.config.max_len)
@@ -396,11 +433,12 @@ def evaluate_run(
             rows.history,
             rows.target,
             rows.negatives,
+            rows.seen,
             batch_size=eval_batch_size,
             device=device,
         )
         out[stage] = metrics
         tmp = run / f".ranks_{stage}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, sampled=ranks["sampled"].numpy(), full=ranks["full"].numpy())
+        np.savez(tmp, **{p: ranks[p].numpy() for p in PROTOCOLS})
         os.replace(tmp, run / f"ranks_{stage}.npz")
     return out

@@ -1,0 +1,97 @@
+"""Masking functions: pure, seeded by the generator the trainer passes, shared by every model.
+
+- :func:`mii_mask`: the MII objective (Eq. 11-13 of the MIIR paper): hide present fields;
+- :func:`rec_mask`: Eq. 14: hide whole items, supervise only their IDs (MIIR-R);
+- :func:`cloze_mask`: BERT4Rec's cloze task over item positions, with its extra examples that
+  mask only the last item of a sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Masked:
+    """What a model may not see, and what it must predict."""
+
+    hidden: Tensor  # (B, n, F) bool: fields replaced by their missing value
+    targets: Tensor  # (B, n, F) bool: fields supervised (hidden and present in the data)
+
+
+def mii_mask(
+    present: Tensor,
+    mask_prob: float,
+    item_mask_prob: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Masked:
+    """Eq. 11-13 masking: hide each present field independently with probability ``mask_prob``;
+    with ``item_mask_prob``, also hide every field of a position. Only present fields are
+    supervised. ``present``: (B, n, F) bool, the ID field first."""
+    u = torch.rand(present.shape, generator=generator, device=present.device)  # (B, n, F)
+    hidden = (u < mask_prob) & present
+    if item_mask_prob > 0:
+        whole = (
+            torch.rand(present.shape[:2], generator=generator, device=present.device)
+            < item_mask_prob
+        )  # (B, n)
+        hidden = hidden | (whole[..., None] & present[..., :1])
+    return Masked(hidden=hidden, targets=hidden & present)
+
+
+def rec_mask(present: Tensor, mask_prob: float, generator: torch.Generator | None = None) -> Masked:
+    """Eq. 14 masking: hide every field of an item with probability ``mask_prob``; only the
+    item IDs of the hidden items are supervised."""
+    real = present[..., 0]  # (B, n)
+    whole = (
+        torch.rand(real.shape, generator=generator, device=present.device) < mask_prob
+    ) & real  # (B, n)
+    hidden = whole[..., None].expand_as(present).clone()
+    targets = torch.zeros_like(present)
+    targets[..., 0] = whole
+    return Masked(hidden=hidden, targets=targets)
+
+
+def last_of_sequence(items: Tensor, windows: Tensor | None = None) -> Tensor:
+    """(R, n) bool: the last real item of each sequence (the last column of right-aligned
+    rows; with packed rows, ``windows`` (R, n), the last slot of each window)."""
+    real = items >= 2
+    if windows is None:
+        last = torch.zeros_like(real)
+        last[:, -1] = real[:, -1]
+        return last
+    nxt = torch.full_like(windows, -1)
+    nxt[:, :-1] = windows[:, 1:]
+    return real & (windows != nxt)
+
+
+def cloze_mask(
+    items: Tensor,
+    owner: Tensor,
+    n_seqs: int,
+    last: Tensor,
+    mask_prob: float,
+    last_prob: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """BERT4Rec's cloze task: (R, n) bool of the item positions to hide (and predict).
+
+    Each real item is hidden with probability ``mask_prob``; a sequence (``owner`` (R, n) maps
+    slots to sequences 0 .. n_seqs - 1) becomes, with probability ``last_prob``, an example
+    with only its last item hidden (``last`` (R, n), see :func:`last_of_sequence`): the
+    inference query, which the original BERT4Rec data generator adds to every sequence. A
+    sequence with nothing hidden gets its last item hidden."""
+    real = items >= 2
+    hidden = (torch.rand(items.shape, generator=generator, device=items.device) < mask_prob) & real
+    if last_prob > 0:
+        only_last = torch.rand(n_seqs, generator=generator, device=items.device) < last_prob
+        pick = only_last[owner]  # (R, n)
+        hidden = torch.where(pick, last, hidden)
+    count = torch.zeros(n_seqs, device=items.device).index_add(
+        0, owner[hidden], torch.ones(int(hidden.sum()), device=items.device)
+    )
+    empty = (count == 0)[owner]  # (R, n)
+    return hidden | (empty & last)

@@ -1,0 +1,228 @@
+"""The model contract, tested for every registered model (a new model gets these for free):
+shapes, finite losses and gradients, overfitting one batch, padding invariance, no target
+leakage, identical scores after save/load, determinism under a seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from miir.data.schema import FieldKind
+from miir.models import REGISTRY, build_model, get_entry, model_config
+from miir.models.base import Imputer, SequenceModel
+from miir.models.batch import make_batch
+from miir.models.fields import FieldInfo, ItemCatalogue
+from miir.training.checkpoint import load_checkpoint, save_checkpoint
+
+N_ITEMS = 30
+MAX_LEN = 6
+FIELDS = [
+    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
+    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
+    FieldInfo("title", FieldKind.TEXT, dim=12),
+    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
+]
+NAMES = list(REGISTRY)
+
+
+def catalogue(n_items: int = N_ITEMS, present_rate: float = 0.7, seed: int = 1) -> ItemCatalogue:
+    g = torch.Generator().manual_seed(seed)
+    rows = n_items + 2
+    present = {f.name: torch.rand(rows, generator=g) < present_rate for f in FIELDS}
+    for p in present.values():
+        p[:2] = False
+    cats = torch.randint(2, 9, (rows, 3), generator=g)
+    cats[:, 2] = 0
+    values = {
+        "brand": torch.randint(2, 7, (rows,), generator=g),
+        "cats": cats,
+        "title": torch.randn(rows, 12, generator=g),
+        "price": torch.randint(2, 6, (rows,), generator=g),
+    }
+    for name, v in values.items():
+        v[~present[name]] = 1 if v.dim() == 1 else 0
+    vocabs = {
+        "brand": ["<pad>", "<missing>", *[f"b{i}" for i in range(5)]],
+        "cats": ["<pad>", "<missing>", *[f"c{i}" for i in range(7)]],
+        "title": [],
+        "price": ["<pad>", "<missing>", *[f"p{i}" for i in range(4)]],
+    }
+    names = ["<pad>", "<missing>", *[f"item{i}" for i in range(n_items)]]
+    return ItemCatalogue(list(FIELDS), n_items, vocabs, names, present, values)
+
+
+def small(name: str, **kw) -> SequenceModel:
+    """Model ``name`` at a test size: small embeddings, dropout 0 unless given."""
+    fields = get_entry(name).cls.Config.model_fields
+    wanted = {"embedding_size": 16, "dropout": 0.0, "max_len": MAX_LEN, "n_heads": 2}
+    wanted.update({"n_layers": 1, "hidden_size": 16} if "n_layers" in fields else {})
+    wanted.update(kw.pop("config", {}))
+    config = model_config(name, {k: v for k, v in wanted.items() if k in fields})
+    torch.manual_seed(kw.pop("seed", 0))
+    return build_model(name, config, kw.pop("catalogue", None) or catalogue())
+
+
+def windows(B: int = 6, n: int = MAX_LEN, seed: int = 0, n_items: int = N_ITEMS) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, n_items + 2, (B, n), generator=g)
+    for b in range(B):
+        items[b, : int(torch.randint(0, n - 1, (1,), generator=g))] = 0  # left padding
+    return items
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_finite_losses_and_gradients(name: str) -> None:
+    model = small(name, config={"dropout": 0.1})
+    model.train()
+    items = windows()
+    for mode in dict.fromkeys(("none", model.batch_mode)):
+        loss, parts = model.loss(make_batch(items, mode, MAX_LEN), gen())
+        assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0, mode
+        assert parts and all(torch.isfinite(v) and v.dim() == 0 for v in parts.values())
+        model.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    model.eval()
+    history = items[:, 1:]
+    scores = model.score(history)
+    assert scores.shape == (6, N_ITEMS + 2) and scores.dtype == torch.float32
+    assert torch.isinf(scores[:, :2]).all() and (scores[:, :2] < 0).all()
+    assert torch.isfinite(scores[:, 2:]).all()
+    cand = torch.randint(2, N_ITEMS + 2, (6, 7), generator=gen(3))
+    assert torch.allclose(model.score(history, cand), scores.gather(1, cand), atol=1e-5)
+    assert model.history_len == MAX_LEN - 1 and model.stages()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overfits_one_batch(name: str) -> None:
+    model = small(name)
+    items = windows(B=4)
+    batch = make_batch(items, model.batch_mode, MAX_LEN)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(120):
+        loss, _ = model.loss(batch, gen(7))  # the same masks every step: one fixed objective
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first, (first, loss.item())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_do_not_depend_on_padding_or_other_rows(name: str) -> None:
+    model = small(name).eval()
+    history = windows(n=MAX_LEN - 1, seed=4)
+    history[:, 0] = 0  # at least one padding column everywhere: it can be cut
+    scores = model.score(history)
+    assert torch.allclose(model.score(history[:, 1:]), scores, atol=1e-5)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    assert torch.allclose(model.score(history[perm]), scores[perm], atol=1e-5)
+    assert torch.allclose(model.score(history[:1]), scores[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_target_leakage_in_training(name: str) -> None:
+    """On sequences of i.i.d. uniform items (and no side information) nothing can be learned:
+    a model whose training loss keeps falling on fresh batches sees what it predicts."""
+    n_items = 12
+    empty = catalogue(n_items, present_rate=0.0)
+    model = small(name, catalogue=empty)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    losses = []
+    for step in range(100):
+        items = torch.randint(2, n_items + 2, (16, MAX_LEN), generator=gen(100 + step))
+        loss, _ = model.loss(make_batch(items, model.batch_mode, MAX_LEN), gen(step))
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    early = sum(losses[10:30]) / 20
+    late = sum(losses[-20:]) / 20
+    assert late > 0.75 * early, (early, late)
+    assert math.isfinite(late)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_gives_identical_scores(name: str, tmp_path) -> None:
+    model = small(name, config={"dropout": 0.2}).eval()
+    history = windows(n=MAX_LEN - 1, seed=5)
+    path = save_checkpoint(model, tmp_path / "ckpt", extra={"note": "x"})
+    loaded, meta = load_checkpoint(path)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert meta["model"] == name and meta["note"] == "x"
+    assert torch.equal(model.score(history), loaded.score(history))
+    # the vocabularies travel with the checkpoint: an imputed id turns back into a value
+    assert loaded.catalogue.item_names == model.catalogue.item_names
+    assert loaded.catalogue.vocabs == model.catalogue.vocabs
+    if isinstance(model, Imputer):
+        a, b = model.impute(windows(seed=6)), loaded.impute(windows(seed=6))
+        assert set(a) == set(b) == {f.name for f in loaded.catalogue.fields}
+        for key in a:
+            assert torch.equal(a[key], b[key])
+        assert loaded.catalogue.vocabs["brand"][2] == "b0"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_under_a_seed(name: str) -> None:
+    a, b = small(name, seed=3), small(name, seed=3)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    items = windows()
+    batch = make_batch(items, a.batch_mode, MAX_LEN)
+    a.train()
+    b.train()
+    assert torch.equal(a.loss(batch, gen(1))[0], b.loss(batch, gen(1))[0])
+    c = small(name, seed=4)
+    assert any(
+        not torch.equal(va, vc) for va, vc in zip(a.parameters(), c.parameters(), strict=True)
+    )
+
+
+def test_registry_is_one_name_space() -> None:
+    assert {
+        "miir",
+        "miir-r",
+        "miir-f",
+        "miir-m",
+        "miir-r-m",
+        "sparse-miir",
+        "sparse-miir-r",
+    } <= set(REGISTRY)
+    for name, entry in REGISTRY.items():
+        assert issubclass(entry.cls, SequenceModel) and entry.name == name
+        assert entry.cls.batch_mode in ("packed", "trim", "none")
+    assert small("miir-f").stages() == ("pretrain", "main")
+
+
+def test_leakage_test_catches_a_leaking_model(monkeypatch) -> None:
+    """The leakage test above is real: MIIR that lets masked fields through fails it."""
+    from miir.models.masking import Masked
+
+    model = small("miir")
+    real = model.draw_mask
+
+    def leaky(items, generator=None):
+        m = real(items, generator)
+        return Masked(hidden=torch.zeros_like(m.hidden), targets=m.targets)
+
+    monkeypatch.setattr(model, "draw_mask", leaky)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for step in range(100):
+        items = torch.randint(2, 14, (16, MAX_LEN), generator=gen(100 + step))
+        loss, _ = model.loss(make_batch(items, "packed", MAX_LEN), gen(step))
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sum(losses[-20:]) / 20 < 0.75 * sum(losses[10:30]) / 20
