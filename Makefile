@@ -22,7 +22,7 @@ prepare-demo: $(STAMP)
 
 # A short demo run (3 epochs); the real settings are in bench/paper_results.py.
 demo: prepare-demo
-	$(BIN)/miir train --data artifacts/beauty --out runs/demo --fields categories,brand,title --epochs 3 --lr 1e-3 --precision bf16
+	$(BIN)/miir train --data artifacts/beauty --out runs/demo --fields categories,brand,title --epochs 3 --lr 1e-3 --overwrite
 	$(BIN)/miir evaluate --run runs/demo
 
 test: $(STAMP)
