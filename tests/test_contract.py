@@ -226,3 +226,13 @@ def test_leakage_test_catches_a_leaking_model(monkeypatch) -> None:
         loss.backward()
         opt.step()
     assert sum(losses[-20:]) / 20 < 0.75 * sum(losses[10:30]) / 20
+
+
+def test_empty_inputs_are_handled() -> None:
+    from miir.models.batch import trim_left_padding
+    from miir.models.fields import FieldEncoder
+
+    assert trim_left_padding(torch.zeros(3, 0, dtype=torch.long)).shape == (3, 0)
+    assert trim_left_padding(torch.zeros(3, 4, dtype=torch.long)).shape == (3, 0)
+    enc = FieldEncoder(catalogue().without_side_fields(), 8)
+    assert enc.embed(torch.ones(2, 5, dtype=torch.long)).shape == (2, 5, 0, 8)

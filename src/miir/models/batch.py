@@ -27,6 +27,8 @@ def trim_left_padding(items: Tensor) -> Tensor:
     """(B, n) right-aligned rows -> (B, m): without the leading columns that are padding (0) in
     every row. Positions count from the right, so the model computes the same thing on fewer
     tokens. A batch of only padding keeps no column."""
+    if items.shape[1] == 0:
+        return items
     filled = (items != 0).any(0)  # (n,)
     if bool(filled[0]):
         return items
@@ -103,7 +105,9 @@ def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Pac
 @dataclass
 class Batch:
     """Training rows of a model: ``items`` (R, n) right-aligned item ids, and ``packing`` when
-    the rows hold packed windows (then R rows carry ``packing.n_windows`` sequences)."""
+    the rows hold packed windows (then R rows carry ``packing.n_windows`` sequences).
+    ``max_len``: the model's window length, over which positions count from the right; build
+    batches with :func:`make_batch`, which sets it (without it, the row width is used)."""
 
     items: Tensor
     packing: Packing | None = None

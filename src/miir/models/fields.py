@@ -66,9 +66,7 @@ class FieldInfo:
 def _numeric_labels(edges: list[float]) -> list[str]:
     """Readable bucket ranges of a numeric field, indexed like its vocabulary."""
     bounds = [-math.inf, *edges, math.inf]
-    return ["<pad>", "<missing>"] + [
-        f"[{lo:g}, {hi:g})" for lo, hi in itertools.pairwise(bounds)
-    ]
+    return ["<pad>", "<missing>"] + [f"[{lo:g}, {hi:g})" for lo, hi in itertools.pairwise(bounds)]
 
 
 @dataclass
@@ -314,6 +312,7 @@ class FieldEncoder(nn.Module):
     def __init__(self, catalogue: ItemCatalogue, e: int) -> None:
         super().__init__()
         self.fields = list(catalogue.fields)
+        self.e = e
         self.features = ItemFeatures(catalogue)
         self.codecs = nn.ModuleDict({f.name: field_codec(f, e) for f in self.fields})
 
@@ -329,6 +328,8 @@ class FieldEncoder(nn.Module):
     def embed(self, items: Tensor, visible: Tensor | None = None) -> Tensor:
         """(...,) item ids and (..., F_side) visibility (default: what the data has) ->
         (..., F_side, e). Padding and unknown items have no side field present."""
+        if not self.fields:
+            return torch.zeros(*items.shape, 0, self.e, device=items.device)
         if visible is None:
             visible = self.present(items)[..., 1:]
         cols = [self.embed_field(f.name, items, visible[..., j]) for j, f in enumerate(self.fields)]
