@@ -23,17 +23,20 @@ batch 128, max length 20) with the fields ID, categories, brand and title:
   in this script and in ``miir train``): child processes with and without it, alternated;
 - one real epoch through the Lightning trainer with ``miir train``'s data loader and module
   (packed in fp32 and bf16, buckets and padded in fp32), sequences per second;
-- evaluation time of the validation split under both protocols (users in order of history
-  length, as ``evaluate_scores`` does, and in row order);
-- peak resident memory of the process.
+- evaluation time of the validation split under every protocol (sampled, full, full_masked;
+  users in order of history length, as ``evaluate_scores`` does, and in row order);
+- peak resident memory of the process; the machine (:func:`miir.runtime.machine_info`: the CPU
+  flags that decide whether bf16 is native), the commit and the command.
 
-Writes ``bench/results/train.json`` and ``bench/results/train.md`` (atomically).
+Writes ``bench/results/train.json`` and ``bench/results/train.md`` (atomically). ``--quick``
+runs every part briefly into a temporary folder (a smoke test; its numbers are not results).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -41,6 +44,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,13 +59,15 @@ import miir.models.layers as layers
 from miir.atomic import atomic_write_text
 from miir.data.artifact import Artifact
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
-from miir.evaluation.evaluate import TwoProtocolRanks, evaluate_scores
-from miir.models import variant_config
-from miir.models.miir import MIIR, Masked, mii_mask, pack_windows, trim_left_padding
-from miir.runtime import keep_freed_memory
+from miir.evaluation.evaluate import PROTOCOLS, ProtocolRanks, evaluate_scores
+from miir.models import model_config
+from miir.models.batch import pack_windows, trim_left_padding
+from miir.models.masking import Masked, mii_mask
+from miir.models.miir import MIIR
+from miir.runtime import keep_freed_memory, machine_info
 from miir.training.data import LengthBuckets, eval_rows, row_lengths, training_windows
-from miir.training.module import MIIRModule
-from miir.training.train import TrainConfig, build_model, training_loader
+from miir.training.module import SequenceModule
+from miir.training.train import TrainConfig, build_model, quiet_lightning, training_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("categories", "brand", "title")
@@ -102,6 +108,7 @@ class NaiveMIIR(nn.Module):
 
     def loss(self, items: torch.Tensor, masked: Masked) -> torch.Tensor:
         m = self.m
+        enc = m.encoder
         present = m.present(items)  # (B, n, F)
         x = F.dropout(m.embed(items, present & ~masked.hidden), m.config.dropout, self.training)
         B, n, Fn, e = x.shape
@@ -115,46 +122,51 @@ class NaiveMIIR(nn.Module):
         )
         for j, f in enumerate(m.fields, start=1):
             h = out[..., j, :]  # (B, n, e)
+            codec, vals = enc.codecs[f.name], enc.features.values(f.name, items)
             if f.kind == FieldKind.TEXT:
-                truth = getattr(m, f"{f.name}__values")[items]
-                per = ((m.text_out[f.name](h) - truth) ** 2).sum(-1)
+                per = ((codec.out(h) - vals) ** 2).sum(-1)
             elif f.kind == FieldKind.MULTI_CATEGORICAL:
-                lg = h @ m.tables[f.name].weight[FIRST_VALUE_ID:].T  # (B, n, V)
-                vals = getattr(m, f"{f.name}__values")[items]  # (B, n, K)
+                lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
                 hot = torch.zeros_like(lg).scatter_(
                     -1, (vals - FIRST_VALUE_ID).clamp(min=0), (vals >= FIRST_VALUE_ID).float()
                 )
                 per = F.binary_cross_entropy_with_logits(lg, hot, reduction="none").mean(-1)
             else:
-                lg = h @ m.tables[f.name].weight[FIRST_VALUE_ID:].T  # (B, n, V)
-                truth = (getattr(m, f"{f.name}__values")[items] - FIRST_VALUE_ID).clamp(min=0)
+                lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
+                truth = (vals - FIRST_VALUE_ID).clamp(min=0)
                 per = F.cross_entropy(lg.transpose(1, 2), truth, reduction="none")
             total = total + (per * tgt[..., j]).sum(-1)
         n_items = (items >= FIRST_VALUE_ID).sum(-1).clamp(min=1).float()
         return (total / n_items).mean()
 
 
+def miir_model(artifact: Artifact) -> MIIR:
+    """MIIR at its default (the paper's) hyper-parameters over ID, categories, brand, title."""
+    return build_model(artifact, model_config("miir", {"fields": FIELDS}), "miir")
+
+
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """:func:`miir.runtime.machine_info` (CPU model, cores, the CPU flags that decide bf16
+    speed, torch threads) plus memory, platform and Python."""
     mem = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **machine_info(),
         "ram_mib": mem,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
     }
+
+
+def machine_line(m: dict) -> str:
+    """The machine in a Markdown header: CPU, cores, flags, torch."""
+    flags = ", ".join(m.get("flags") or []) or "none of note"
+    bf16 = "native" if m.get("native_bf16") else "emulated"
+    return (
+        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), CPU flags: "
+        f"{flags} (bf16 {bf16}), torch {m['torch']}"
+    )
 
 
 def git_state() -> dict:
@@ -204,14 +216,14 @@ def make_step(kind: str, model: MIIR, naive: NaiveMIIR, windows: torch.Tensor, b
             loss = naive.loss(items, masked)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "ours-bf16"):
-                loss, _ = model.loss(items, masked, packing)
+                loss, _ = model.masked_loss(items, masked, packing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in params:
             if p.grad is not None:
                 p.grad.clamp_(-5, 5)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -236,10 +248,13 @@ class EpochTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self.t)
 
 
-def lightning_epoch(artifact: Artifact, bf16: bool, batch: int, batching: str) -> dict:
-    """One epoch through the Lightning trainer with ``miir train``'s own data loader."""
+def lightning_epoch(
+    artifact: Artifact, bf16: bool, batch: int, batching: str, limit_batches: int | None = None
+) -> dict:
+    """One epoch through the Lightning trainer with ``miir train``'s own data loader (its first
+    ``limit_batches`` batches only, in a quick run)."""
     torch.manual_seed(0)
-    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    model = miir_model(artifact)
     windows = training_windows(artifact, model.config.max_len)
     loader = training_loader(windows, TrainConfig(batch_size=batch, seed=0, batching=batching))
     timer = EpochTimer()
@@ -255,17 +270,18 @@ def lightning_epoch(artifact: Artifact, bf16: bool, batch: int, batching: str) -
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        limit_train_batches=limit_batches,
         num_sanity_val_steps=0,
     )
-    module = MIIRModule(
-        model, lr=1e-4, seed=0, objective="mii", bf16=bf16, pack=batching == "packed"
-    )
+    module = SequenceModule(model, lr=1e-4, seed=0, bf16=bf16, batching=batching)
     trainer.fit(module, loader)
+    steps = min(len(loader), limit_batches or len(loader))
+    sequences = min(len(windows), steps * batch)
     return {
         "seconds": timer.seconds[0],
-        "sequences": len(windows),
-        "sequences_per_second": len(windows) / timer.seconds[0],
-        "steps": len(loader),
+        "sequences": sequences,
+        "sequences_per_second": sequences / timer.seconds[0],
+        "steps": steps,
         "batching": batching,
     }
 
@@ -276,7 +292,7 @@ def child_steps(data: str, batch: int, steps: int) -> None:
     tuned = keep_freed_memory()
     artifact = Artifact(data)
     torch.manual_seed(0)
-    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    model = miir_model(artifact)
     windows = training_windows(artifact, model.config.max_len)
     batches = list(
         torch.randperm(len(windows), generator=torch.Generator().manual_seed(0)).split(batch)
@@ -338,20 +354,39 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="Interleaved rounds.")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--skip-epoch", action="store_true", help="Skip the real Lightning epochs.")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument(
+        "--out",
+        help="Results folder (default: bench/results; with --quick: a new temporary folder).",
+    )
     ap.add_argument(
         "--allocator-rounds", type=int, default=3, help="Rounds of the malloc comparison (0: skip)."
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke test of every part in a few minutes: 3 steps x 1 round, one allocator pair "
+        "of 3 steps, Lightning epochs cut to 5 batches, one evaluation pass, a smaller matmul; "
+        "writes to a temporary folder unless --out is given. Its numbers are not results.",
     )
     ap.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_steps:
         child_steps(args.data, args.batch, args.child_steps)
         return
+    if args.quick:
+        args.steps, args.rounds, args.allocator_rounds = 3, 1, min(args.allocator_rounds, 1)
+    out = Path(
+        args.out
+        or (tempfile.mkdtemp(prefix="bench-train-") if args.quick else ROOT / "bench" / "results")
+    )
+    epoch_batches = 5 if args.quick else None
+    eval_repeats = 1 if args.quick else 3
     malloc_tuned = keep_freed_memory()
+    quiet_lightning()
 
     artifact = Artifact(args.data)
     torch.manual_seed(0)
-    model = build_model(artifact, variant_config("miir", fields=FIELDS))
+    model = miir_model(artifact)
     naive = NaiveMIIR(model)
     windows = training_windows(artifact, model.config.max_len)
     steps_per_epoch = -(-len(windows) // args.batch)
@@ -385,10 +420,10 @@ def main() -> None:
             cut = items.shape[1] - ours_items.shape[1]
             ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
         with torch.no_grad():
-            ours_loss = float(model.loss(ours_items, ours_masked, packing)[0])
+            ours_loss = float(model.masked_loss(ours_items, ours_masked, packing)[0])
             naive_loss = float(naive.loss(items, masked))
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf16_loss = float(model.loss(ours_items, ours_masked, packing)[0])
+                bf16_loss = float(model.masked_loss(ours_items, ours_masked, packing)[0])
         same_loss[name] = {
             "shape": list(items.shape),
             "ours_shape": list(ours_items.shape),
@@ -397,6 +432,8 @@ def main() -> None:
             "abs_diff": abs(naive_loss - ours_loss),
             "ours_bf16": bf16_loss,
         }
+        # the reference must compute our loss: otherwise the speed-ups compare different things
+        assert abs(naive_loss - ours_loss) <= 1e-4 * max(1.0, abs(naive_loss)), same_loss[name]
     model.train()
     naive.train()
 
@@ -420,7 +457,7 @@ def main() -> None:
                 if kind == "naive":
                     naive.loss(items, masked).backward()
                 else:
-                    model.loss(items, masked, packing)[0].backward()
+                    model.masked_loss(items, masked, packing)[0].backward()
         model.zero_grad(set_to_none=True)
         naive.zero_grad(set_to_none=True)
         return fc.get_total_flops() / len(batches)
@@ -431,7 +468,11 @@ def main() -> None:
         "random": count_flops("ours", "random", rounds[0]["random"][:3]),
         "naive": count_flops("naive", "random", rounds[0]["random"][:3]),
     }
-    rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
+    mm = 512 if args.quick else 2048
+    rates = {
+        "float32": matmul_rate(torch.float32, mm),
+        "bfloat16": matmul_rate(torch.bfloat16, mm),
+    }
 
     fast = layers._Dropout.apply
 
@@ -499,23 +540,38 @@ def main() -> None:
             ("ours-fp32-buckets", False, "buckets"),
             ("ours-fp32-padded", False, "random"),
         ):
-            epochs[name] = lightning_epoch(artifact, bf16, args.batch, batching)
+            epochs[name] = lightning_epoch(artifact, bf16, args.batch, batching, epoch_batches)
             print(f"lightning epoch {name}: {epochs[name]['seconds']:.1f}s", flush=True)
 
     valid = eval_rows(artifact, "valid", model.config.max_len)
+    if args.quick:  # the first 4,096 users only
+        valid = dataclasses.replace(
+            valid,
+            **{
+                k: getattr(valid, k)[:4096]
+                for k in ("history", "target", "negatives", "users", "seen")
+            },
+        )
     model.eval()
     eval_times: dict[str, list[float]] = {"by length": [], "row order": []}
-    for _ in range(3):
+    for _ in range(eval_repeats):
         t = time.perf_counter()
-        _metrics, _ = evaluate_scores(model.score, valid.history, valid.target, valid.negatives)
+        _metrics, _ = evaluate_scores(
+            model.score, valid.history, valid.target, valid.negatives, valid.seen
+        )
         eval_times["by length"].append(time.perf_counter() - t)
         # the same scoring in row order (mixed lengths, so little padding to cut), for the effect
         t = time.perf_counter()
-        acc = TwoProtocolRanks()
+        acc = ProtocolRanks()
         with torch.no_grad():
             for start in range(0, len(valid), 512):
                 sl = slice(start, start + 512)
-                acc.update(model.score(valid.history[sl]), valid.target[sl], valid.negatives[sl])
+                acc.update(
+                    model.score(valid.history[sl]),
+                    valid.target[sl],
+                    valid.negatives[sl],
+                    valid.seen[sl],
+                )
         eval_times["row order"].append(time.perf_counter() - t)
 
     result = {
@@ -535,6 +591,8 @@ def main() -> None:
             "mean_bucketed_batch_width": statistics.fmean(widths),
             "mean_packed_rows_per_batch": statistics.fmean(packed_rows),
             "malloc_tuning": malloc_tuned,
+            "quick": args.quick,
+            "lightning_epoch_batches": epoch_batches or steps_per_epoch,
         },
         "same_loss": same_loss,
         "flops_per_step": flops,
@@ -547,19 +605,23 @@ def main() -> None:
             "users": len(valid),
             "seconds_median": statistics.median(eval_times["by length"]),
             "seconds_median_row_order": statistics.median(eval_times["row order"]),
-            "protocols": ["sampled", "full"],
+            "protocols": list(PROTOCOLS),
         },
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "targets": {"epoch_seconds": 30, "speedup_vs_naive": 4.5},
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "train.json", json.dumps(result, indent=1))
     md = [
         "# Training speed (amazon-beauty, ID + categories + brand + title, paper hyper-parameters)",
         "",
+        *(
+            ["**Quick smoke run (`--quick`): too few steps to be a measurement.**", ""]
+            if args.quick
+            else []
+        ),
         f"`{result['command']}` at {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, "
-        f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {torch.__version__}.",
+        f"{result['date']}, {machine_line(result['machine'])}.",
         f"{len(windows):,} training windows, {steps_per_epoch} steps of {args.batch} per epoch. "
         f"Each of {args.rounds} interleaved rounds times every variant on {args.steps} batches of an epoch: "
         "the same uniformly random batches for all but `ours-fp32-buckets`, which runs as many batches of "
@@ -581,7 +643,7 @@ def main() -> None:
         )
     md += [
         "",
-        f"Measured matmul rate (2048^3): fp32 {rates['float32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s.",
+        f"Measured matmul rate ({mm}^3): fp32 {rates['float32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s.",
     ]
     for name, v in same_loss.items():
         md.append(
@@ -603,10 +665,11 @@ def main() -> None:
             )
     for k, v in epochs.items():
         md.append(
-            f"Real Lightning epoch, {k}: {v['seconds']:.1f} s ({v['sequences_per_second']:.0f} sequences/s)."
+            f"Real Lightning epoch, {k}: {v['seconds']:.1f} s ({v['sequences_per_second']:.0f} sequences/s"
+            + (f"; first {v['steps']} batches only)." if v["steps"] < steps_per_epoch else ").")
         )
     md.append(
-        f"Evaluation of {len(valid):,} validation users, both protocols: {result['evaluation']['seconds_median']:.1f} s "
+        f"Evaluation of {len(valid):,} validation users, all three protocols: {result['evaluation']['seconds_median']:.1f} s "
         f"(users scored in order of history length; {result['evaluation']['seconds_median_row_order']:.1f} s in row order). "
         f"Peak RSS {result['peak_rss_mib']:.0f} MiB. Targets: <= 30 s/epoch, >= 4.5x vs naive."
     )

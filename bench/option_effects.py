@@ -1,6 +1,7 @@
 """Measure the effect of our choices against the alternatives, on amazon-beauty, as pairs of
 runs that differ in one setting only: validation curves at equal epochs, test metrics under
-both protocols and per-user paired t-tests (``miir compare``).
+every protocol both runs were evaluated under (runs made before ``full_masked`` existed have
+sampled and full only) and per-user paired t-tests (``miir compare``).
 
     python bench/option_effects.py [--train]
 
@@ -30,6 +31,7 @@ import matplotlib.pyplot as plt
 
 from miir.atomic import atomic_write_text
 from miir.evaluation.compare import compare_runs
+from miir.evaluation.evaluate import PROTOCOLS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -188,21 +190,18 @@ def main() -> None:
             md.append(f"Not run yet: {', '.join(e['missing'])}.")
             continue
         a, b = e["a"], e["b"]
+        protocols = [p for p in PROTOCOLS if p in a["test"] and p in b["test"]]
         md += [
             "| run | best epoch / epochs run | train s | "
-            + " | ".join(f"sampled {n}" for n in names)
-            + " | "
-            + " | ".join(f"full {n}" for n in names)
+            + " | ".join(f"{p} {n}" for p in protocols for n in names)
             + " |",
-            "|---|---|---|" + "---|" * (2 * len(names)),
+            "|---|---|---|" + "---|" * (len(protocols) * len(names)),
         ]
         for r in (a, b):
             md.append(
                 f"| {r['label']} | {r['best_epoch'] + 1} / {r['epochs_run']} | "
                 f"{r['train_seconds']:.0f} | "
-                + " | ".join(f"{r['test']['sampled'][n]:.4f}" for n in names)
-                + " | "
-                + " | ".join(f"{r['test']['full'][n]:.4f}" for n in names)
+                + " | ".join(f"{r['test'][p][n]:.4f}" for p in protocols for n in names)
                 + " |"
             )
         md += ["", f"Paired t-test on test users, {a['label']} minus {b['label']}:", ""]

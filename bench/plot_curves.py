@@ -54,7 +54,9 @@ def main() -> None:
         data = curves(run)
         info = json.loads((run / "run.json").read_text())
         mc, tc = info["model_config"], info["train_config"]
-        label = f"{run.parent.name}/{run.name} (dropout {mc['dropout']}, item mask {mc['item_mask_prob']}, lr {tc['lr']})"
+        # a baseline's config has no item_mask_prob
+        mask = f", item mask {mc['item_mask_prob']}" if "item_mask_prob" in mc else ""
+        label = f"{run.parent.name}/{run.name} (dropout {mc['dropout']}{mask}, lr {tc['lr']})"
         for ax, (m, _) in zip(axes, METRICS, strict=True):
             xs = sorted(data[m])
             ax.plot(xs, [data[m][x] for x in xs], marker=".", label=label)

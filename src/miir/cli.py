@@ -423,6 +423,60 @@ def compare(
     typer.echo(compare_table(result))
 
 
+@app.command()
+def benchmark(
+    grid: Annotated[
+        Path, typer.Argument(help="Grid file (YAML): data sets, settings, models, seeds.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for tables and figures (default: bench/results/<grid name>).",
+        ),
+    ] = None,
+    runs_root: Annotated[
+        Path, typer.Option(help="Run folders, one per run key (a killed run resumes from its own).")
+    ] = Path("runs/benchmark"),
+    records: Annotated[
+        Path, typer.Option(help="Recorded runs: <key>.json and <key>.ranks.npz.")
+    ] = Path("bench/results/runs"),
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Train only these runs: model=NAME, data=NAME, setting=NAME or seed=N "
+            "(repeatable; values of one key: any, different keys: all; tables cover the grid)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List the runs, which are recorded, and the estimated time.")
+    ] = False,
+    tables_only: Annotated[
+        bool, typer.Option(help="Only rebuild the tables and figures from the recorded runs.")
+    ] = False,
+) -> None:
+    """Train a grid of models over data sets, settings and seeds; write the paper's tables."""
+    import shlex
+
+    from miir.benchmark import run_benchmark
+
+    try:
+        run_benchmark(
+            grid,
+            out=out,
+            runs_root=runs_root,
+            records=records,
+            only=only or [],
+            dry_run=dry_run,
+            tables_only=tables_only,
+            command=shlex.join(["miir", *sys.argv[1:]]),
+            echo=typer.echo,
+        )
+    except MiirError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="miir")
 

@@ -1,0 +1,334 @@
+"""`miir benchmark`: grid validation, run keys, records, skipping and resuming, tables, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from miir.benchmark import (
+    ensure_artifact,
+    grid_cases,
+    load_grid,
+    parse_only,
+    plan,
+    run_benchmark,
+)
+from miir.cli import app
+from miir.errors import ConfigError
+from miir.evaluation.evaluate import PROTOCOL_LABELS
+
+runner = CliRunner()
+TINY = {"embedding_size": 16, "n_layers": 1, "n_heads": 2, "max_len": 8, "dropout": 0.0}
+TRAIN = {
+    "max_epochs": 1,
+    "min_epochs": 0,
+    "limit_train_batches": 2,
+    "batch_size": 16,
+    "threads": 1,
+    "progress": False,
+}
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def planted_grid(given: Path, discard: Path, **changes: object) -> dict:
+    """sasrec and miir, two seeds each, on the planted artifact as given and with discard."""
+    grid = {
+        "name": "planted",
+        "settings": {"given": {"discard": 0.0}, "D": {"discard": 0.5}},
+        "data": {"planted": {"artifacts": {"given": str(given), "D": str(discard)}}},
+        "seeds": [1, 2],
+        "train": dict(TRAIN),
+        "model": dict(TINY),
+        "models": ["sasrec", "miir"],
+    }
+    grid.update(changes)
+    return grid
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    return {"out": tmp_path / "tables", "records": tmp_path / "records", "runs": tmp_path / "runs"}
+
+
+def bench(grid: Path, dirs: dict[str, Path], **kwargs: object):
+    return run_benchmark(
+        grid,
+        out=dirs["out"],
+        records=dirs["records"],
+        runs_root=dirs["runs"],
+        echo=lambda _: None,
+        **kwargs,
+    )
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"modls": []}, "unknown key 'modls'; allowed: cache, data, model, models"),
+        ({"models": [{"name": "sasrec", "trian": {}}]}, "unknown key 'models[0].trian'"),
+        ({"settings": {"given": {"discrad": 0.5}}}, "unknown key 'settings.given.discrad'"),
+        ({"data": {"p": {"source": "x", "artifacts": {"given": "y"}}}}, "either 'source'"),
+        ({"data": {"p": {"artifacts": {"E": "y"}}}}, "unknown setting(s) ['E']"),
+        ({"train": {"seed": 3}}, "set seeds with 'seeds'"),
+        ({"target": "nova"}, "target 'nova' is not one of the grid's models"),
+        ({"data": {"p": {"source": "x", "prepare": {"negatives": 5}}}}, "unknown option"),
+        ({"data": {"p": {"source": "x", "prepare": {"discard": 0.5}}}}, "comes from the settings"),
+    ],
+)
+def test_grid_errors_name_the_key_and_file(tmp_path, change, expected) -> None:
+    grid = {"data": {"p": {"artifacts": {"given": "a"}}}, "models": ["sasrec"], **change}
+    path = write_grid(tmp_path / "grid.yaml", grid)
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    assert expected in str(err.value) and str(path) in str(err.value)
+
+
+def test_unregistered_models_are_listed_when_planned(tmp_path, planted_artifact) -> None:
+    grid = {
+        "data": {"p": {"artifacts": {"given": str(planted_artifact)}}},
+        "models": ["sasrec", "lrmm", "s3rec"],
+    }
+    path = write_grid(tmp_path / "grid.yaml", grid)
+    loaded = load_grid(path)  # the file is valid: names are checked against the registry later
+    with pytest.raises(ConfigError, match=r"unknown model\(s\) 'lrmm', 's3rec'; registered models"):
+        plan(loaded)
+    res = runner.invoke(app, ["benchmark", str(path), "--dry-run"])
+    assert res.exit_code == 2 and "'lrmm'" in res.output
+
+
+def test_bad_yaml_and_bad_only(tmp_path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text("models: [sasrec\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_grid(path)
+    with pytest.raises(ConfigError, match="KEY one of model, data, setting, seed"):
+        parse_only(["modle=sasrec"])
+    assert parse_only(["model=sasrec,MIIR", "seed=1"]) == {
+        "model": {"sasrec", "miir"},
+        "seed": {"1"},
+    }
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def test_key_follows_configs_not_grid_order(
+    tmp_path, planted_artifact, planted_discard_artifact
+) -> None:
+    def keys(**changes: object) -> dict[tuple, str]:
+        grid = planted_grid(planted_artifact, planted_discard_artifact, **changes)
+        runs = plan(load_grid(write_grid(tmp_path / "g.yaml", grid)))
+        return {(r.model, r.setting, r.seed): r.key for r in runs}
+
+    base = keys()
+    assert len(set(base.values())) == 8 and all(base.values())
+    # order of models, seeds and settings, labels and display-only options: same runs
+    reordered = keys(
+        models=[{"name": "miir", "label": "Ours"}, "sasrec"],
+        seeds=[2, 1],
+        settings={"D": {"discard": 0.5}, "given": {"discard": 0.0}},
+        train={**TRAIN, "progress": True},
+    )
+    assert reordered == base
+    # a config value changes the key of that model only
+    changed = keys(models=["sasrec", {"name": "miir", "model": {"mask_prob": 0.3}}])
+    assert all(changed[k] == base[k] for k in base if k[0] == "sasrec")
+    assert all(changed[k] != base[k] for k in base if k[0] == "miir")
+    lr = keys(train={**TRAIN, "lr": 0.01})
+    assert not set(lr.values()) & set(base.values())
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def test_grid_runs_records_skips_and_rebuilds_tables(
+    tmp_path, dirs, planted_artifact, planted_discard_artifact, monkeypatch
+) -> None:
+    grid = write_grid(
+        tmp_path / "grid.yaml", planted_grid(planted_artifact, planted_discard_artifact)
+    )
+    lines: list[str] = []
+    summary = run_benchmark(
+        grid,
+        out=dirs["out"],
+        records=dirs["records"],
+        runs_root=dirs["runs"],
+        echo=lines.append,
+        command="miir benchmark grid.yaml",
+    )
+    assert summary.trained == 8 and summary.recorded == 8
+    assert any(
+        line.startswith("[1/8] sasrec · planted (given) · seed 1 · est. left ?") for line in lines
+    )
+    assert any(line.startswith("[8/8] miir · planted (D) · seed 2 · est. left ") for line in lines)
+    assert not any("est. left ?" in line for line in lines[2:])  # estimated from finished runs
+
+    records = sorted(dirs["records"].glob("*.json"))
+    assert len(records) == 8
+    rec = json.loads(records[0].read_text())
+    assert rec["key"] == records[0].stem
+    assert {"model", "data", "setting", "seed", "model_config", "train_config", "command",
+            "commit", "machine", "wall_seconds", "epochs_run", "best_epochs"} <= set(rec)  # fmt: skip
+    for stage in ("valid", "test"):
+        assert set(rec[stage]) == {"sampled", "full", "full_masked"}
+        assert set(rec[stage]["full"]) == {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"}
+    assert rec["epochs_run"] == 1 and rec["curve"]
+    with np.load(dirs["records"] / f"{rec['key']}.ranks.npz") as ranks:
+        assert set(ranks.files) == {"sampled", "full", "full_masked"}
+        assert ranks["full"].dtype == np.int32 and len(ranks["full"]) == 240
+
+    md = (dirs["out"] / "results.md").read_text()
+    for label in PROTOCOL_LABELS.values():
+        assert f"**{label}**" in md
+    assert "## planted (given)" in md and "## planted (D)" in md
+    assert "| SASRec (2 seeds) | MIIR (2 seeds) | Impr. (%) | p |" in md
+    assert " ± " in md and "target MIIR" in md and "## Runs" in md
+    assert "miir benchmark grid.yaml" in md
+    with (dirs["out"] / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 5
+    assert {"SASRec", "SASRec std", "MIIR n", "Impr. (%)", "p", "best baseline"} <= set(rows[0])
+    assert all(r["best baseline"] == "SASRec" and r["Impr. (%)"] != "" for r in rows)
+    for row in rows:
+        mean_s, mean_m = float(row["SASRec"]), float(row["MIIR"])
+        assert float(row["Impr. (%)"]) == pytest.approx((mean_m - mean_s) / mean_s * 100, rel=1e-4)
+    with (dirs["out"] / "runs.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 8
+    for png in ("metrics.png", "curves.png"):
+        assert (dirs["out"] / png).read_bytes()[:4] == b"\x89PNG"
+
+    # a second invocation trains nothing: every run is recorded
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr("miir.training.train.train", no_training)
+    again = bench(grid, dirs)
+    assert again.trained == 0 and again.recorded == 8
+
+    # the tables come from the records alone: no run folders needed
+    import shutil
+
+    shutil.rmtree(dirs["runs"])
+    (dirs["out"] / "results.md").unlink()
+    res = runner.invoke(
+        app,
+        ["benchmark", str(grid), "--tables-only", "--out", str(dirs["out"]),
+         "--records", str(dirs["records"]), "--runs-root", str(dirs["runs"])],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (dirs["out"] / "results.md").read_text().count(" ± ") >= 30
+    assert (dirs["out"] / "curves.png").is_file()
+
+    dry = runner.invoke(
+        app, ["benchmark", str(grid), "--dry-run", "--records", str(dirs["records"])]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count("· recorded") == 8 and "0 to run" in dry.output
+
+
+def test_only_filters_resume_and_finished_folders(
+    tmp_path, dirs, planted_artifact, planted_discard_artifact, monkeypatch
+) -> None:
+    import miir.training.train as training
+
+    grid_dict = planted_grid(planted_artifact, planted_discard_artifact, target="sasrec")
+    grid = write_grid(tmp_path / "grid.yaml", grid_dict)
+    calls: list[dict] = []
+    real_train = training.train
+
+    def spy(*args, **kwargs):
+        calls.append({"model": args[2], "seed": args[4].seed, "resume": kwargs["resume"]})
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("miir.training.train.train", spy)
+    runs = plan(load_grid(grid))
+    by = {(r.model, r.setting, r.seed): r for r in runs}
+    # a run killed in its first epoch left a folder: it is resumed, not refused
+    killed = dirs["runs"] / by[("sasrec", "given", 1)].key
+    killed.mkdir(parents=True)
+    (killed / "run.json").write_text("{}", encoding="utf-8")
+    summary = bench(grid, dirs, only=["model=sasrec", "seed=1"])
+    assert summary.trained == 2 and summary.selected == 2
+    assert calls == [
+        {"model": "sasrec", "seed": 1, "resume": True},
+        {"model": "sasrec", "seed": 1, "resume": False},
+    ]
+    # a run whose folder holds finished results (killed before it was recorded) is recorded as is
+    done = by[("miir", "D", 2)]
+    real_train(
+        done.case.path, dirs["runs"] / done.key, "miir", done.model_config, done.train_config
+    )
+    calls.clear()
+    bench(grid, dirs, only=["data=planted", "setting=D", "model=MIIR"])
+    assert calls == [{"model": "miir", "seed": 1, "resume": False}]
+    assert (dirs["records"] / f"{done.key}.json").is_file()
+    md = (dirs["out"] / "results.md").read_text()
+    assert "target SASRec (named in the grid)" in md and "Not run yet (4)" in md
+    assert "MIIR (0 of 2 seeds)" in md and "baselines: MIIR." in md
+    with (dirs["out"] / "results.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["setting"] == "D"]
+    assert all(r["target"] == "SASRec" and r["best baseline"] == "MIIR" for r in rows)
+    assert all(r["MIIR n"] == "2" and r["SASRec n"] == "1" and r["p"] != "" for r in rows)
+    with pytest.raises(ConfigError, match="selects none"):
+        bench(grid, dirs, only=["seed=7"])
+
+
+def test_source_is_prepared_once_and_checked(tmp_path) -> None:
+    from conftest import planted_raw
+
+    raw = planted_raw(n_users=40)
+    src = tmp_path / "src"
+    src.mkdir()
+    seqs = raw.interactions.group_by("user", maintain_order=True).agg("item")
+    (src / "sequences.txt").write_text(
+        "".join(f"{u} {' '.join(items)}\n" for u, items in seqs.iter_rows()), encoding="utf-8"
+    )
+    items = raw.items.select("item_id", "color").to_dicts()
+    (src / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    grid_dict = {
+        "cache": str(tmp_path / "cache"),
+        "settings": {"given": {"discard": 0.0}, "D": {"discard": 0.5}},
+        "data": {"toy": {"source": str(src), "prepare": {"n_negatives": 10, "max_len": 8}}},
+        "models": ["sasrec"],
+    }
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", grid_dict))
+    cases = grid_cases(grid)
+    assert [c.path.name for c in cases] == ["toy", "toy-D"]
+    assert all(r.key is None for r in plan(grid, cases))  # not prepared yet: no key
+    for case in cases:
+        ensure_artifact(case, echo=lambda _: None)
+    manifest = cases[1].path / "manifest.json"
+    assert json.loads(manifest.read_text())["config"]["discard"] == 0.5
+    before = manifest.stat().st_mtime_ns
+    ensure_artifact(cases[1], echo=lambda _: None)  # reused, not prepared again
+    assert manifest.stat().st_mtime_ns == before
+    assert all(r.key for r in plan(grid, cases))
+    # an artifact prepared with other options is refused, never silently reused
+    grid_dict["data"]["toy"]["prepare"]["n_negatives"] = 20
+    other = load_grid(write_grid(tmp_path / "grid.yaml", grid_dict))
+    with pytest.raises(ConfigError, match="n_negatives=10 \\(grid: 20\\)"):
+        plan(other)
+
+
+def test_shipped_grids_are_valid() -> None:
+    root = Path(__file__).resolve().parents[1] / "bench" / "grids"
+    beauty = load_grid(root / "beauty.yaml")
+    assert [m.name for m in beauty.spec.models] == [
+        "gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova", "miir"
+    ]  # fmt: skip
+    assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
+    smoke = load_grid(root / "smoke.yaml")
+    assert smoke.spec.train["max_epochs"] == 1
