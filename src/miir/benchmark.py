@@ -740,6 +740,7 @@ def execute(
     started = time.perf_counter()
     if done:
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        _check_adopted(run, results, run_dir)
         wall = float(results.get("train_seconds") or 0.0)
     else:
         resumed = run_dir.is_dir() and any(run_dir.iterdir())
@@ -758,6 +759,25 @@ def execute(
     record = _record(run, results, run_dir, wall=wall, resumed=resumed, command=command, grid=grid)
     store.write(record, ranks)
     return record
+
+
+def _check_adopted(run: PlannedRun, results: dict[str, Any], run_dir: Path) -> None:
+    """A finished run folder is recorded only if it trained exactly the planned run: the same
+    model, model config and train config (keyed options only)."""
+    info = results.get("run", {})
+    planned_train = {
+        k: v for k, v in run.train_config.model_dump(mode="json").items() if k not in NOT_KEYED
+    }
+    found_train = {k: v for k, v in info.get("train_config", {}).items() if k not in NOT_KEYED}
+    if (
+        info.get("model") != run.model
+        or info.get("model_config") != run.model_config.model_dump(mode="json")
+        or found_train != planned_train
+    ):
+        raise ConfigError(
+            f"{run_dir}: holds a finished run that is not {run.describe()} with the grid's "
+            "settings; move it away to train this run"
+        )
 
 
 # ------------------------------------------------------------------------------ estimates
