@@ -123,7 +123,9 @@ def prepare(
             text_batch_size=text_batch_size,
         )
     except ValidationError as exc:
-        _fail(exc)
+        from miir.models import describe_validation_error
+
+        _fail(MiirError(describe_validation_error(exc, PrepareConfig, "prepare")))
     try:
         schema = (
             schema_from_mapping(load_schema_file(schema_file), file=schema_file)
