@@ -286,6 +286,23 @@ def test_only_filters_resume_and_finished_folders(
         bench(grid, dirs, only=["seed=7"])
 
 
+def test_a_finished_folder_of_another_config_is_refused(
+    tmp_path, dirs, planted_artifact, planted_discard_artifact
+) -> None:
+    """A finished run folder is recorded only if it trained the planned run."""
+    import miir.training.train as training
+
+    grid = write_grid(
+        tmp_path / "grid.yaml", planted_grid(planted_artifact, planted_discard_artifact)
+    )
+    run = next(r for r in plan(load_grid(grid)) if r.model == "sasrec" and r.setting == "given")
+    other = run.model_config.model_copy(update={"dropout": 0.3})
+    training.train(run.case.path, dirs["runs"] / run.key, "sasrec", other, run.train_config)
+    with pytest.raises(ConfigError, match="not sasrec"):
+        bench(grid, dirs, only=["model=sasrec", "setting=given", "seed=1"])
+    assert not (dirs["records"] / f"{run.key}.json").exists()
+
+
 def test_source_is_prepared_once_and_checked(tmp_path) -> None:
     from conftest import planted_raw
 
