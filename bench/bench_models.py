@@ -46,7 +46,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 
@@ -64,7 +63,7 @@ from miir.training.train import TrainConfig, build_model, quiet_lightning, train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import EpochTimer, git_state, machine, machine_line  # noqa: E402
+from bench_train import EpochTimer, epoch_trainer, git_state, machine, machine_line  # noqa: E402
 
 FIELDS = ("categories", "brand", "title")
 EMBEDDING_SIZE = 64
@@ -143,22 +142,7 @@ def lightning_epoch(
     model = build_model(artifact, bench_config(name), name)
     loader = training_loader(windows, cfg)
     timer = EpochTimer()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        gradient_clip_val=cfg.grad_clip,
-        gradient_clip_algorithm="value",
-        callbacks=[timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        limit_train_batches=limit,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    trainer = epoch_trainer(timer, cfg.grad_clip, limit, deterministic=True)
     module = SequenceModule(model, lr=cfg.lr, seed=cfg.seed, bf16=bf16, batching=cfg.batching)
     trainer.fit(module, loader)
     steps = min(len(loader), limit or len(loader))

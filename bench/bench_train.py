@@ -248,6 +248,30 @@ class EpochTimer(L.Callback):
         self.seconds.append(time.perf_counter() - self.t)
 
 
+def epoch_trainer(
+    timer: EpochTimer, grad_clip: float, limit_batches: int | None, **options
+) -> L.Trainer:
+    """A Lightning trainer for one timed epoch on the CPU, clipping gradients as ``miir train``
+    does, without validation, checkpoints, logger or progress bar (its first ``limit_batches``
+    batches only, when given); ``options`` go to ``L.Trainer`` too."""
+    return L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        gradient_clip_val=grad_clip,
+        gradient_clip_algorithm="value",
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        limit_train_batches=limit_batches,
+        num_sanity_val_steps=0,
+        **options,
+    )
+
+
 def lightning_epoch(
     artifact: Artifact, bf16: bool, batch: int, batching: str, limit_batches: int | None = None
 ) -> dict:
@@ -258,21 +282,7 @@ def lightning_epoch(
     windows = training_windows(artifact, model.config.max_len)
     loader = training_loader(windows, TrainConfig(batch_size=batch, seed=0, batching=batching))
     timer = EpochTimer()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        gradient_clip_val=5.0,
-        gradient_clip_algorithm="value",
-        callbacks=[timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        limit_train_batches=limit_batches,
-        num_sanity_val_steps=0,
-    )
+    trainer = epoch_trainer(timer, 5.0, limit_batches)
     module = SequenceModule(model, lr=1e-4, seed=0, bf16=bf16, batching=batching)
     trainer.fit(module, loader)
     steps = min(len(loader), limit_batches or len(loader))

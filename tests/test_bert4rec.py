@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import N_ITEMS, assert_packed_cloze_loss_is_unpacked, random_windows, small_model
 from miir.errors import ConfigError
 from miir.models import build_model, model_config
 from miir.models.batch import Batch, make_batch
@@ -13,23 +14,12 @@ from miir.models.bert4rec import BERT4Rec, BERT4RecConfig
 from miir.models.fields import ItemCatalogue
 from miir.models.masking import last_of_sequence
 
-N_ITEMS = 30
 MAX_LEN = 6
 
 
 def make_model(seed: int = 0, **kw) -> BERT4Rec:
-    torch.manual_seed(seed)
-    values = dict(embedding_size=16, n_heads=2, n_layers=2, dropout=0.0, max_len=MAX_LEN)
-    return BERT4Rec(BERT4RecConfig(**{**values, **kw}), ItemCatalogue([], N_ITEMS))
-
-
-def ragged(B: int, seed: int, n: int = MAX_LEN) -> torch.Tensor:
-    """(B, n) right-aligned windows of 1 to n items."""
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    for r in range(B):
-        items[r, : int(torch.randint(0, n, (1,), generator=g))] = 0
-    return items
+    options = {"n_layers": 2, "max_len": MAX_LEN, **kw}
+    return small_model("bert4rec", ItemCatalogue([], N_ITEMS), seed, **options)
 
 
 def test_registry_builds_it_with_the_paper_defaults() -> None:
@@ -43,7 +33,7 @@ def test_registry_builds_it_with_the_paper_defaults() -> None:
 
 def test_shapes_scores_and_finite_loss() -> None:
     model = make_model()
-    items = ragged(5, seed=1)
+    items = random_windows(5, MAX_LEN, seed=1)
     loss, parts = model.loss(Batch(items, None, MAX_LEN), torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"item_id"}
     loss.backward()
@@ -60,28 +50,13 @@ def test_shapes_scores_and_finite_loss() -> None:
 @pytest.mark.parametrize("loss_norm", ["sequence", "position"])
 def test_packed_windows_have_the_loss_of_the_unpacked_batch(loss_norm: str) -> None:
     model = make_model(loss_norm=loss_norm)
-    items = ragged(11, seed=4)
-    unpacked = make_batch(items, "none", MAX_LEN)
-    hidden = model.draw_mask(unpacked, torch.Generator().manual_seed(0))
-    packed = make_batch(items, "packed", MAX_LEN)
-    assert packed.items.shape[0] < items.shape[0]
-    loss, _ = model.masked_loss(unpacked, hidden)
-    packed_loss, _ = model.masked_loss(packed, packed.packing.move(hidden))
-    assert torch.allclose(loss, packed_loss, atol=1e-5)
-    params = list(model.parameters())
-    for a, b in zip(
-        torch.autograd.grad(loss, params, allow_unused=True),
-        torch.autograd.grad(packed_loss, params, allow_unused=True),
-        strict=True,
-    ):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-5)
+    assert_packed_cloze_loss_is_unpacked(model, random_windows(11, MAX_LEN, seed=4), MAX_LEN)
 
 
 def test_loss_norms_weigh_windows_differently() -> None:
     """'sequence' averages per window; 'position' over all hidden items: they differ when
     windows hide different numbers of items."""
-    items = ragged(8, seed=2)
+    items = random_windows(8, MAX_LEN, seed=2)
     batch = Batch(items, None, MAX_LEN)
     seq, pos = make_model(loss_norm="sequence"), make_model(loss_norm="position")
     hidden = seq.draw_mask(batch, torch.Generator().manual_seed(3))
@@ -95,7 +70,7 @@ def test_loss_norms_weigh_windows_differently() -> None:
 def test_hidden_items_do_not_leak() -> None:
     """Changing the id of a hidden item changes no logit; changing a visible one does."""
     model = make_model()
-    items = ragged(6, seed=5)
+    items = random_windows(6, MAX_LEN, seed=5)
     batch = Batch(items, None, MAX_LEN)
     hidden = model.draw_mask(batch, torch.Generator().manual_seed(1))
     logits = model.masked_logits(batch, hidden)
@@ -113,7 +88,7 @@ def test_score_is_the_training_time_last_item_example() -> None:
     """score(history) equals the logits at the hidden last position of the window history +
     target, whatever the history's left padding or width."""
     model = make_model(seed=3).eval()
-    windows = ragged(7, seed=6)
+    windows = random_windows(7, MAX_LEN, seed=6)
     windows[:, -1] = torch.randint(2, N_ITEMS + 2, (7,))  # every window has a target
     hidden = last_of_sequence(windows)
     logits = model.masked_logits(Batch(windows, None, MAX_LEN), hidden)  # (B, N)
@@ -131,7 +106,7 @@ def test_score_is_the_training_time_last_item_example() -> None:
 
 
 def test_last_item_prob_makes_last_item_examples() -> None:
-    items = ragged(64, seed=7)
+    items = random_windows(64, MAX_LEN, seed=7)
     batch = make_batch(items, "packed", MAX_LEN)
     last = last_of_sequence(batch.items, batch.packing.windows)
     only_last = make_model(last_item_prob=1.0).draw_mask(batch, torch.Generator().manual_seed(0))
@@ -146,7 +121,7 @@ def test_last_item_prob_makes_last_item_examples() -> None:
 
 def test_bf16_autocast_gives_float_loss_and_scores() -> None:
     model = make_model()
-    items = ragged(4, seed=8)
+    items = random_windows(4, MAX_LEN, seed=8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.loss(make_batch(items, "packed", MAX_LEN), torch.Generator())
         scores = model.eval().score(items[:, 1:])

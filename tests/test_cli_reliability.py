@@ -12,27 +12,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import SHORT_RUN
 from miir.cli import app
 
 runner = CliRunner()
 SMALL = [
-    "--set",
-    "embedding_size=16",
-    "--set",
-    "n_layers=1",
-    "--set",
-    "n_heads=2",
-    "--set",
-    "max_len=8",
-    "--epochs",
-    "1",
-    "--limit-train-batches",
-    "2",
-    "--batch-size",
-    "16",
-    "--no-progress",
-    "--threads",
-    "1",
+    *("--set", "embedding_size=16", "--set", "n_layers=1"),
+    *("--set", "n_heads=2", "--set", "max_len=8"),
+    *SHORT_RUN,
 ]
 
 

@@ -6,20 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
+from helpers import SHORT_RUN
 from miir.cli import app
 
 runner = CliRunner()
-SMALL = [
-    "--epochs",
-    "1",
-    "--limit-train-batches",
-    "2",
-    "--batch-size",
-    "16",
-    "--no-progress",
-    "--threads",
-    "1",
-]
+SMALL = SHORT_RUN
 
 
 def test_train_with_config_file_and_cli_precedence(

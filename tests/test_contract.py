@@ -9,71 +9,27 @@ import math
 import pytest
 import torch
 
-from miir.data.schema import FieldKind
-from miir.models import REGISTRY, build_model, get_entry, model_config
+from helpers import N_ITEMS, gen, random_catalogue, random_windows, small_model
+from miir.models import REGISTRY
 from miir.models.base import Imputer, SequenceModel
 from miir.models.batch import make_batch
-from miir.models.fields import FieldInfo, ItemCatalogue
+from miir.models.fields import ItemCatalogue
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 
-N_ITEMS = 30
 MAX_LEN = 6
-FIELDS = [
-    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
-    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
-    FieldInfo("title", FieldKind.TEXT, dim=12),
-    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
-]
 NAMES = list(REGISTRY)
 
 
-def catalogue(n_items: int = N_ITEMS, present_rate: float = 0.7, seed: int = 1) -> ItemCatalogue:
-    g = torch.Generator().manual_seed(seed)
-    rows = n_items + 2
-    present = {f.name: torch.rand(rows, generator=g) < present_rate for f in FIELDS}
-    for p in present.values():
-        p[:2] = False
-    cats = torch.randint(2, 9, (rows, 3), generator=g)
-    cats[:, 2] = 0
-    values = {
-        "brand": torch.randint(2, 7, (rows,), generator=g),
-        "cats": cats,
-        "title": torch.randn(rows, 12, generator=g),
-        "price": torch.randint(2, 6, (rows,), generator=g),
-    }
-    for name, v in values.items():
-        v[~present[name]] = 1 if v.dim() == 1 else 0
-    vocabs = {
-        "brand": ["<pad>", "<missing>", *[f"b{i}" for i in range(5)]],
-        "cats": ["<pad>", "<missing>", *[f"c{i}" for i in range(7)]],
-        "title": [],
-        "price": ["<pad>", "<missing>", *[f"p{i}" for i in range(4)]],
-    }
-    names = ["<pad>", "<missing>", *[f"item{i}" for i in range(n_items)]]
-    return ItemCatalogue(list(FIELDS), n_items, vocabs, names, present, values)
-
-
-def small(name: str, **kw) -> SequenceModel:
+def small(
+    name: str, catalogue: ItemCatalogue | None = None, seed: int = 0, config: dict | None = None
+) -> SequenceModel:
     """Model ``name`` at a test size: small embeddings, dropout 0 unless given."""
-    fields = get_entry(name).cls.Config.model_fields
-    wanted = {"embedding_size": 16, "dropout": 0.0, "max_len": MAX_LEN, "n_heads": 2}
-    wanted.update({"n_layers": 1, "hidden_size": 16} if "n_layers" in fields else {})
-    wanted.update(kw.pop("config", {}))
-    config = model_config(name, {k: v for k, v in wanted.items() if k in fields})
-    torch.manual_seed(kw.pop("seed", 0))
-    return build_model(name, config, kw.pop("catalogue", None) or catalogue())
+    return small_model(name, catalogue, seed, max_len=MAX_LEN, **(config or {}))
 
 
-def windows(B: int = 6, n: int = MAX_LEN, seed: int = 0, n_items: int = N_ITEMS) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, n_items + 2, (B, n), generator=g)
-    for b in range(B):
-        items[b, : int(torch.randint(0, n - 1, (1,), generator=g))] = 0  # left padding
-    return items
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def windows(B: int = 6, n: int = MAX_LEN, seed: int = 0) -> torch.Tensor:
+    """(B, n) right-aligned windows of 2 .. n items."""
+    return random_windows(B, n, seed, min_len=2)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,7 +90,7 @@ def test_no_target_leakage_in_training(name: str) -> None:
     """On sequences of i.i.d. uniform items (and no side information) nothing can be learned:
     a model whose training loss keeps falling on fresh batches sees what it predicts."""
     n_items = 12
-    empty = catalogue(n_items, present_rate=0.0)
+    empty = random_catalogue(n_items, present_rate=0.0)
     model = small(name, catalogue=empty)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
@@ -234,5 +190,5 @@ def test_empty_inputs_are_handled() -> None:
 
     assert trim_left_padding(torch.zeros(3, 0, dtype=torch.long)).shape == (3, 0)
     assert trim_left_padding(torch.zeros(3, 4, dtype=torch.long)).shape == (3, 0)
-    enc = FieldEncoder(catalogue().without_side_fields(), 8)
+    enc = FieldEncoder(random_catalogue().without_side_fields(), 8)
     assert enc.embed(torch.ones(2, 5, dtype=torch.long)).shape == (2, 5, 0, 8)

@@ -7,55 +7,31 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import (
+    N_ITEMS,
+    assert_attention_is_causal,
+    assert_batch_modes_give_one_loss,
+    assert_score_is_last_training_state,
+    random_catalogue,
+    random_windows,
+    small_model,
+)
 from miir.data.schema import FieldKind
-from miir.models import build_model, model_config
 from miir.models.batch import make_batch
 from miir.models.fdsa import FDSA
 from miir.models.fields import FieldInfo, ItemCatalogue
 
-N_ITEMS = 30
 MAX_LEN = 8
-FIELDS = [
-    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
-    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
-    FieldInfo("title", FieldKind.TEXT, dim=12),
-    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
-]
-
-
-def catalogue(seed: int = 1) -> ItemCatalogue:
-    """Every field kind, each value missing for about 30% of the items."""
-    g = torch.Generator().manual_seed(seed)
-    rows = N_ITEMS + 2
-    present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in FIELDS}
-    for p in present.values():
-        p[:2] = False
-    cats = torch.randint(2, 9, (rows, 3), generator=g)
-    cats[:, 2] = 0  # lists of two values, zero-padded
-    values = {
-        "brand": torch.randint(2, 7, (rows,), generator=g),
-        "cats": cats,
-        "title": torch.randn(rows, 12, generator=g),
-        "price": torch.randint(2, 6, (rows,), generator=g),
-    }
-    for name, v in values.items():
-        v[~present[name]] = 1 if v.dim() == 1 else 0
-    return ItemCatalogue(list(FIELDS), N_ITEMS, present=present, values=values)
 
 
 def make_model(cat: ItemCatalogue | None = None, seed: int = 0, **overrides) -> FDSA:
-    torch.manual_seed(seed)
-    options = {"embedding_size": 16, "dropout": 0.0, "max_len": MAX_LEN, **overrides}
-    return build_model("fdsa", model_config("fdsa", options), cat or catalogue())
+    """Over every field kind (about 30% of the values missing) unless given a catalogue."""
+    return small_model("fdsa", cat, seed, n_layers=2, max_len=MAX_LEN, **overrides)
 
 
 def windows(B: int = 6, n: int = MAX_LEN, seed: int = 0) -> torch.Tensor:
     """(B, n) right-aligned windows of different lengths (2 .. n items)."""
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    for r in range(B):
-        items[r, : (r * 3) % (n - 1)] = 0
-    return items
+    return random_windows(B, n, seed, pad=torch.arange(B) * 3 % (n - 1))
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -88,7 +64,7 @@ def test_fields_fused_by_vanilla_attention() -> None:
 
 def test_a_missing_value_enters_as_the_fields_missing_value() -> None:
     """The stored value of a missing field is never read; a present one is."""
-    cat = catalogue()
+    cat = random_catalogue()
     missing = int(torch.nonzero(~cat.present["brand"][2:])[0]) + 2
     shown = int(torch.nonzero(cat.present["brand"][2:])[0]) + 2
     model = make_model(cat).eval()
@@ -111,37 +87,17 @@ def test_works_without_side_fields() -> None:
 
 
 def test_causal_a_later_item_does_not_change_earlier_outputs() -> None:
-    model = make_model().eval()
-    items = windows()
-    pos = make_batch(items, "none", MAX_LEN).positions()
-    changed = items.clone()
-    changed[:, 5] = (changed[:, 5] + 7) % N_ITEMS + 2
-    a, b = model(items, pos), model(changed, pos)
-    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
-    assert not torch.allclose(a[:, 5:], b[:, 5:], atol=1e-3)
+    assert_attention_is_causal(make_model().eval(), windows(), MAX_LEN)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_packed_loss_equals_unpacked_loss(norm_first: bool) -> None:
     model = make_model(norm_first=norm_first)
-    items = windows(B=12, seed=3)
-    packed = make_batch(items, "packed", MAX_LEN)
-    assert len(packed.items) < len(items)
-    unpacked = model.loss(make_batch(items, "none", MAX_LEN))[0]
-    assert torch.allclose(model.loss(packed)[0], unpacked, atol=1e-6)
-    assert torch.allclose(model.loss(make_batch(items, "trim", MAX_LEN))[0], unpacked, atol=1e-6)
+    assert_batch_modes_give_one_loss(model, windows(B=12, seed=3), MAX_LEN)
 
 
 def test_score_is_how_training_predicts_the_next_item() -> None:
-    model = make_model().eval()
-    items = windows()
-    batch = make_batch(items, "none", MAX_LEN)
-    train_logits = model(batch.items, batch.positions())[:, -2] @ model.item_emb.weight.T
-    scores = model.score(items[:, :-1])
-    assert torch.allclose(scores[:, 2:], train_logits[:, 2:], atol=1e-5)
-    for r in range(len(items)):
-        alone = model.score(items[r : r + 1, :-1])
-        assert torch.allclose(alone[:, 2:], scores[r : r + 1, 2:], atol=1e-5)
+    assert_score_is_last_training_state(make_model().eval(), windows(), MAX_LEN)
 
 
 # ---------------------------------------------------------------------- planted task
@@ -189,9 +145,7 @@ def color_walks(color: torch.Tensor, pool: torch.Tensor, B: int, g: torch.Genera
 
 
 def train_on_colors(name: str, cat: ItemCatalogue, color: torch.Tensor, held: torch.Tensor):
-    torch.manual_seed(0)
-    options = {"embedding_size": 32, "dropout": 0.5, "max_len": MAX_LEN, "n_layers": 1}
-    model = build_model(name, model_config(name, options), cat)
+    model = small_model(name, cat, embedding_size=32, dropout=0.5, max_len=MAX_LEN)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(0)
     pool = torch.nonzero(~held[2:]).squeeze(1) + 2  # training items only

@@ -7,37 +7,32 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from helpers import (
+    N_ITEMS,
+    assert_recurrence_is_causal,
+    pad_left,
+    random_windows,
+    recurrent_scores_are_training_predictions,
+    small_model,
+)
 from miir.errors import ConfigError
-from miir.models import build_model, model_config
+from miir.models import model_config
 from miir.models.batch import Batch, make_batch
 from miir.models.fields import ItemCatalogue
 from miir.models.gru4rec import GRU4Rec, left_align, right_align
 
-N_ITEMS = 30
 MAX_LEN = 6
 
 
 def make_model(dropout: float = 0.0, seed: int = 0, n_items: int = N_ITEMS, **kw) -> GRU4Rec:
-    torch.manual_seed(seed)
-    options = {"dropout": dropout, "max_len": MAX_LEN, "embedding_size": 16, "hidden_size": 24}
-    cfg = model_config("gru4rec", options | kw)
-    model = build_model("gru4rec", cfg, ItemCatalogue([], n_items))
-    return model.eval()
+    options = {"dropout": dropout, "max_len": MAX_LEN, "hidden_size": 24} | kw
+    return small_model("gru4rec", ItemCatalogue([], n_items), seed, **options).eval()
 
 
 def windows(B: int = 8, n: int = MAX_LEN, seed: int = 0, min_len: int = 1) -> torch.Tensor:
     """(B, n) right-aligned windows of random items and random lengths (min_len .. n)."""
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    lengths = torch.randint(min_len, n + 1, (B,), generator=g)
-    items[torch.arange(n)[None] < (n - lengths)[:, None]] = 0
-    return items
-
-
-def pad_left(rows: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(rows, (width - rows.shape[1], 0))
+    return random_windows(B, n, seed, min_len=min_len)
 
 
 def test_config_defaults_and_unknown_keys() -> None:
@@ -81,15 +76,7 @@ def test_score_shapes_and_candidates() -> None:
 
 def test_causal_no_leakage() -> None:
     """Changing the items after slot t leaves the states up to slot t unchanged."""
-    model = make_model()
-    items = windows(6, MAX_LEN, min_len=MAX_LEN)
-    states = model(items)
-    for t in range(MAX_LEN - 1):
-        changed = items.clone()
-        changed[:, t + 1 :] = (changed[:, t + 1 :] - 2 + 7) % N_ITEMS + 2
-        after = model(changed)
-        torch.testing.assert_close(after[:, : t + 1], states[:, : t + 1], rtol=0, atol=1e-6)
-        assert not torch.allclose(after[:, t + 1], states[:, t + 1])
+    assert_recurrence_is_causal(make_model(), windows(6, MAX_LEN, min_len=MAX_LEN))
 
 
 def test_left_padding_invariance() -> None:
@@ -112,19 +99,7 @@ def test_score_is_the_training_time_prediction() -> None:
     is the mean cross-entropy of those predictions."""
     model = make_model(seed=3)
     items = windows(8, MAX_LEN, seed=1)
-    train_scores = model(items) @ model.item_emb.weight.T  # (B, n, N + 2)
-    ces = []
-    for t in range(MAX_LEN - 1):
-        rows = (items[:, t] != 0).nonzero().squeeze(1)
-        if len(rows) == 0:
-            continue
-        history = pad_left(items[rows, : t + 1], MAX_LEN - 1)
-        scores = model.score(history)  # (r, N + 2)
-        torch.testing.assert_close(scores[:, 2:], train_scores[rows, t, 2:], rtol=1e-5, atol=1e-5)
-        target = items[rows, t + 1]
-        ok = target >= 2
-        ces.append(F.cross_entropy(scores[ok, 2:], target[ok] - 2, reduction="none"))
-    expected = torch.cat(ces).mean()
+    expected = recurrent_scores_are_training_predictions(model, items)
     loss, parts = model.loss(make_batch(items, "trim", MAX_LEN))
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(parts["item_id"], expected, rtol=1e-5, atol=1e-6)

@@ -8,12 +8,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miir.data.schema import FieldKind
-from miir.models import VARIANTS, variant_config
+from helpers import (
+    FIELDS,
+    N_ITEMS,
+    assert_same_gradients,
+    random_catalogue,
+    random_windows,
+    small_model,
+)
+from miir.models import VARIANTS
 from miir.models.fields import ItemCatalogue
 from miir.models.miir import (
     MIIR,
-    FieldInfo,
     Masked,
     mii_mask,
     pack_windows,
@@ -22,45 +28,19 @@ from miir.models.miir import (
 )
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 
-N_ITEMS = 30
-FIELDS = [
-    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
-    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
-    FieldInfo("title", FieldKind.TEXT, dim=12),
-    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
-]
-
 
 def make_model(variant: str = "miir", dropout: float = 0.0, seed: int = 0, **kw) -> MIIR:
-    torch.manual_seed(seed)
-    cfg = variant_config(
-        variant, embedding_size=16, n_heads=2, n_layers=2, dropout=dropout, max_len=6, **kw
-    )
-    model = MIIR(cfg, ItemCatalogue(FIELDS, N_ITEMS))
-    g = torch.Generator().manual_seed(1)
-    rows = N_ITEMS + 2
-    present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in FIELDS}
-    for p in present.values():
-        p[:2] = False
-    cats = torch.randint(2, 9, (rows, 3), generator=g)
-    cats[:, 2] = 0  # lists of two values, zero-padded
-    values = {
-        "brand": torch.randint(2, 7, (rows,), generator=g),
-        "cats": cats,
-        "title": torch.randn(rows, 12, generator=g),
-        "price": torch.randint(2, 6, (rows,), generator=g),
-    }
-    for name, v in values.items():
-        v[~present[name]] = 1 if v.dim() == 1 else 0
-    model.set_item_tables(present, values)
+    options = {"n_layers": 2, "dropout": dropout, "max_len": 6, **kw}
+    model = small_model(variant, ItemCatalogue(FIELDS, N_ITEMS), seed, **options)
+    cat = random_catalogue()
+    model.set_item_tables(cat.present, cat.values)
     return model
 
 
 def batch(B: int = 4, n: int = 6, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    items[0, :2] = 0  # left padding in the first row
-    return items
+    pad = torch.zeros(B, dtype=torch.long)
+    pad[0] = 2  # left padding in the first row
+    return random_windows(B, n, seed, pad=pad)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -229,20 +209,12 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
     assert trim_left_padding(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 0)
 
 
-def _ragged_batch(B: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, 6), generator=g)
-    for r in range(B):
-        items[r, : int(torch.randint(0, 6, (1,), generator=g))] = 0  # 1 to 6 items
-    return items
-
-
 @pytest.mark.parametrize("variant", ["miir", "miir-r", "sparse-miir", "miir-m"])
 def test_packed_windows_have_the_loss_of_the_unpacked_batch(variant: str) -> None:
     """Windows packed into shared rows attend only within themselves and keep their positions:
     the loss and every per-field loss are those of the padded batch."""
     model = make_model(variant)
-    items = _ragged_batch(11, seed=4)
+    items = random_windows(11, 6, seed=4)  # 1 to 6 items
     g = torch.Generator().manual_seed(0)
     present = model.present(items)
     masked = (
@@ -258,12 +230,7 @@ def test_packed_windows_have_the_loss_of_the_unpacked_batch(variant: str) -> Non
     assert torch.allclose(loss, packed_loss, atol=1e-5)
     for name, value in parts.items():
         assert torch.allclose(value, packed_parts[name], atol=1e-5), name
-    # and the gradients agree
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-    packed_grads = torch.autograd.grad(packed_loss, list(model.parameters()), allow_unused=True)
-    for a, b in zip(grads, packed_grads, strict=True):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-5)
+    assert_same_gradients(model, loss, packed_loss)
 
 
 @settings(max_examples=40, deadline=None)

@@ -9,6 +9,14 @@ import copy
 import pytest
 import torch
 
+from helpers import (
+    FIELDS,
+    N_ITEMS,
+    assert_packed_cloze_loss_is_unpacked,
+    random_catalogue,
+    random_windows,
+    small_model,
+)
 from miir.data.schema import FieldKind
 from miir.models import build_model, model_config
 from miir.models.base import SideInfoConfig
@@ -18,64 +26,28 @@ from miir.models.fields import FieldInfo, ItemCatalogue
 from miir.models.masking import last_of_sequence
 from miir.models.nova import NOVA, NOVAConfig
 
-N_ITEMS = 30
 MAX_LEN = 6
-FIELDS = [
-    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
-    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
-    FieldInfo("title", FieldKind.TEXT, dim=12),
-    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
-]
 FUSIONS = ["gating", "sum", "concat"]
 
 
-def catalogue(fields: list[FieldInfo] = FIELDS, seed: int = 1) -> ItemCatalogue:
-    """Random side information of every kind; about 30% of the values missing."""
-    g = torch.Generator().manual_seed(seed)
-    rows = N_ITEMS + 2
-    present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in fields}
-    for p in present.values():
-        p[:2] = False
-    cats = torch.randint(2, 9, (rows, 3), generator=g)
-    cats[:, 2] = 0  # lists of two values, zero-padded
-    values = {
-        "brand": torch.randint(2, 7, (rows,), generator=g),
-        "cats": cats,
-        "title": torch.randn(rows, 12, generator=g),
-        "price": torch.randint(2, 6, (rows,), generator=g),
-    }
-    values = {f.name: values[f.name] for f in fields}
-    for name, v in values.items():
-        v[~present[name]] = 1 if v.dim() == 1 else 0
-    return ItemCatalogue(list(fields), N_ITEMS, present=present, values=values)
-
-
 def make_model(seed: int = 0, fields: list[FieldInfo] = FIELDS, **kw) -> NOVA:
-    torch.manual_seed(seed)
-    values = dict(embedding_size=16, n_heads=2, n_layers=2, dropout=0.0, max_len=MAX_LEN)
-    return NOVA(NOVAConfig(**{**values, **kw}), catalogue(fields))
-
-
-def ragged(B: int, seed: int, n: int = MAX_LEN) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    for r in range(B):
-        items[r, : int(torch.randint(0, n, (1,), generator=g))] = 0
-    return items
+    """Over random side information of ``fields``, about 30% of the values missing."""
+    cat = random_catalogue(fields=fields)
+    return small_model("nova", cat, seed, n_layers=2, max_len=MAX_LEN, **kw)
 
 
 def test_config_and_registry() -> None:
     cfg = model_config("nova", {"fields": ["brand"]})
     assert isinstance(cfg, SideInfoConfig) and isinstance(cfg, BERT4RecConfig)
     assert (cfg.fusion, cfg.dropout, cfg.mask_prob, cfg.n_layers) == ("gating", 0.1, 0.6, 2)
-    model = build_model("nova", cfg, catalogue())
+    model = build_model("nova", cfg, random_catalogue())
     assert isinstance(model, NOVA) and [f.name for f in model.fields] == ["brand"]
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_shapes_scores_and_finite_loss(fusion: str) -> None:
     model = make_model(fusion=fusion)
-    items = ragged(5, seed=1)
+    items = random_windows(5, MAX_LEN, seed=1)
     loss, parts = model.loss(Batch(items, None, MAX_LEN), torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and set(parts) == {"item_id"}
     loss.backward()
@@ -96,29 +68,14 @@ def test_packed_windows_have_the_loss_of_the_unpacked_batch(
     fusion: str, fields: list[FieldInfo]
 ) -> None:
     model = make_model(fusion=fusion, fields=fields)
-    items = ragged(11, seed=4)
-    unpacked = make_batch(items, "none", MAX_LEN)
-    hidden = model.draw_mask(unpacked, torch.Generator().manual_seed(0))
-    packed = make_batch(items, "packed", MAX_LEN)
-    assert packed.items.shape[0] < items.shape[0]
-    loss, _ = model.masked_loss(unpacked, hidden)
-    packed_loss, _ = model.masked_loss(packed, packed.packing.move(hidden))
-    assert torch.allclose(loss, packed_loss, atol=1e-5)
-    params = list(model.parameters())
-    for a, b in zip(
-        torch.autograd.grad(loss, params, allow_unused=True),
-        torch.autograd.grad(packed_loss, params, allow_unused=True),
-        strict=True,
-    ):
-        assert (a is None) == (b is None)
-        assert a is None or torch.allclose(a, b, atol=1e-5)
+    assert_packed_cloze_loss_is_unpacked(model, random_windows(11, MAX_LEN, seed=4), MAX_LEN)
 
 
 def test_hidden_items_leak_neither_id_nor_side_fields() -> None:
     """Replacing a hidden item by another item (other id, other side values) changes no logit;
     replacing a visible one does."""
     model = make_model()
-    items = ragged(6, seed=5)
+    items = random_windows(6, MAX_LEN, seed=5)
     batch = Batch(items, None, MAX_LEN)
     hidden = model.draw_mask(batch, torch.Generator().manual_seed(1))
     logits = model.masked_logits(batch, hidden)
@@ -148,14 +105,14 @@ def test_side_information_enters_only_queries_and_keys(fusion: str) -> None:
     single = torch.randint(2, N_ITEMS + 2, (8, MAX_LEN), generator=torch.Generator().manual_seed(2))
     single[:, :-1] = 0  # windows of one item
     assert torch.allclose(states(blank, single)[:, -1], states(model, single)[:, -1], atol=1e-5)
-    full = ragged(8, seed=3)
+    full = random_windows(8, MAX_LEN, seed=3)
     assert not torch.allclose(states(blank, full), states(model, full), atol=1e-3)
 
 
 @pytest.mark.parametrize("fields", [FIELDS, []])
 def test_score_is_the_training_time_last_item_example(fields: list[FieldInfo]) -> None:
     model = make_model(seed=3, fields=fields).eval()
-    windows = ragged(7, seed=6)
+    windows = random_windows(7, MAX_LEN, seed=6)
     windows[:, -1] = torch.randint(2, N_ITEMS + 2, (7,))
     logits = model.masked_logits(Batch(windows, None, MAX_LEN), last_of_sequence(windows))
     history = windows[:, :-1]
@@ -167,7 +124,7 @@ def test_score_is_the_training_time_last_item_example(fields: list[FieldInfo]) -
 
 def test_works_with_zero_side_fields() -> None:
     model = build_model("nova", model_config("nova", {"max_len": MAX_LEN}), ItemCatalogue([], 30))
-    items = ragged(4, seed=7)
+    items = random_windows(4, MAX_LEN, seed=7)
     loss, _ = model.loss(make_batch(items, "packed", MAX_LEN), torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and model.score(items[:, 1:]).shape == (4, N_ITEMS + 2)
@@ -175,7 +132,7 @@ def test_works_with_zero_side_fields() -> None:
 
 def test_bf16_autocast_gives_float_loss_and_scores() -> None:
     model = make_model()
-    items = ragged(4, seed=8)
+    items = random_windows(4, MAX_LEN, seed=8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.loss(make_batch(items, "packed", MAX_LEN), torch.Generator())
         scores = model.eval().score(items[:, 1:])

@@ -7,62 +7,34 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
+from helpers import (
+    N_ITEMS,
+    assert_recurrence_is_causal,
+    pad_left,
+    random_catalogue,
+    random_windows,
+    recurrent_scores_are_training_predictions,
+    small_model,
+)
 from miir.data.schema import FieldKind
-from miir.models import build_model, model_config
+from miir.models import model_config
 from miir.models.batch import make_batch
 from miir.models.fields import FieldInfo, ItemCatalogue
 from miir.models.gru4rec import GRU4Rec
 from miir.models.prnn import PRNN
 
-N_ITEMS = 30
 MAX_LEN = 6
-FIELDS = [
-    FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
-    FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),
-    FieldInfo("title", FieldKind.TEXT, dim=12),
-    FieldInfo("price", FieldKind.NUMERIC, cardinality=6),
-]
-
-
-def catalogue(n_items: int = N_ITEMS, seed: int = 1) -> ItemCatalogue:
-    """All four field kinds, each value present with probability 0.7."""
-    g = torch.Generator().manual_seed(seed)
-    rows = n_items + 2
-    present = {f.name: torch.rand(rows, generator=g) < 0.7 for f in FIELDS}
-    for p in present.values():
-        p[:2] = False
-    cats = torch.randint(2, 9, (rows, 3), generator=g)
-    cats[:, 2] = 0  # lists of two values, zero-padded
-    values = {
-        "brand": torch.randint(2, 7, (rows,), generator=g),
-        "cats": cats,
-        "title": torch.randn(rows, 12, generator=g),
-        "price": torch.randint(2, 6, (rows,), generator=g),
-    }
-    for name, v in values.items():
-        v[~present[name]] = 1 if v.dim() == 1 else 0
-    return ItemCatalogue(list(FIELDS), n_items, present=present, values=values)
 
 
 def make_model(cat: ItemCatalogue | None = None, dropout: float = 0.0, seed: int = 0, **kw) -> PRNN:
-    torch.manual_seed(seed)
-    options = {"dropout": dropout, "max_len": MAX_LEN, "embedding_size": 16, "hidden_size": 24}
-    cfg = model_config("prnn", options | kw)
-    return build_model("prnn", cfg, cat if cat is not None else catalogue()).eval()
+    """Over every field kind (about 30% of the values missing) unless given a catalogue."""
+    options = {"dropout": dropout, "max_len": MAX_LEN, "hidden_size": 24} | kw
+    return small_model("prnn", cat, seed, **options).eval()
 
 
 def windows(B: int = 8, n: int = MAX_LEN, seed: int = 0, min_len: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    lengths = torch.randint(min_len, n + 1, (B,), generator=g)
-    items[torch.arange(n)[None] < (n - lengths)[:, None]] = 0
-    return items
-
-
-def pad_left(rows: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(rows, (width - rows.shape[1], 0))
+    return random_windows(B, n, seed, min_len=min_len)
 
 
 def test_config_and_every_field_kind_learns() -> None:
@@ -97,7 +69,7 @@ def test_fields_option_selects_fields() -> None:
 def test_missing_values_enter_as_the_fields_missing_value() -> None:
     """A value missing in the data is the codec's missing vector: the stored value behind it is
     never read, while a present value is."""
-    cat = catalogue()
+    cat = random_catalogue()
     model = make_model(cat)
     absent = int((~cat.present["brand"][2:]).nonzero()[0]) + 2
     present = int(cat.present["brand"][2:].nonzero()[0]) + 2
@@ -126,14 +98,7 @@ def test_zero_side_fields() -> None:
 
 def test_causal_and_left_padding_invariant() -> None:
     model = make_model()
-    items = windows(6, MAX_LEN, min_len=MAX_LEN)
-    states = model(items)
-    for t in range(MAX_LEN - 1):
-        changed = items.clone()
-        changed[:, t + 1 :] = (changed[:, t + 1 :] - 2 + 7) % N_ITEMS + 2
-        after = model(changed)
-        torch.testing.assert_close(after[:, : t + 1], states[:, : t + 1], rtol=0, atol=1e-6)
-        assert not torch.allclose(after[:, t + 1], states[:, t + 1])
+    assert_recurrence_is_causal(model, windows(6, MAX_LEN, min_len=MAX_LEN))
     history = torch.tensor([[7, 3, 12]])
     ref = model.score(history)
     mates = torch.cat([pad_left(history, 5), torch.tensor([[4, 5, 6, 7, 8], [0, 0, 0, 0, 9]])])
@@ -144,19 +109,9 @@ def test_causal_and_left_padding_invariant() -> None:
 def test_score_is_the_training_time_prediction() -> None:
     model = make_model(seed=3)
     items = windows(8, MAX_LEN, seed=1)
-    train_scores = model(items) @ model.item_emb.weight.T  # (B, n, N + 2)
-    ces = []
-    for t in range(MAX_LEN - 1):
-        rows = (items[:, t] != 0).nonzero().squeeze(1)
-        if len(rows) == 0:
-            continue
-        scores = model.score(pad_left(items[rows, : t + 1], MAX_LEN - 1))
-        torch.testing.assert_close(scores[:, 2:], train_scores[rows, t, 2:], rtol=1e-5, atol=1e-5)
-        target = items[rows, t + 1]
-        ok = target >= 2
-        ces.append(F.cross_entropy(scores[ok, 2:], target[ok] - 2, reduction="none"))
+    expected = recurrent_scores_are_training_predictions(model, items)
     loss, _ = model.loss(make_batch(items, "trim", MAX_LEN))
-    torch.testing.assert_close(loss, torch.cat(ces).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_autocast_with_text_field() -> None:
@@ -207,9 +162,7 @@ def colour_windows(B: int, inputs: torch.Tensor, g: torch.Generator) -> torch.Te
 def hub_accuracy(name: str, cat: ItemCatalogue) -> float:
     """Train on inputs 6 .. 29, then predict the hub after items 30 .. 49, never seen as
     inputs: their IDs say nothing, their colour says everything."""
-    torch.manual_seed(0)
-    options = {"dropout": 0.0, "max_len": 3, "embedding_size": 16, "hidden_size": 24}
-    model = build_model(name, model_config(name, options), cat)
+    model = small_model(name, cat, max_len=3, hidden_size=24)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     seen, unseen = torch.arange(6, 30), torch.arange(30, 2 + N_PLANTED)
@@ -235,11 +188,8 @@ def test_prnn_beats_gru4rec_on_a_side_field_task() -> None:
 
 def test_gru4rec_is_prnn_without_fields() -> None:
     """Same seeds, no side fields: PRNN computes what GRU4Rec does."""
-    options = {"dropout": 0.0, "max_len": MAX_LEN, "embedding_size": 16, "hidden_size": 24}
-    torch.manual_seed(0)
-    gru = build_model("gru4rec", model_config("gru4rec", options), catalogue())
-    torch.manual_seed(0)
-    prnn = build_model("prnn", model_config("prnn", options), ItemCatalogue([], N_ITEMS))
+    gru = small_model("gru4rec", random_catalogue(), max_len=MAX_LEN, hidden_size=24)
+    prnn = small_model("prnn", ItemCatalogue([], N_ITEMS), max_len=MAX_LEN, hidden_size=24)
     assert isinstance(gru, GRU4Rec)
     history = windows(5, MAX_LEN - 1)
     torch.testing.assert_close(prnn.score(history), gru.score(history))

@@ -7,28 +7,29 @@ import pytest
 import torch
 from torch import nn
 
-from miir.models import build_model, model_config
+from helpers import (
+    N_ITEMS,
+    assert_attention_is_causal,
+    assert_batch_modes_give_one_loss,
+    assert_score_is_last_training_state,
+    random_windows,
+    small_model,
+)
 from miir.models.batch import make_batch
 from miir.models.fields import ItemCatalogue
 from miir.models.sasrec import PreLNBlock, SASRec
 
-N_ITEMS = 30
 MAX_LEN = 8
 
 
 def make_model(seed: int = 0, n_items: int = N_ITEMS, **overrides) -> SASRec:
-    torch.manual_seed(seed)
-    options = {"embedding_size": 16, "dropout": 0.0, "max_len": MAX_LEN, **overrides}
-    return build_model("sasrec", model_config("sasrec", options), ItemCatalogue([], n_items))
+    options = {"n_layers": 2, "max_len": MAX_LEN, **overrides}
+    return small_model("sasrec", ItemCatalogue([], n_items), seed, **options)
 
 
 def windows(B: int = 6, n: int = MAX_LEN, seed: int = 0) -> torch.Tensor:
     """(B, n) right-aligned windows of different lengths (2 .. n items)."""
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(2, N_ITEMS + 2, (B, n), generator=g)
-    for r in range(B):
-        items[r, : (r * 3) % (n - 1)] = 0
-    return items
+    return random_windows(B, n, seed, pad=torch.arange(B) * 3 % (n - 1))
 
 
 def test_pre_ln_block_matches_transformer_encoder_layer() -> None:
@@ -70,40 +71,19 @@ def test_shapes_and_finite_loss(norm_first: bool) -> None:
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_causal_a_later_item_does_not_change_earlier_outputs(norm_first: bool) -> None:
     model = make_model(norm_first=norm_first).eval()
-    items = windows()
-    pos = make_batch(items, "none", MAX_LEN).positions()
-    changed = items.clone()
-    changed[:, 5] = (changed[:, 5] + 7) % N_ITEMS + 2
-    a, b = model(items, pos), model(changed, pos)
-    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
-    assert not torch.allclose(a[:, 5:], b[:, 5:], atol=1e-3)  # and it does change later ones
+    assert_attention_is_causal(model, windows(), MAX_LEN)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_packed_loss_equals_unpacked_loss(norm_first: bool) -> None:
     model = make_model(norm_first=norm_first)
-    items = windows(B=12, seed=3)
-    packed = make_batch(items, "packed", MAX_LEN)
-    assert len(packed.items) < len(items)  # windows really share rows
-    losses = [model.loss(make_batch(items, mode, MAX_LEN))[0] for mode in ("none", "trim")]
-    losses.append(model.loss(packed)[0])
-    assert torch.allclose(losses[0], losses[1], atol=1e-6)
-    assert torch.allclose(losses[0], losses[2], atol=1e-6)
+    assert_batch_modes_give_one_loss(model, windows(B=12, seed=3), MAX_LEN)
 
 
 def test_score_is_how_training_predicts_the_next_item() -> None:
     """score(window[:-1]) equals the training logits at the last input of the window, for a
     full window and a short one, whatever the left padding and the rows beside it."""
-    model = make_model().eval()
-    items = windows()
-    batch = make_batch(items, "none", MAX_LEN)
-    states = model(batch.items, batch.positions())  # (B, n, e)
-    train_logits = states[:, -2] @ model.item_emb.weight.T  # predicts the last item
-    scores = model.score(items[:, :-1])
-    assert torch.allclose(scores[:, 2:], train_logits[:, 2:], atol=1e-5)
-    for r in range(len(items)):  # each row alone (trimmed to its own length)
-        alone = model.score(items[r : r + 1, :-1])
-        assert torch.allclose(alone[:, 2:], scores[r : r + 1, 2:], atol=1e-5)
+    assert_score_is_last_training_state(make_model().eval(), windows(), MAX_LEN)
 
 
 def test_loss_counts_only_real_targets_within_a_window() -> None:

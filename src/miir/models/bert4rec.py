@@ -78,7 +78,7 @@ from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import ModelConfig, SequenceModel
 from miir.models.batch import Batch, trim_left_padding
 from miir.models.fields import ID_FIELD, ItemCatalogue
-from miir.models.layers import Block, Dropout
+from miir.models.layers import Block, Dropout, xavier_init
 from miir.models.masking import cloze_mask, last_of_sequence
 
 __all__ = ["BERT4Rec", "BERT4RecConfig", "ClozeHead", "additive_mask"]
@@ -183,14 +183,9 @@ class BERT4Rec(SequenceModel):
         return [Block(cfg.embedding_size, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)]
 
     def reset_parameters(self) -> None:
-        """Xavier-normal matrices (embeddings included), zero biases, LayerNorm at identity."""
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                nn.init.xavier_normal_(p)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif name.endswith(".missing"):
-                nn.init.normal_(p, std=0.02)
+        """Xavier-normal matrices (embeddings included), zero biases, LayerNorm at identity
+        (:func:`~miir.models.layers.xavier_init`)."""
+        xavier_init(self)
 
     # ------------------------------------------------------------------ forward
     def encode(

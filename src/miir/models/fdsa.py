@@ -41,26 +41,19 @@ Deviations, and why:
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from miir.data.schema import FIRST_VALUE_ID
-from miir.models.base import SequenceModel, SideInfoConfig
-from miir.models.batch import Batch
+from miir.models.base import SideInfoConfig
 from miir.models.fields import FieldEncoder, ItemCatalogue
+from miir.models.layers import xavier_init
 from miir.models.sasrec import (
+    CausalNextItemModel,
     CausalStack,
     SelfAttentionOptions,
     attention_mask,
-    history_positions,
-    next_item_loss,
-    next_item_scores,
-    nonempty_history,
-    window_positions,
-    xavier_init,
 )
 
 __all__ = ["FDSA", "FDSAConfig", "VanillaAttention"]
@@ -82,18 +75,15 @@ class VanillaAttention(nn.Module):
         return (alpha[..., None] * fields).sum(-2), alpha  # (..., e)
 
 
-class FDSA(SequenceModel):
+class FDSA(CausalNextItemModel):
     """FDSA over item IDs and every side field of its catalogue (see the module docstring)."""
 
     Config: ClassVar[type[FDSAConfig]] = FDSAConfig
     uses_side_info: ClassVar[bool] = True
-    batch_mode: ClassVar = "packed"
 
     def __init__(self, config: FDSAConfig, catalogue: ItemCatalogue) -> None:
         super().__init__(config, catalogue)
         e = config.embedding_size
-        self.item_emb = nn.Embedding(self.n_items + FIRST_VALUE_ID, e)
-        self.scale = math.sqrt(e) if config.norm_first else 1.0
         self.encoder = FieldEncoder(catalogue, e)
         self.fuse = VanillaAttention(e) if len(self.encoder) else None
         stack = (e, config.n_heads, config.n_layers, config.dropout, config.max_len)
@@ -120,15 +110,3 @@ class FDSA(SequenceModel):
         h_item = self.item_stack(x, positions, mask)  # (B, T, e)
         h_feat = self.feature_stack(self.features(items), positions, mask)  # (B, T, e)
         return self.out_norm(self.out(torch.cat([h_item, h_feat], dim=-1)))  # (B, T, e)
-
-    def loss(
-        self, batch: Batch, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        positions = window_positions(batch, self.config.max_len)
-        states = self(batch.items, positions, batch.same_window())  # (R, n, e)
-        return next_item_loss(states, batch, self.item_emb.weight)
-
-    def score(self, history: Tensor, candidates: Tensor | None = None) -> Tensor:
-        history = nonempty_history(history)  # (B, T)
-        h = self(history, history_positions(history, self.config.max_len))[:, -1]  # (B, e)
-        return next_item_scores(h, self.item_emb, candidates)

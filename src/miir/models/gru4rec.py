@@ -68,8 +68,8 @@ from miir.data.schema import FIRST_VALUE_ID
 from miir.models.base import ModelConfig, SequenceModel
 from miir.models.batch import Batch
 from miir.models.fields import ItemCatalogue
-from miir.models.layers import Dropout
-from miir.models.sasrec import next_item_loss, next_item_scores, nonempty_history, xavier_init
+from miir.models.layers import Dropout, xavier_init
+from miir.models.sasrec import next_item_loss, next_item_scores, nonempty_history
 
 __all__ = ["GRU4Rec", "GRU4RecConfig", "RecurrentRecommender", "left_align", "right_align"]
 

@@ -1,4 +1,5 @@
-"""Building blocks shared by models: a fast dropout and a post-LN transformer layer."""
+"""Building blocks shared by models: a fast dropout, a post-LN transformer layer and the
+Xavier initialisation."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def dropout_multipliers(
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     u16 = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
     return ((u16 >= round(p * 65536) - 32768).to(torch.float32) / (1.0 - p)).to(dtype)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-normal initialisation of every matrix (embeddings included), zero biases,
+    LayerNorms at identity, learned missing vectors small (the MIIR paper, Section 4.3)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            nn.init.xavier_normal_(p)
+        elif name.endswith(".missing"):
+            nn.init.normal_(p, std=0.02)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
 
 
 class _Dropout(torch.autograd.Function):

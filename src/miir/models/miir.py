@@ -63,7 +63,7 @@ from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import SequenceModel, SideInfoConfig
 from miir.models.batch import Batch, Packing, pack_windows, trim_left_padding
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
-from miir.models.layers import Block, Dropout
+from miir.models.layers import Block, Dropout, xavier_init
 from miir.models.masking import Masked, mii_mask, rec_mask
 
 __all__ = [
@@ -184,14 +184,9 @@ class MIIR(SequenceModel):
 
     # ------------------------------------------------------------------ setup
     def reset_parameters(self) -> None:
-        """Xavier-normal initialisation of every matrix (embeddings included), zero biases."""
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                nn.init.xavier_normal_(p)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif name.endswith(".missing"):
-                nn.init.normal_(p, std=0.02)
+        """Xavier-normal initialisation of every matrix (embeddings included), zero biases
+        (:func:`~miir.models.layers.xavier_init`)."""
+        xavier_init(self)
 
     def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
         """Load the observed side information of every item (rows = item ids)."""

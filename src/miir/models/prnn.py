@@ -57,8 +57,7 @@ from miir.data.schema import FIRST_VALUE_ID
 from miir.models.base import SideInfoConfig
 from miir.models.fields import FieldEncoder, ItemCatalogue
 from miir.models.gru4rec import RecurrentRecommender, make_gru
-from miir.models.layers import Dropout
-from miir.models.sasrec import xavier_init
+from miir.models.layers import Dropout, xavier_init
 
 __all__ = ["PRNN", "PRNNConfig"]
 

@@ -67,9 +67,10 @@ from miir.data.schema import FIRST_VALUE_ID
 from miir.models.base import ModelConfig, SequenceModel
 from miir.models.batch import Batch, trim_left_padding
 from miir.models.fields import ID_FIELD, ItemCatalogue
-from miir.models.layers import Block, Dropout, dropout
+from miir.models.layers import Block, Dropout, dropout, xavier_init
 
 __all__ = [
+    "CausalNextItemModel",
     "CausalStack",
     "PreLNBlock",
     "SASRec",
@@ -81,7 +82,6 @@ __all__ = [
     "next_item_scores",
     "nonempty_history",
     "window_positions",
-    "xavier_init",
 ]
 
 
@@ -209,18 +209,6 @@ def next_item_scores(h: Tensor, item_emb: nn.Embedding, candidates: Tensor | Non
     return scores
 
 
-def xavier_init(module: nn.Module) -> None:
-    """Xavier-normal initialisation of every matrix (embeddings included), zero biases,
-    LayerNorms at identity, learned missing vectors small (the MIIR paper, Section 4.3)."""
-    for name, p in module.named_parameters():
-        if p.dim() >= 2:
-            nn.init.xavier_normal_(p)
-        elif name.endswith(".missing"):
-            nn.init.normal_(p, std=0.02)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-
-
 def nonempty_history(history: Tensor) -> Tensor:
     """Right-aligned histories without the all-padding columns, keeping at least one."""
     history = trim_left_padding(history)
@@ -229,33 +217,20 @@ def nonempty_history(history: Tensor) -> Tensor:
     return history
 
 
-# ---------------------------------------------------------------------- the model
+class CausalNextItemModel(SequenceModel):
+    """What SASRec and FDSA share: a config with the :class:`SelfAttentionOptions`, item
+    embeddings (scaled by sqrt(e) with ``norm_first``), packed batches, every position
+    predicting the next item, and scores from the state of the last history slot. A subclass
+    adds its stacks and ``forward(items, positions, same_window)`` -> (B, T, e) states (see
+    :meth:`SASRec.forward`)."""
 
-
-class SASRec(SequenceModel):
-    """SASRec over item IDs (see the module docstring)."""
-
-    Config: ClassVar[type[SASRecConfig]] = SASRecConfig
-    uses_side_info: ClassVar[bool] = False
     batch_mode: ClassVar = "packed"
 
-    def __init__(self, config: SASRecConfig, catalogue: ItemCatalogue) -> None:
+    def __init__(self, config: ModelConfig, catalogue: ItemCatalogue) -> None:
         super().__init__(config, catalogue)
         e = config.embedding_size
         self.item_emb = nn.Embedding(self.n_items + FIRST_VALUE_ID, e)
         self.scale = math.sqrt(e) if config.norm_first else 1.0
-        self.stack = CausalStack(
-            e, config.n_heads, config.n_layers, config.dropout, config.max_len, config.norm_first
-        )
-        xavier_init(self)
-
-    def forward(
-        self, items: Tensor, positions: Tensor, same_window: Tensor | None = None
-    ) -> Tensor:
-        """(B, T) right-aligned item ids and position ids -> (B, T, e) states; the state of
-        slot t reads slots <= t of its window and predicts the item after slot t."""
-        x = self.item_emb(items) * self.scale  # (B, T, e)
-        return self.stack(x, positions, attention_mask(items, same_window, x.dtype))
 
     def loss(
         self, batch: Batch, generator: torch.Generator | None = None
@@ -268,3 +243,29 @@ class SASRec(SequenceModel):
         history = nonempty_history(history)  # (B, T)
         h = self(history, history_positions(history, self.config.max_len))[:, -1]  # (B, e)
         return next_item_scores(h, self.item_emb, candidates)
+
+
+# ---------------------------------------------------------------------- the model
+
+
+class SASRec(CausalNextItemModel):
+    """SASRec over item IDs (see the module docstring)."""
+
+    Config: ClassVar[type[SASRecConfig]] = SASRecConfig
+    uses_side_info: ClassVar[bool] = False
+
+    def __init__(self, config: SASRecConfig, catalogue: ItemCatalogue) -> None:
+        super().__init__(config, catalogue)
+        e = config.embedding_size
+        self.stack = CausalStack(
+            e, config.n_heads, config.n_layers, config.dropout, config.max_len, config.norm_first
+        )
+        xavier_init(self)
+
+    def forward(
+        self, items: Tensor, positions: Tensor, same_window: Tensor | None = None
+    ) -> Tensor:
+        """(B, T) right-aligned item ids and position ids -> (B, T, e) states; the state of
+        slot t reads slots <= t of its window and predicts the item after slot t."""
+        x = self.item_emb(items) * self.scale  # (B, T, e)
+        return self.stack(x, positions, attention_mask(items, same_window, x.dtype))
