@@ -34,12 +34,12 @@ def compare_table(result: dict[str, Any]) -> str:
         f"B: {b['run']} ({b.get('variant')})",
         f"{result['stage']}, paired two-sided t-test per user (n = {result['rows'][0]['n']}), "
         "p not corrected for multiple tests",
-        f"{'':<18}{'A':>10}{'B':>10}{'A - B':>10}{'t':>9}{'p':>11}",
+        f"{'':<22}{'A':>10}{'B':>10}{'A - B':>10}{'t':>9}{'p':>11}",
     ]
     for r in result["rows"]:
         label = f"{r['protocol']}/{r['metric']}"
         lines.append(
-            f"{label:<18}{r['mean_a']:>10.4f}{r['mean_b']:>10.4f}{r['diff']:>+10.4f}"
+            f"{label:<22}{r['mean_a']:>10.4f}{r['mean_b']:>10.4f}{r['diff']:>+10.4f}"
             f"{r['t']:>9.2f}{r['p']:>11.2e}"
         )
     return "\n".join(lines)
