@@ -25,7 +25,7 @@ Optional capabilities are separate protocols that callers test for with ``isinst
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,7 +74,8 @@ class SequenceModel(nn.Module):
                 f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}"
             )
         self.config = config
-        self.catalogue = catalogue
+        # the description only: the item tables live in the model's buffers (one copy)
+        self.catalogue = catalogue.without_tables()
         self.n_items = catalogue.n_items
         self.stage = self.stages()[0]
 
@@ -122,7 +123,3 @@ class AttentionMaps(Protocol):
     -> (layers, B, heads, T, T)."""
 
     def attention(self, history: Tensor) -> Tensor: ...
-
-
-def config_summary(config: ModelConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json")

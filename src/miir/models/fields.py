@@ -138,6 +138,10 @@ class ItemCatalogue:
             {n: self.values[n] for n in names if n in self.values},
         )
 
+    def without_tables(self) -> ItemCatalogue:
+        """The same description (fields, vocabularies, item names) without the item tables."""
+        return ItemCatalogue(list(self.fields), self.n_items, self.vocabs, self.item_names)
+
     def without_side_fields(self) -> ItemCatalogue:
         """The same items with no side fields (for ID-only models)."""
         return ItemCatalogue([], self.n_items, {}, self.item_names)
