@@ -113,3 +113,27 @@ def test_config_errors_are_reported(planted_artifact, tmp_path) -> None:
     assert res.exit_code == 2 and "manifest.json" in res.output
     res = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "model.json" in res.output
+
+
+def test_paper_preset_sits_under_the_users_options(planted_artifact, tmp_path) -> None:
+    """`--preset paper` gives the paper's settings; a config file and the command line still
+    win over it; an unknown preset is named."""
+    from miir.presets import preset_overrides
+
+    model, train = preset_overrides("paper", "miir-r")
+    assert model["dropout"] == 0.5 and model["item_mask_prob"] == 0.0 and train["lr"] == 1e-4
+    assert preset_overrides("paper", "sasrec")[0] == {}  # baselines keep their own options
+    assert preset_overrides("default", "miir") == ({}, {})
+    out = tmp_path / "paper"
+    small = ["--set", "embedding_size=16", "--set", "n_heads=2", "--set", "n_layers=1"]
+    args = ["train", "--data", str(planted_artifact), "--out", str(out), *small, *SMALL]
+    res = runner.invoke(app, [*args, "--preset", "paper", "--set", "mask_prob=0.3"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["model_config"]["dropout"] == 0.5  # the paper's
+    assert run["model_config"]["mask_prob"] == 0.3  # the user's, over the preset
+    assert run["model_config"]["item_mask_prob"] == 0.0
+    assert run["train_config"]["lr"] == 1e-4
+    assert run["train_config"]["max_epochs"] == 1  # --epochs 1 over the paper's 100
+    res = runner.invoke(app, [*args, "--overwrite", "--preset", "fast"])
+    assert res.exit_code == 2 and "unknown preset 'fast'" in res.output and "paper" in res.output

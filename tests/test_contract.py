@@ -167,8 +167,8 @@ def test_leakage_test_catches_a_leaking_model(monkeypatch) -> None:
     model = small("miir")
     real = model.draw_mask
 
-    def leaky(items, generator=None):
-        m = real(items, generator)
+    def leaky(items, generator=None, packing=None):
+        m = real(items, generator, packing)
         return Masked(hidden=torch.zeros_like(m.hidden), targets=m.targets)
 
     monkeypatch.setattr(model, "draw_mask", leaky)

@@ -207,6 +207,13 @@ def train(
     variant: Annotated[
         str | None, typer.Option(hidden=True, help="Old name of --model for MIIR variants.")
     ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Settings preset under everything else: 'default' (the measured best recipe) "
+            "or 'paper' (the MIIR paper's settings: lr 1e-4, dropout 0.5, 100 epochs)."
+        ),
+    ] = "default",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -285,10 +292,13 @@ def train(
     from miir.training.train import train_config
 
     try:
+        from miir.presets import preset_overrides
+
         name = variant or model
+        preset_model, preset_train = preset_overrides(preset, name)
         file_cfg = _load_config_file(config)
         where = f"{config} [model]" if config else None
-        model_over = dict(file_cfg.get("model", {}))
+        model_over = {**preset_model, **file_cfg.get("model", {})}
         if fields is not None:
             model_over["fields"] = tuple(f for f in fields.split(",") if f)
         for key, value in (
@@ -300,7 +310,7 @@ def train(
                 model_over[key] = value
         model_over.update(_parse_sets(set_ or []))
         model_cfg = model_config(name, model_over, where)
-        train_over = dict(file_cfg.get("train", {}))
+        train_over = {**preset_train, **file_cfg.get("train", {})}
         cli = {
             "max_epochs": epochs,
             "batch_size": batch_size,

@@ -1,6 +1,7 @@
 """Masking functions: pure, seeded by the generator the trainer passes, shared by every model.
 
 - :func:`mii_mask`: the MII objective (Eq. 11-13 of the MIIR paper): hide present fields;
+- :func:`hide_last_items`: the inference query (a whole last item hidden) added to a mask;
 - :func:`rec_mask`: Eq. 14: hide whole items, supervise only their IDs (MIIR-R);
 - :func:`cloze_mask`: BERT4Rec's cloze task over item positions, with its extra examples that
   mask only the last item of a sequence.
@@ -39,6 +40,33 @@ def mii_mask(
             < item_mask_prob
         )  # (B, n)
         hidden = hidden | (whole[..., None] & present[..., :1])
+    return Masked(hidden=hidden, targets=hidden & present)
+
+
+def hide_last_items(
+    masked: Masked,
+    present: Tensor,
+    last: Tensor,
+    owner: Tensor,
+    n_seqs: int,
+    prob: float,
+    clean: bool = False,
+    generator: torch.Generator | None = None,
+) -> Masked:
+    """The inference query in training: with probability ``prob`` per sequence, hide every
+    field of its last item (``last`` (R, n), see :func:`last_of_sequence`) and supervise its
+    present fields. With ``clean``, such a sequence hides nothing else (BERT4Rec's extra
+    "last item only" example: the context is as complete as at inference); otherwise the
+    last item is hidden on top of ``masked``. ``owner`` (R, n) maps slots to sequences
+    0 .. n_seqs - 1; ``present``: (R, n, F) bool."""
+    if prob <= 0:
+        return masked
+    pick = (torch.rand(n_seqs, generator=generator, device=present.device) < prob)[owner]
+    chosen = pick & last  # (R, n)
+    hidden = masked.hidden
+    if clean:
+        hidden = torch.where(pick[..., None], torch.zeros_like(hidden), hidden)
+    hidden = hidden | (chosen[..., None] & present[..., :1])
     return Masked(hidden=hidden, targets=hidden & present)
 
 

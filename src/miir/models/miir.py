@@ -64,7 +64,7 @@ from miir.models.base import SequenceModel, SideInfoConfig
 from miir.models.batch import Batch, Packing, pack_windows, trim_left_padding
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
 from miir.models.layers import Block, Dropout, xavier_init
-from miir.models.masking import Masked, mii_mask, rec_mask
+from miir.models.masking import Masked, hide_last_items, last_of_sequence, mii_mask, rec_mask
 
 __all__ = [
     "ID_FIELD",
@@ -100,6 +100,24 @@ class MIIRConfig(SideInfoConfig):
         lt=1.0,
         description="Extra whole-item masking in MII training, so that training meets the "
         "all-missing query item (see the module docstring; the authors' code: 0.0).",
+    )
+    last_item_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability that a training window's last item is hidden whole: "
+        "the inference query (an appended item with every field missing) met in training.",
+    )
+    last_item_clean: bool = Field(
+        False,
+        description="A window whose last item is hidden hides nothing else (BERT4Rec's extra "
+        "last-item example) instead of adding it to the MII mask.",
+    )
+    embedding_init: Literal["xavier", "normal"] = Field(
+        "xavier",
+        description="'xavier' (the paper: every table Xavier-normal, so the 12k-row item table "
+        "starts 12x smaller than the position table) or 'normal' (every embedding table "
+        "N(0, 0.02), as BERT and RecBole).",
     )
     objective: Literal["mii", "rec"] = Field(
         "mii", description="'mii' (Eq. 13) or 'rec' (Eq. 14: MIIR-R)."
@@ -185,8 +203,13 @@ class MIIR(SequenceModel):
     # ------------------------------------------------------------------ setup
     def reset_parameters(self) -> None:
         """Xavier-normal initialisation of every matrix (embeddings included), zero biases
-        (:func:`~miir.models.layers.xavier_init`)."""
+        (:func:`~miir.models.layers.xavier_init`); with ``embedding_init='normal'``, every
+        embedding table N(0, 0.02) instead."""
         xavier_init(self)
+        if self.config.embedding_init == "normal":
+            for m in self.modules():
+                if isinstance(m, nn.Embedding):
+                    nn.init.normal_(m.weight, std=0.02)
 
     def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
         """Load the observed side information of every item (rows = item ids)."""
@@ -289,19 +312,39 @@ class MIIR(SequenceModel):
             losses[f.name] = torch.zeros(S, device=items.device).index_add(0, owner[sel], per)
         return losses
 
-    def draw_mask(self, items: Tensor, generator: torch.Generator | None = None) -> Masked:
-        """The masks of one training step for the current stage's objective."""
+    def draw_mask(
+        self,
+        items: Tensor,
+        generator: torch.Generator | None = None,
+        packing: Packing | None = None,
+    ) -> Masked:
+        """The masks of one training step for the current stage's objective (``packing``: the
+        windows of packed rows, for ``last_item_prob``)."""
         present = self.present(items)  # (B, n, F)
         cfg = self.config
         if self.objective == "rec":
             return rec_mask(present, cfg.mask_prob, generator=generator)
-        return mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=generator)
+        masked = mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=generator)
+        if cfg.last_item_prob > 0:
+            windows = packing.windows if packing is not None else None
+            batch = Batch(items, packing)
+            masked = hide_last_items(
+                masked,
+                present,
+                last_of_sequence(items, windows),
+                batch.owner(),
+                batch.n_seqs,
+                cfg.last_item_prob,
+                clean=cfg.last_item_clean,
+                generator=generator,
+            )
+        return masked
 
     def loss(
         self, batch: Batch, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The training loss of the current stage on ``batch``, masks drawn with ``generator``."""
-        masked = self.draw_mask(batch.items, generator)
+        masked = self.draw_mask(batch.items, generator, batch.packing)
         return self.masked_loss(batch.items, masked, batch.packing)
 
     def masked_loss(

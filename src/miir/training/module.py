@@ -3,6 +3,9 @@ generator for the model's masks, the loss, and validation under every protocol."
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import lightning.pytorch as L
 import numpy as np
 import torch
@@ -36,10 +39,16 @@ class SequenceModule(L.LightningModule):
         seed: int,
         bf16: bool = False,
         batching: str = "packed",
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        schedule: str = "constant",
     ) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.schedule = schedule
         self.seed = seed
         self.bf16 = bf16
         self.mode: BatchMode = (
@@ -94,5 +103,38 @@ class SequenceModule(L.LightningModule):
                     sync_dist=True,
                 )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+    def configure_optimizers(self):
+        """Adam (AdamW with ``weight_decay``; LayerNorms and biases are not decayed), with an
+        optional linear warm-up and a linear or cosine decay to 0 at the last epoch."""
+        if self.weight_decay > 0:
+            decay = [p for p in self.model.parameters() if p.dim() >= 2]
+            rest = [p for p in self.model.parameters() if p.dim() < 2]
+            opt = torch.optim.AdamW(
+                [
+                    {"params": decay, "weight_decay": self.weight_decay},
+                    {"params": rest, "weight_decay": 0.0},
+                ],
+                lr=self.lr,
+            )
+        else:
+            opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        if self.warmup_steps == 0 and self.schedule == "constant":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(lr_factor, warmup=self.warmup_steps, total=total, schedule=self.schedule)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """The learning-rate multiplier at optimiser step ``step``: linear warm-up over ``warmup``
+    steps, then constant or a linear/cosine decay that reaches 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    done = min((step - warmup) / max(total - warmup, 1), 1.0)
+    if schedule == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))

@@ -76,6 +76,23 @@ class TrainConfig(BaseModel):
         "valid/full/NDCG@10",
         description="Validation metric for early stopping and the best checkpoint.",
     )
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="Decoupled weight decay (AdamW); 0 is the paper's Adam."
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description="Linear learning-rate warm-up from 0 over this many epochs."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="After warm-up: keep the learning rate, or decay it to 0 at max_epochs "
+        "(linearly or by a cosine).",
+    )
+    copies: int = Field(
+        1,
+        ge=1,
+        description="Each training window appears this many times per epoch, masked anew each "
+        "time (BERT4Rec's dupe factor).",
+    )
     grad_clip: float = Field(5.0, gt=0, description="Gradient clipping by value, range [-c, c].")
     seed: int = Field(42, description="Seed of initialisation, shuffling and masking.")
     window_stride: int | None = Field(
@@ -245,6 +262,8 @@ def _fit_stage(
     model.set_stage(stage)
     max_len = model.config.max_len
     windows = training_windows(artifact, max_len, cfg.window_stride)
+    if cfg.copies > 1:
+        windows = windows.repeat(cfg.copies, 1)
     valid = eval_rows(artifact, "valid", max_len)
     train_loader = training_loader(windows, cfg)
     # validation metrics are means over users: score them in order of history length, so that
@@ -298,6 +317,9 @@ def _fit_stage(
         model,
         lr=cfg.lr,
         seed=cfg.seed,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=round(cfg.warmup_epochs * len(train_loader)),
+        schedule=cfg.lr_schedule,
         bf16=resolve_precision(cfg.precision, device_type) == "bf16",
         batching=cfg.batching,
     )
@@ -333,10 +355,12 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     command: str | None = None,
+    stages: tuple[str, ...] = ("valid", "test"),
 ) -> dict[str, Any]:
     """Train the registered model ``model`` (with ``config``: its config, or overrides of its
     preset) on the artifact into the run folder ``out``; evaluate the best checkpoint on
-    validation and test under every protocol; return the results."""
+    ``stages`` (validation and test) under every protocol; return the results. Recipe
+    screening passes ``stages=("valid",)``: it selects on validation without touching test."""
     cfg = train_config or TrainConfig()
     if not isinstance(config, ModelConfig):
         config = model_config(model, config or {})
@@ -375,7 +399,7 @@ def train(
         atomic_json(out / "run.json", run_info)
     extra = {"artifact": run_info["artifact"], "train_config": run_info["train_config"]}
     started = time.perf_counter()
-    stages: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}
     names = net.stages()
     for k, stage in enumerate(names):
         if k > 0:
@@ -393,11 +417,13 @@ def train(
             extra=extra,
             resume=resume,
         )
-        stages[stage] = {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
+        fitted[stage] = {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
     seconds = time.perf_counter() - started
-    results = {"run": run_info, "stages": stages, "train_seconds": seconds}
+    results = {"run": run_info, "stages": fitted, "train_seconds": seconds}
     if _is_rank_zero():
-        results.update(evaluate_run(out, artifact=artifact, eval_batch_size=cfg.eval_batch_size))
+        results.update(
+            evaluate_run(out, artifact=artifact, stages=stages, eval_batch_size=cfg.eval_batch_size)
+        )
         atomic_json(out / "results.json", results)
     return results
 

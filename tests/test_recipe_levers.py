@@ -1,0 +1,92 @@
+"""The training-recipe levers of issue 9: each option does what its name says."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from helpers import N_ITEMS, random_catalogue, random_windows, small_model
+from miir.models.batch import make_batch
+from miir.models.fields import ItemCatalogue
+from miir.models.masking import hide_last_items, last_of_sequence, mii_mask
+from miir.training.module import lr_factor
+
+FIELDS_OF = random_catalogue().fields
+
+
+def miir(**kw):
+    model = small_model("miir", ItemCatalogue(FIELDS_OF, N_ITEMS), 0, max_len=6, **kw)
+    cat = random_catalogue()
+    model.set_item_tables(cat.present, cat.values)
+    return model
+
+
+def test_hide_last_items_hides_the_whole_last_item_of_each_window() -> None:
+    items = random_windows(9, 6, seed=2, min_len=2)
+    batch = make_batch(items, "packed", 6)
+    model = miir()
+    present = model.present(batch.items)
+    base = mii_mask(present, 0.3, generator=torch.Generator().manual_seed(0))
+    last = last_of_sequence(batch.items, batch.packing.windows)
+    assert int(last.sum()) == 9  # one last item per window
+    out = hide_last_items(base, present, last, batch.owner(), batch.n_seqs, 1.0)
+    # every field of every last item hidden, and its present fields supervised
+    assert out.hidden[last].all()
+    assert torch.equal(out.targets, out.hidden & present)
+    # on top of the MII mask: nothing that was hidden is shown
+    assert (out.hidden | ~base.hidden).all()
+    # clean: the other items of the window are shown
+    clean = hide_last_items(base, present, last, batch.owner(), batch.n_seqs, 1.0, clean=True)
+    assert torch.equal(clean.hidden.any(-1), last)
+    # probability 0 changes nothing
+    assert hide_last_items(base, present, last, batch.owner(), batch.n_seqs, 0.0) is base
+
+
+def test_last_item_prob_selects_about_that_share_of_windows() -> None:
+    items = random_windows(400, 6, seed=3, min_len=2)
+    batch = make_batch(items, "packed", 6)
+    model = miir(last_item_prob=0.5, last_item_clean=True, item_mask_prob=0.0, mask_prob=0.01)
+    masked = model.draw_mask(batch.items, torch.Generator().manual_seed(1), batch.packing)
+    last = last_of_sequence(batch.items, batch.packing.windows)
+    share = masked.hidden[last].all(-1).float().mean().item()
+    assert 0.42 < share < 0.58
+
+
+def test_last_item_prob_trains_on_packed_and_unpacked_batches_alike() -> None:
+    """The same windows, packed or padded, with the last item always hidden and nothing else
+    (clean): the same hidden items, so the same loss."""
+    model = miir(last_item_prob=1.0, last_item_clean=True)
+    items = random_windows(7, 6, seed=5, min_len=2)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    loss_packed, _ = model.loss(make_batch(items, "packed", 6), g())
+    loss_padded, _ = model.loss(make_batch(items, "none", 6), g())
+    assert torch.allclose(loss_packed, loss_padded, atol=1e-5)
+
+
+def test_embedding_init_normal_gives_every_table_the_same_scale() -> None:
+    xavier = miir()
+    normal = miir(embedding_init="normal")
+    ratio_x = xavier.pos_emb.weight.std() / xavier.item_emb.weight.std()
+    ratio_n = normal.pos_emb.weight.std() / normal.item_emb.weight.std()
+    assert ratio_x > 1.3  # xavier: the position table starts larger than the item table
+    assert 0.5 < ratio_n < 2.0
+    assert abs(normal.item_emb.weight.std().item() - 0.02) < 0.005
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_factor_warms_up_then_follows_the_schedule(schedule: str) -> None:
+    f = [lr_factor(s, warmup=10, total=110, schedule=schedule) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(f[:10]))
+    if schedule == "constant":
+        assert f[-1] == 1.0
+    else:
+        assert all(a >= b for a, b in itertools.pairwise(f[10:]))
+        assert f[-1] < 0.03
+        mid = lr_factor(60, warmup=10, total=110, schedule=schedule)
+        assert mid == pytest.approx(
+            0.5 if schedule == "linear" else 0.5 * (1 + math.cos(math.pi / 2))
+        )
