@@ -149,6 +149,14 @@ def test_key_follows_configs_not_grid_order(
     assert all(changed[k] != base[k] for k in base if k[0] == "miir")
     lr = keys(train={**TRAIN, "lr": 0.01})
     assert not set(lr.values()) & set(base.values())
+    # an option added later, at its neutral value, leaves recorded runs' keys alone
+    neutral = keys(
+        models=["sasrec", {"name": "miir", "model": {"last_item_prob": 0.0}}],
+        train={**TRAIN, "copies": 1, "weight_decay": 0.0},
+    )
+    assert neutral == base
+    used = keys(train={**TRAIN, "copies": 2})
+    assert not set(used.values()) & set(base.values())
 
 
 # ------------------------------------------------------------------------------ running

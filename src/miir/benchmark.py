@@ -91,6 +91,32 @@ FIGURE_METRICS = ("HR@10", "NDCG@10")
 SELECT_BY = ("full", "NDCG@10")
 #: train options that change no result, left out of a run's key
 NOT_KEYED = frozenset({"progress"})
+#: options added after runs were first recorded, at the value that changes nothing: an option
+#: at this value is left out of a run's key (and of the adoption check), so that adding an
+#: option never invalidates the runs recorded before it existed
+KEY_NEUTRAL: dict[str, Any] = {
+    # model options (MIIR, issue 9)
+    "last_item_prob": 0.0,
+    "last_item_clean": False,
+    "embedding_init": "xavier",
+    # train options (issue 9)
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.0,
+    "lr_schedule": "constant",
+    "copies": 1,
+}
+
+
+def _keyed(values: dict[str, Any]) -> dict[str, Any]:
+    """A dumped config without display-only options and without options at their neutral
+    value (see :data:`KEY_NEUTRAL`)."""
+    return {
+        k: v
+        for k, v in values.items()
+        if k not in NOT_KEYED and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])
+    }
+
+
 ONLY_KEYS = ("model", "data", "setting", "seed")
 SIGNIFICANCE = 0.05
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -402,11 +428,10 @@ def _sha(obj: Any) -> str:
 
 
 def _keyed_payload(model: str, model_config: Any, train_config: Any) -> dict[str, Any]:
-    tc = {k: v for k, v in train_config.model_dump(mode="json").items() if k not in NOT_KEYED}
     return {
         "model": model,
-        "model_config": model_config.model_dump(mode="json"),
-        "train_config": tc,
+        "model_config": _keyed(model_config.model_dump(mode="json")),
+        "train_config": _keyed(train_config.model_dump(mode="json")),
     }
 
 
@@ -765,14 +790,10 @@ def _check_adopted(run: PlannedRun, results: dict[str, Any], run_dir: Path) -> N
     """A finished run folder is recorded only if it trained exactly the planned run: the same
     model, model config and train config (keyed options only)."""
     info = results.get("run", {})
-    planned_train = {
-        k: v for k, v in run.train_config.model_dump(mode="json").items() if k not in NOT_KEYED
-    }
-    found_train = {k: v for k, v in info.get("train_config", {}).items() if k not in NOT_KEYED}
     if (
         info.get("model") != run.model
-        or info.get("model_config") != run.model_config.model_dump(mode="json")
-        or found_train != planned_train
+        or _keyed(info.get("model_config", {})) != _keyed(run.model_config.model_dump(mode="json"))
+        or _keyed(info.get("train_config", {})) != _keyed(run.train_config.model_dump(mode="json"))
     ):
         raise ConfigError(
             f"{run_dir}: holds a finished run that is not {run.describe()} with the grid's "
