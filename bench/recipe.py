@@ -32,7 +32,13 @@ RECORDS = ROOT / "bench" / "results" / "recipe"
 RUNS = ROOT / "runs" / "recipe"
 
 #: the starting point: the best measured MIIR before this issue (bench/grids/beauty.yaml)
-BASE_MODEL: dict = {"fields": ["categories", "brand", "title"], "dropout": 0.1}
+BASE_MODEL: dict = {
+    "fields": ["categories", "brand", "title"],
+    "dropout": 0.1,
+    "item_mask_prob": 0.2,
+    "embedding_init": "xavier",
+    "field_weights": {},
+}
 BASE_TRAIN: dict = {
     "lr": 1e-3,
     "max_epochs": 100,
@@ -64,6 +70,20 @@ ARMS: dict[str, tuple[dict, dict]] = {
     "recipe": (
         {"embedding_init": "normal", "field_weights": {"item_id": 3.0}},
         {"max_epochs": 40, "patience": 8},
+    ),
+    # the paper's settings (--preset paper) for the fields above, and a faster learning rate
+    "paper": ({"dropout": 0.5, "item_mask_prob": 0.0}, {"lr": 1e-4}),
+    "recipe-lr-2e-3": (
+        {"embedding_init": "normal", "field_weights": {"item_id": 3.0}},
+        {"lr": 2e-3},
+    ),
+    "recipe-preln": (
+        {"embedding_init": "normal", "field_weights": {"item_id": 3.0}, "norm_first": True},
+        {},
+    ),
+    "recipe-dropout-0.3": (
+        {"embedding_init": "normal", "field_weights": {"item_id": 3.0}, "dropout": 0.3},
+        {},
     ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
@@ -163,6 +183,7 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, record_path)
+    _keep_ranks(record_path, out)
     v = record["valid"]
     print(
         f"{name}: valid full NDCG@10 {v['full']['NDCG@10']:.4f} masked {v['full_masked']['NDCG@10']:.4f} "
@@ -171,6 +192,108 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
         flush=True,
     )
     return record
+
+
+#: the grid's records of the same data and split (bench/grids/beauty.yaml)
+GRID_RECORDS = ROOT / "bench" / "results" / "runs"
+PREVIOUS_RECIPE_KEY = "483a240a0193fefe"  # MIIR before issue 9: Xavier, equal loss weights
+#: published anchors on amazon-beauty (../shared/ANCHORS.md): protocol -> (HR@10, NDCG@10)
+ANCHORS = {
+    "sampled": ("S3-Rec, authors' repository re-run", 0.5687, 0.3816),
+    "full": ("DIF-SR (SIGIR 2022)", 0.0908, 0.0446),
+    "full_masked": ("BSARec (AAAI 2024)", 0.1008, 0.0611),
+}
+PROTOCOLS = ("sampled", "full", "full_masked")
+
+
+def _keep_ranks(record_path: Path, run: Path) -> None:
+    """Store a tested run's per-user test ranks next to its record (for paired t-tests)."""
+    src = run / "ranks_test.npz"
+    dst = record_path.with_suffix(".ranks.npz")
+    if src.is_file() and not dst.exists():
+        tmp = dst.with_suffix(".tmp")
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+
+
+def _ranks(path: Path) -> dict:
+    import numpy as np
+    import torch
+
+    with np.load(path, allow_pickle=False) as data:
+        return {p: torch.from_numpy(data[p].astype("int64")) for p in data.files}
+
+
+def comparison() -> list[str]:
+    """The default recipe against our SASRec (same seeds), the previous recipe and the
+    anchors, as ratios; paired t-tests over users for seed 1."""
+    from miir.evaluation.metrics import paired_significance
+
+    recipe = [r for r in _load() if r["arm"] == "recipe" and r["kind"] == "full" and r.get("test")]
+    grid = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(GRID_RECORDS.glob("*.json"))]
+    sasrec = [
+        g
+        for g in grid
+        if g["model"] == "sasrec" and g["data"] == "beauty" and g["setting"] == "given"
+    ]
+    previous = [g for g in grid if g["key"] == PREVIOUS_RECIPE_KEY]
+    if not recipe:
+        return []
+    rows = [
+        ("MIIR, default recipe", recipe),
+        ("our SASRec", sasrec),
+        ("MIIR, previous recipe", previous),
+    ]
+    out = [
+        "",
+        "## The default recipe against our SASRec, the previous recipe and the anchors (test)",
+        "",
+        "| model | seeds | " + " | ".join(f"{p} HR@10 / NDCG@10" for p in PROTOCOLS) + " |",
+        "|---|---|" + "---|" * len(PROTOCOLS),
+    ]
+    for label, rs in rows:
+        cells = [
+            f"{_mean_sd([r['test'][p]['HR@10'] for r in rs])} / {_mean_sd([r['test'][p]['NDCG@10'] for r in rs])}"
+            for p in PROTOCOLS
+        ]
+        out.append(
+            f"| {label} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |"
+        )
+    cells = [f"{ANCHORS[p][1]:.4f} / {ANCHORS[p][2]:.4f} ({ANCHORS[p][0]})" for p in PROTOCOLS]
+    out.append("| published anchor | - | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Ratio of the default recipe's mean to each reference (NDCG@10; > 1: ours is higher):",
+        "",
+    ]
+    mean = {p: statistics.mean(r["test"][p]["NDCG@10"] for r in recipe) for p in PROTOCOLS}
+    for label, rs in rows[1:]:
+        if rs:
+            ref = {p: statistics.mean(r["test"][p]["NDCG@10"] for r in rs) for p in PROTOCOLS}
+            out.append(f"- {label}: " + ", ".join(f"{p} {mean[p] / ref[p]:.2f}" for p in PROTOCOLS))
+    out.append(
+        "- published anchors: " + ", ".join(f"{p} {mean[p] / ANCHORS[p][2]:.2f}" for p in PROTOCOLS)
+    )
+    mine = next((r for r in recipe if r["seed"] == 1), None)
+    mine_ranks = RECORDS / f"{mine['arm']}-s1-full.ranks.npz" if mine else None
+    if mine_ranks is not None and mine_ranks.exists():
+        a = _ranks(mine_ranks)
+        out += ["", "Paired two-sided t-tests over users, seed 1 against seed 1 (NDCG@10):", ""]
+        for label, rs in rows[1:]:
+            ref = next((r for r in rs if r["seed"] == 1), None)
+            path = GRID_RECORDS / f"{ref['key']}.ranks.npz" if ref else None
+            if path is None or not path.exists():
+                continue
+            b = _ranks(path)
+            tests = [paired_significance(a[p], b[p], "NDCG@10") for p in PROTOCOLS]
+            out.append(
+                f"- against {label}: "
+                + ", ".join(
+                    f"{p} {t['mean_a']:.4f} vs {t['mean_b']:.4f} (t = {t['t']:.2f}, p = {t['p']:.2g})"
+                    for p, t in zip(PROTOCOLS, tests, strict=True)
+                )
+            )
+    return out
 
 
 def _load() -> list[dict]:
@@ -195,6 +318,8 @@ def _test(rs: list[dict], protocol: str, metric: str) -> str:
 
 
 def table() -> str:
+    for rec in RECORDS.glob("*.json"):
+        _keep_ranks(rec, RUNS / rec.stem)
     recs = _load()
     lines = ["## Screening runs (seed 1, fixed epochs, validation only)", ""]
     screens = [r for r in recs if r["kind"].startswith("screen")]
@@ -205,6 +330,25 @@ def table() -> str:
         + " | best valid full / masked / sampled NDCG@10 |"
     )
     lines.append("|---|---|---|" + "---|" * len(marks) + "---|")
+    prev = GRID_RECORDS / f"{PREVIOUS_RECIPE_KEY}.json"
+    if prev.exists():
+        g = json.loads(prev.read_text(encoding="utf-8"))
+        curve = [
+            {
+                "epoch": c["epoch"],
+                **{k.removeprefix("valid/"): v for k, v in c.items() if k.startswith("valid/")},
+            }
+            for c in g["curve"]
+        ]
+        best = max(curve, key=lambda c: c["full/NDCG@10"])
+        cells = [_at(curve, m) for m in marks]
+        lines.append(
+            f"| base (the grid's run {PREVIOUS_RECIPE_KEY}: these settings and seed, constant lr, "
+            f"so its first epochs are a screening run's; best of {len(curve)}) | {{}} "
+            f"| {g['train_seconds'] / len(curve):.2f} | "
+            + " | ".join("" if c is None else f"{c:.4f}" for c in cells)
+            + f" | {best['full/NDCG@10']:.4f} / {best['full_masked/NDCG@10']:.4f} / {best['sampled/NDCG@10']:.4f} |"
+        )
     for r in sorted(screens, key=lambda r: (r["kind"], r["arm"])):
         cells = [_at(r["curve"], m) for m in marks]
         v = r["valid"]
@@ -235,6 +379,7 @@ def table() -> str:
                 f"| {_test(rs, 'full', 'HR@10')} / {_test(rs, 'full', 'NDCG@10')} "
                 f"| {_test(rs, 'full_masked', 'HR@10')} / {_test(rs, 'full_masked', 'NDCG@10')} |"
             )
+    lines += comparison()
     return "\n".join(lines) + "\n"
 
 
@@ -262,7 +407,19 @@ def main() -> None:
         for arm in args.arms:
             for seed in args.seeds:
                 run_arm(arm, seed, args.epochs, args.test, args.data)
-    print(table())
+    text = table()
+    header = (
+        "# MIIR's training recipe on amazon-beauty (issue 9)\n\n"
+        "Written by `python bench/recipe.py table` from the records in `bench/results/recipe/` "
+        "(each names its command, commit, machine and date). Validation decides; test is "
+        "evaluated once per recipe, for runs to convergence only. Machine: "
+        f"{platform.node()} · {os.cpu_count()} cpus (2 threads per run).\n\n"
+    )
+    out = ROOT / "bench" / "results" / "recipe_runs.md"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(header + text, encoding="utf-8")
+    os.replace(tmp, out)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def bench(grid: Path, dirs: dict[str, Path], **kwargs: object):
         ({"target": "nova"}, "target 'nova' is not one of the grid's models"),
         ({"data": {"p": {"source": "x", "prepare": {"negatives": 5}}}}, "unknown option"),
         ({"data": {"p": {"source": "x", "prepare": {"discard": 0.5}}}}, "comes from the settings"),
+        ({"models": [{"name": "sasrec", "settings": ["D"]}]}, "models[0] names unknown setting"),
     ],
 )
 def test_grid_errors_name_the_key_and_file(tmp_path, change, expected) -> None:
@@ -157,6 +158,10 @@ def test_key_follows_configs_not_grid_order(
     assert neutral == base
     used = keys(train={**TRAIN, "copies": 2})
     assert not set(used.values()) & set(base.values())
+    # a model limited to some settings runs only under them
+    limited = keys(models=["sasrec", {"name": "miir", "settings": ["given"]}])
+    assert {k for k in limited if k[0] == "miir"} == {k for k in base if k[:2] == ("miir", "given")}
+    assert all(limited[k] == base[k] for k in limited)
 
 
 # ------------------------------------------------------------------------------ running
@@ -352,8 +357,10 @@ def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
     assert [m.name for m in beauty.spec.models] == [
-        "gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova", "miir"
+        "gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova", "miir", "miir"
     ]  # fmt: skip
+    # the default MIIR and, for reference on the given data only, the recipe before issue 9
+    assert beauty.spec.models[-1].settings == ["given"]
     assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
     smoke = load_grid(root / "smoke.yaml")
     assert smoke.spec.train["max_epochs"] == 1

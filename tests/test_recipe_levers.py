@@ -67,7 +67,7 @@ def test_last_item_prob_trains_on_packed_and_unpacked_batches_alike() -> None:
 
 
 def test_embedding_init_normal_gives_every_table_the_same_scale() -> None:
-    xavier = miir()
+    xavier = miir(embedding_init="xavier")
     normal = miir(embedding_init="normal")
     ratio_x = xavier.pos_emb.weight.std() / xavier.item_emb.weight.std()
     ratio_n = normal.pos_emb.weight.std() / normal.item_emb.weight.std()
@@ -90,3 +90,23 @@ def test_lr_factor_warms_up_then_follows_the_schedule(schedule: str) -> None:
         assert mid == pytest.approx(
             0.5 if schedule == "linear" else 0.5 * (1 + math.cos(math.pi / 2))
         )
+
+
+def test_pre_ln_miir_keeps_packing_exact_and_learns() -> None:
+    """``norm_first``: pre-LN layers and a final LayerNorm; packed rows still give the padded
+    batch's loss, and a few steps lower the loss on a fixed batch."""
+    model = miir(norm_first=True, last_item_prob=1.0, last_item_clean=True)
+    assert model.final_norm is not None and miir().final_norm is None
+    items = random_windows(7, 6, seed=5, min_len=2)
+    packed, _ = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+    padded, _ = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(0))
+    assert torch.allclose(packed, padded, atol=1e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss, _ = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first

@@ -99,6 +99,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "last_item_prob": 0.0,
     "last_item_clean": False,
     "embedding_init": "xavier",
+    "norm_first": False,  # MIIR only (SASRec and FDSA always record theirs)
     # train options (issue 9)
     "weight_decay": 0.0,
     "warmup_epochs": 0.0,
@@ -182,6 +183,9 @@ class ModelSpec(_Strict):
     model: dict[str, Any] = Field(default_factory=dict, description="Model config overrides.")
     train: dict[str, Any] = Field(default_factory=dict, description="Train config overrides.")
     seeds: list[int] | None = Field(None, min_length=1, description="Seeds (default: the grid's).")
+    settings: list[str] | None = Field(
+        None, min_length=1, description="Settings this model runs under (default: all)."
+    )
 
 
 class GridSpec(_Strict):
@@ -237,6 +241,13 @@ class GridSpec(_Strict):
             }
             if self.target.lower() not in known:
                 raise ValueError(f"target {self.target!r} is not one of the grid's models")
+        for i, m in enumerate(self.models):
+            unknown = [s for s in m.settings or [] if s not in self.settings]
+            if unknown:
+                raise ValueError(
+                    f"models[{i}] names unknown setting(s) {unknown}; "
+                    f"settings: {', '.join(self.settings)}"
+                )
         for where, options in [("train", self.train)] + [
             (f"models[{i}].train", m.train) for i, m in enumerate(self.models)
         ]:
@@ -541,6 +552,8 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
     seen: dict[str, str] = {}
     for case in cases:
         for m, name, label, mc in resolved:
+            if m.settings is not None and case.setting not in m.settings:
+                continue
             for seed in m.seeds or spec.seeds:
                 tc = train_config(
                     {**spec.train, **m.train, "seed": seed}, f"{file} train options of {label}"

@@ -23,6 +23,8 @@ _PAPER_MIIR: dict[str, Any] = {
     "item_mask_prob": 0.0,
     "last_item_prob": 0.0,
     "embedding_init": "xavier",
+    "field_weights": {},
+    "norm_first": False,
     "embedding_size": 64,
     "n_heads": 4,
     "n_layers": 3,

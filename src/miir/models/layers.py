@@ -133,3 +133,20 @@ class Block(nn.Module):
         x = self.ln1(x + dropout(self.proj(a), self.p, self.training))
         hidden = dropout(F.gelu(self.ff1(x)), self.p, self.training)  # (B, T, 4e)
         return self.ln2(x + dropout(self.ff2(hidden), self.p, self.training))
+
+
+class PreLNBlock(Block):
+    """A pre-LN transformer layer (SASRec Section III.C): ``x + Dropout(Attn(LN(x)))``, then
+    ``x + Dropout(FFN(LN(x)))``. The same parameters and fast attention/dropout as
+    :class:`~miir.models.layers.Block` (it computes what ``nn.TransformerEncoderLayer(...,
+    norm_first=True)`` does)."""
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, E = x.shape
+        q, k, v = (
+            self.qkv(self.ln1(x)).view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
+        )  # 3 x (B, h, T, d)
+        a = self.attend(q, k, v, mask).transpose(1, 2).reshape(B, T, E)  # (B, T, e)
+        x = x + dropout(self.proj(a), self.p, self.training)
+        hidden = dropout(F.gelu(self.ff1(self.ln2(x))), self.p, self.training)  # (B, T, 4e)
+        return x + dropout(self.ff2(hidden), self.p, self.training)

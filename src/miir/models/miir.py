@@ -63,7 +63,7 @@ from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import SequenceModel, SideInfoConfig
 from miir.models.batch import Batch, Packing, pack_windows, trim_left_padding
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
-from miir.models.layers import Block, Dropout, xavier_init
+from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
 from miir.models.masking import Masked, hide_last_items, last_of_sequence, mii_mask, rec_mask
 
 __all__ = [
@@ -82,9 +82,21 @@ __all__ = [
 
 
 class MIIRConfig(SideInfoConfig):
-    """Hyper-parameters of MIIR and its variants (paper defaults). Unknown keys are errors.
-    ``embedding_size`` is e, the size of every field embedding; ``dropout`` applies in DFSA
-    and to the input embeddings; ``max_len`` counts the appended query item."""
+    """Hyper-parameters of MIIR and its variants. Unknown keys are errors. The defaults are the
+    measured best recipe (bench/results/recipe.md): the paper's architecture (e = 64, 4 heads,
+    3 layers, p = 0.5) with dropout 0.1, whole-item masking 0.2, N(0, 0.02) embeddings and the
+    item-ID loss weighted 3; ``--preset paper`` gives the paper's settings
+    (:mod:`miir.presets`). ``embedding_size`` is e, the size of every field embedding;
+    ``dropout`` applies in DFSA and to the input embeddings; ``max_len`` counts the appended
+    query item."""
+
+    dropout: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout probability (the paper: 0.5, which trains far slower; "
+        "bench/results/results_beauty_long.md).",
+    )
 
     n_heads: int = Field(4, ge=1, description="Attention heads.")
     n_layers: int = Field(3, ge=1, description="Transformer layers L.")
@@ -114,10 +126,15 @@ class MIIRConfig(SideInfoConfig):
         "last-item example) instead of adding it to the MII mask.",
     )
     embedding_init: Literal["xavier", "normal"] = Field(
-        "xavier",
+        "normal",
         description="'xavier' (the paper: every table Xavier-normal, so the 12k-row item table "
         "starts 12x smaller than the position table) or 'normal' (every embedding table "
         "N(0, 0.02), as BERT and RecBole).",
+    )
+    norm_first: bool = Field(
+        False,
+        description="Pre-LN layers and a final LayerNorm (as SASRec and FDSA here) instead of "
+        "the paper's post-LN layers (Eq. 5).",
     )
     objective: Literal["mii", "rec"] = Field(
         "mii", description="'mii' (Eq. 13) or 'rec' (Eq. 14: MIIR-R)."
@@ -130,7 +147,9 @@ class MIIRConfig(SideInfoConfig):
         False, description="MIIR-M: mask fields missing in the input out of attention (Eq. 15)."
     )
     field_weights: dict[str, float] = Field(
-        default_factory=dict, description="Loss weight per field (default 1)."
+        default_factory=lambda: {ID_FIELD: 3.0},
+        description="Loss weight per field: the item ID 3, every side field 1 (measured: "
+        "bench/results/recipe.md); a given table replaces the whole default.",
     )
 
     def variant_name(self) -> str:
@@ -175,9 +194,11 @@ class MIIR(SequenceModel):
         self.field_emb = nn.Embedding(self.n_fields, e)
         self.pos_emb = nn.Embedding(config.max_len, e)
         self.encoder = FieldEncoder(catalogue, e)
+        block = PreLNBlock if config.norm_first else Block
         self.blocks = nn.ModuleList(
-            [Block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
+            [block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
         )
+        self.final_norm = nn.LayerNorm(e) if config.norm_first else None
         self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
             self.register_buffer(
@@ -286,6 +307,8 @@ class MIIR(SequenceModel):
         )
         for block in self.blocks:
             h = block(h, mask)
+        if self.final_norm is not None:
+            h = self.final_norm(h)
         return h.view(B, n, Fn, e)
 
     # ------------------------------------------------------------------ losses (Eq. 11-14)
