@@ -77,6 +77,11 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {"embedding_init": "normal", "field_weights": {"item_id": 3.0}},
         {"lr": 2e-3},
     ),
+    # the fastest screened lever, to convergence under the default's budget
+    "recipe-lr-2e-3-40": (
+        {"embedding_init": "normal", "field_weights": {"item_id": 3.0}},
+        {"lr": 2e-3, "max_epochs": 40, "patience": 8},
+    ),
     "recipe-preln": (
         {"embedding_init": "normal", "field_weights": {"item_id": 3.0}, "norm_first": True},
         {},
