@@ -1,5 +1,5 @@
-"""Building blocks shared by models: a fast dropout, a post-LN transformer layer and the
-Xavier initialisation."""
+"""Building blocks shared by models: a fast dropout, a post-LN transformer layer (which can
+record its attention weights) and the Xavier initialisation."""
 
 from __future__ import annotations
 
@@ -111,8 +111,28 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(e)
         self.p = dropout_p
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """``mask``: an additive float mask (0 or -inf) broadcastable to (B, h, T, T)."""
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        record: list[Tensor] | None = None,
+    ) -> Tensor:
+        """``mask``: an additive float mask (0 or -inf) broadcastable to (B, h, T, T).
+
+        ``record``: when given, the attention weights (B, h, T, T) of this call are appended to
+        it. The fused SDPA kernel does not return its weights, so the weights are then computed
+        explicitly (softmax of the scaled scores plus the mask) and the output is built from
+        those very weights: what is recorded is what the pass used. Without ``record`` the fast
+        path is unchanged."""
+        if record is not None:
+            scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, h, T, T)
+            if mask is not None:
+                scores = scores + mask
+            probs = torch.softmax(scores, dim=-1)  # (B, h, T, T)
+            record.append(probs)
+            return dropout(probs, self.p, self.training) @ v  # (B, h, T, d)
         if not self.training or self.p == 0.0 or q.device.type != "cpu":
             p = self.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -124,12 +144,14 @@ class Block(nn.Module):
         probs = dropout(torch.softmax(scores, dim=-1), self.p, True)
         return probs @ v  # (B, h, T, d)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, record: list[Tensor] | None = None) -> Tensor:
+        """``record``: a list the attention weights (B, h, T, T) are appended to (see
+        :meth:`attend`)."""
         B, T, E = x.shape
         q, k, v = (
             self.qkv(x).view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
         )  # 3 x (B, h, T, d)
-        a = self.attend(q, k, v, mask).transpose(1, 2).reshape(B, T, E)  # (B, T, e)
+        a = self.attend(q, k, v, mask, record).transpose(1, 2).reshape(B, T, E)  # (B, T, e)
         x = self.ln1(x + dropout(self.proj(a), self.p, self.training))
         hidden = dropout(F.gelu(self.ff1(x)), self.p, self.training)  # (B, T, 4e)
         return self.ln2(x + dropout(self.ff2(hidden), self.p, self.training))
@@ -141,12 +163,12 @@ class PreLNBlock(Block):
     :class:`~miir.models.layers.Block` (it computes what ``nn.TransformerEncoderLayer(...,
     norm_first=True)`` does)."""
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, record: list[Tensor] | None = None) -> Tensor:
         B, T, E = x.shape
         q, k, v = (
             self.qkv(self.ln1(x)).view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
         )  # 3 x (B, h, T, d)
-        a = self.attend(q, k, v, mask).transpose(1, 2).reshape(B, T, E)  # (B, T, e)
+        a = self.attend(q, k, v, mask, record).transpose(1, 2).reshape(B, T, E)  # (B, T, e)
         x = x + dropout(self.proj(a), self.p, self.training)
         hidden = dropout(F.gelu(self.ff1(self.ln2(x))), self.p, self.training)  # (B, T, 4e)
         return x + dropout(self.ff2(hidden), self.p, self.training)

@@ -290,9 +290,16 @@ class MIIR(SequenceModel):
         # Every token may attend to itself, so no row is empty (an empty row gives NaN).
         return allowed | torch.eye(T, dtype=torch.bool, device=items.device)
 
-    def forward(self, items: Tensor, hidden: Tensor, packing: Packing | None = None) -> Tensor:
+    def forward(
+        self,
+        items: Tensor,
+        hidden: Tensor,
+        packing: Packing | None = None,
+        record: list[Tensor] | None = None,
+    ) -> Tensor:
         """(B, n) item ids and (B, n, F) hidden flags -> (B, n, F, e) output states (Eq. 4-7).
-        With ``packing``, the rows are packed windows (see :func:`pack_windows`)."""
+        With ``packing``, the rows are packed windows (see :func:`pack_windows`). With
+        ``record``, each layer appends its attention weights (B, h, n * F, n * F) to it."""
         present = self.present(items)  # (B, n, F)
         positions = packing.positions if packing is not None else None
         x = self.drop(self.embed(items, present & ~hidden, positions))  # (B, n, F, e)
@@ -306,7 +313,7 @@ class MIIR(SequenceModel):
             ~allowed, float("-inf")
         )
         for block in self.blocks:
-            h = block(h, mask)
+            h = block(h, mask, record)
         if self.final_norm is not None:
             h = self.final_norm(h)
         return h.view(B, n, Fn, e)
@@ -386,12 +393,12 @@ class MIIR(SequenceModel):
         return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
 
     # ------------------------------------------------------------------ inference
-    def query_states(self, history: Tensor) -> Tensor:
+    def query_states(self, history: Tensor, record: list[Tensor] | None = None) -> Tensor:
         """Append the all-missing query item to right-aligned histories and run DFSA.
 
         history: (B, n - 1) item ids (0 = padding). Returns (B, n, F, e) states; the query
         item is the last position. The query's item id is 1 (unknown): nothing about the
-        target is ever looked up.
+        target is ever looked up. ``record``: see :meth:`forward`.
         """
         history = trim_left_padding(history)
         B = history.shape[0]
@@ -399,12 +406,33 @@ class MIIR(SequenceModel):
         items = torch.cat([history, query], dim=1)  # (B, n)
         hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
         hidden[:, -1] = True
-        return self(items, hidden)
+        return self(items, hidden, None, record)
 
     def score(self, history: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Next-item scores. Full catalogue: (B, N + 2) with ids 0 and 1 at -inf; with
         ``candidates`` (B, C) item ids: (B, C)."""
-        h = self.query_states(history)[:, -1, 0]  # (B, e)
+        return self._rank(self.query_states(history)[:, -1, 0], candidates)
+
+    def score_with_attention(
+        self, history: Tensor, candidates: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The scores of :meth:`score` and the attention weights of the very pass that
+        computed them: (L, B, h, T, T) with T = n * F tokens, n = the history's width once
+        the columns that are padding in every row are cut, plus the query item (the last
+        position); token t is field t % F of position t // F (fields: the item ID, then the
+        side fields in catalogue order). Attention is computed explicitly in this pass (the
+        fused kernel keeps its weights to itself); the scores equal :meth:`score`'s."""
+        record: list[Tensor] = []
+        h = self.query_states(history, record)[:, -1, 0]  # (B, e)
+        return self._rank(h, candidates), torch.stack(record)  # (L, B, h, T, T)
+
+    def attention(self, history: Tensor) -> Tensor:
+        """The :class:`~miir.models.base.AttentionMaps` capability: the attention weights
+        (L, B, h, T, T) of the scoring pass (see :meth:`score_with_attention`)."""
+        return self.score_with_attention(history)[1]
+
+    def _rank(self, h: Tensor, candidates: Tensor | None) -> Tensor:
+        """(B, e) query states -> scores over the catalogue or over ``candidates``."""
         if candidates is not None:
             return torch.einsum("be,bce->bc", h, self.item_emb(candidates)).float()  # (B, C)
         scores = (h @ self.item_emb.weight.T).float()  # (B, N + 2)
