@@ -186,6 +186,13 @@ class ModelSpec(_Strict):
     settings: list[str] | None = Field(
         None, min_length=1, description="Settings this model runs under (default: all)."
     )
+    imputed_by: str | None = Field(
+        None,
+        description="Label or name of an earlier model of the grid that imputes side fields "
+        "(e.g. lrmm): this model trains on a derived artifact whose missing side values that "
+        "model's run (same data, setting and seed, else its first seed) filled in "
+        "(the paper's FDSA+LRMM).",
+    )
 
 
 class GridSpec(_Strict):
@@ -247,6 +254,29 @@ class GridSpec(_Strict):
                 raise ValueError(
                     f"models[{i}] names unknown setting(s) {unknown}; "
                     f"settings: {', '.join(self.settings)}"
+                )
+        for i, m in enumerate(self.models):
+            if m.imputed_by is None:
+                continue
+            earlier = {
+                key.lower(): j
+                for j, e in enumerate(self.models[:i])
+                for key in (e.name, e.label or "")
+                if key
+            }
+            j = earlier.get(m.imputed_by.lower())
+            if j is None:
+                raise ValueError(
+                    f"models[{i}]: imputed_by {m.imputed_by!r} is not an earlier model of the grid"
+                )
+            if self.models[j].imputed_by is not None:
+                raise ValueError(f"models[{i}]: its imputer models[{j}] is itself imputed_by")
+            mine = set(m.settings or self.settings)
+            theirs = set(self.models[j].settings or self.settings)
+            if not mine <= theirs:
+                raise ValueError(
+                    f"models[{i}] runs under setting(s) {sorted(mine - theirs)} where its "
+                    f"imputer models[{j}] does not"
                 )
         for where, options in [("train", self.train)] + [
             (f"models[{i}].train", m.train) for i, m in enumerate(self.models)
@@ -395,9 +425,27 @@ class PlannedRun:
     train_config: Any
     config_sha: str
     key: str | None = None  # None until the artifact exists
+    #: the run whose imputations fill this run's data (a grid model's ``imputed_by``)
+    imputer: PlannedRun | None = None
 
     def describe(self) -> str:
-        return f"{self.model} · {self.case.title} · seed {self.seed}"
+        name = self.model if self.imputer is None else self.label
+        return f"{name} · {self.case.title} · seed {self.seed}"
+
+    @property
+    def data_path(self) -> Path | None:
+        """The artifact this run trains on: its case's, or the one derived from the case's by
+        its imputer's run (None while that run has no key)."""
+        if self.imputer is None:
+            return self.case.path
+        if self.imputer.key is None:
+            return None
+        return derived_artifact_path(self.case, self.imputer.key)
+
+
+def derived_artifact_path(case: Case, imputer_key: str) -> Path:
+    """``<case artifact>.imputed-<imputer run key>``, next to the case's artifact."""
+    return case.path.parent / f"{case.path.name}.imputed-{imputer_key}"
 
 
 def grid_cases(grid: Grid) -> list[Case]:
@@ -538,10 +586,28 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
             check_artifact(case)  # an artifact prepared otherwise is an error, not a reuse
     labels: list[str] = []
     resolved = []
+    imputers: dict[int, int] = {}  # model index -> its imputer's index
     for i, m in enumerate(spec.models):
         name = m.name.lower()
         mc = model_config(name, {**spec.model, **m.model}, f"{file} models[{i}]")
+        imputer_index = None
+        if m.imputed_by is not None:
+            wanted = m.imputed_by.lower()
+            imputer_index = next(
+                j
+                for j, (e, e_name, e_label, _) in enumerate(resolved)
+                if wanted in (e_name, e_label.lower(), (e.label or "").lower())
+            )
+            imputers[i] = imputer_index
+            imputer_name = resolved[imputer_index][1]
+            if not callable(getattr(REGISTRY[imputer_name].cls, "impute", None)):
+                raise ConfigError(
+                    f"{file}: models[{i}]: imputed_by {m.imputed_by!r}: model "
+                    f"{imputer_name!r} does not impute side fields"
+                )
         label = m.label or _display_label(name, mc)
+        if imputer_index is not None and m.label is None:
+            label = f"{label}+{resolved[imputer_index][2]}"
         if label in labels:
             raise ConfigError(
                 f"{file}: models[{i}]: two columns would be named {label!r}; give one a 'label'"
@@ -551,13 +617,20 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
     for case in cases:
-        for m, name, label, mc in resolved:
+        by_model: dict[int, dict[int, PlannedRun]] = {}
+        for i, (m, name, label, mc) in enumerate(resolved):
             if m.settings is not None and case.setting not in m.settings:
                 continue
             for seed in m.seeds or spec.seeds:
                 tc = train_config(
                     {**spec.train, **m.train, "seed": seed}, f"{file} train options of {label}"
                 )
+                payload = _keyed_payload(name, mc, tc)
+                imputer = None
+                if i in imputers:
+                    mine = by_model[imputers[i]]
+                    imputer = mine.get(seed) or mine[min(mine)]
+                    payload["imputed_by"] = imputer.config_sha  # not the plain model's run
                 run = PlannedRun(
                     label=label,
                     model=name,
@@ -567,11 +640,12 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
                     case=case,
                     model_config=mc,
                     train_config=tc,
-                    config_sha=_sha(_keyed_payload(name, mc, tc)),
+                    config_sha=_sha(payload),
+                    imputer=imputer,
                 )
-                sums = checksums[case.path]
-                if sums is not None:
-                    run.key = run_key(name, mc, tc, *sums)
+                by_model.setdefault(i, {})[seed] = run
+                set_key(run, checksums[case.path] if imputer is None else None)
+                if run.key is not None:
                     if run.key in seen:
                         raise ConfigError(
                             f"{file}: {seen[run.key]} and {run.describe()} are the same run "
@@ -580,6 +654,15 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
                     seen[run.key] = run.describe()
                 runs.append(run)
     return runs
+
+
+def set_key(run: PlannedRun, sums: tuple[str, str] | None = None) -> None:
+    """Key ``run`` by its artifact's checksums (``sums``, else read from its data path, a
+    derived artifact included); the key stays None while that artifact is absent."""
+    if sums is None and run.data_path is not None:
+        sums = artifact_checksums(run.data_path)
+    if sums is not None:
+        run.key = run_key(run.model, run.model_config, run.train_config, *sums)
 
 
 def parse_only(filters: Iterable[str]) -> dict[str, set[str]]:
@@ -740,6 +823,7 @@ def _record(
         "model_config": run.model_config.model_dump(mode="json"),
         "train_config": run.train_config.model_dump(mode="json"),
         "artifact": results.get("run", {}).get("artifact"),
+        "imputed_by": run.imputer.key if run.imputer is not None else None,
         "valid": results["valid"],
         "test": results["test"],
         "stages": stages,
@@ -783,7 +867,7 @@ def execute(
     else:
         resumed = run_dir.is_dir() and any(run_dir.iterdir())
         results = training.train(
-            run.case.path,
+            run.data_path,
             run_dir,
             run.model,
             run.model_config,
@@ -797,6 +881,36 @@ def execute(
     record = _record(run, results, run_dir, wall=wall, resumed=resumed, command=command, grid=grid)
     store.write(record, ranks)
     return record
+
+
+def ensure_imputed(
+    run: PlannedRun,
+    runs_root: Path,
+    store: RecordStore,
+    command: str | None,
+    grid: Grid,
+    echo: Echo,
+) -> int:
+    """Make ``run``'s data: train and record its imputer's run where it is not recorded (even
+    outside ``--only``), derive the imputed artifact from it where absent, then key ``run``.
+    Returns the number of runs trained (0 or 1)."""
+    from miir.data.artifact import Artifact
+    from miir.data.derived import impute_artifact
+
+    imputer = run.imputer
+    assert imputer is not None and imputer.key is not None
+    trained = 0
+    if store.find(imputer) is None:
+        echo(f"[imputer] {imputer.describe()} (for {run.label})")
+        execute(imputer, runs_root, store, command=command, grid=grid)
+        trained = 1
+    path = run.data_path
+    assert path is not None
+    if not (path / "manifest.json").is_file():
+        echo(f"imputing {run.case.title} with {imputer.label} run {imputer.key} into {path}")
+        impute_artifact(Artifact(run.case.path), runs_root / imputer.key, path)
+    set_key(run)
+    return trained
 
 
 def _check_adopted(run: PlannedRun, results: dict[str, Any], run_dir: Path) -> None:
@@ -923,6 +1037,10 @@ def run_benchmark(
             f"{len(todo)} to run{' (--only)' if filters else ''}"
         )
         for i, run in enumerate(todo, 1):
+            if run.imputer is not None:
+                summary.trained += ensure_imputed(run, runs_root, store, command, grid, echo)
+                if store.find(run) is not None:
+                    continue  # recorded under the key that its derived artifact gives it
             left = estimate_left(todo[i - 1 :], finished)
             echo(f"[{i}/{len(todo)}] {run.describe()} · est. left {format_duration(left)}")
             record = execute(run, runs_root, store, command=command, grid=grid)
@@ -946,6 +1064,9 @@ def _dry_run(
     for i, run in enumerate(chosen, 1):
         if store.find(run) is not None:
             state = "recorded"
+        elif run.key is None and run.imputer is not None:
+            state = f"to run (on data that {run.imputer.label}, seed {run.imputer.seed}, imputes)"
+            todo.append(run)
         elif run.key is None:
             state = f"to run (artifact {run.case.path} to be prepared)"
             todo.append(run)
