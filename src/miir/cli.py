@@ -489,6 +489,35 @@ def benchmark(
         _fail(exc)
 
 
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `miir train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG and Markdown.")],
+    user: Annotated[
+        str | None, typer.Option("--user", help="A user of the artifact: explain its test case.")
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option("--input", help="A JSON list of item ids (oldest first) to explain."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Artifact (default: the one the run was trained on)."),
+    ] = None,
+) -> None:
+    """Attention heat maps (Fig. 5) and a case study of imputed values (Fig. 4) for one history."""
+    from miir.explain import explain_run
+
+    if (user is None) == (history is None):
+        _fail(typer.BadParameter("give exactly one of --user and --input"))
+    try:
+        paths = explain_run(run, out, user=user, history_file=history, data=data)
+    except MiirError as exc:
+        _fail(exc)
+    for path in paths.values():
+        typer.echo(str(path))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="miir")
 
