@@ -52,6 +52,7 @@ Variants (Sections 5.1-5.3) are options, not copies:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -74,6 +75,7 @@ __all__ = [
     "MIIRConfig",
     "Masked",
     "Packing",
+    "SideInputs",
     "mii_mask",
     "pack_windows",
     "rec_mask",
@@ -163,6 +165,33 @@ class MIIRConfig(SideInfoConfig):
         return name
 
 
+@dataclass
+class SideInputs:
+    """Side fields given per position instead of looked up in the item tables: how an item
+    that is not in the catalogue (an inline record at inference, item id 1) brings its known
+    fields. :meth:`MIIR.side_inputs` gives the table values of a batch; a caller replaces the
+    positions of its inline items and passes the result to ``forward``, ``score`` or
+    ``impute``."""
+
+    present: Tensor  # (B, n, F_side) bool: the value exists (the model may see it)
+    values: dict[str, Tensor]  # name -> (B, n) | (B, n, K) | (B, n, D), as in the tables
+
+    def tail(self, n: int) -> SideInputs:
+        """The last ``n`` positions (histories whose shared left padding was cut)."""
+        start = self.present.shape[1] - n
+        return SideInputs(
+            self.present[:, start:], {k: v[:, start:] for k, v in self.values.items()}
+        )
+
+    def with_query(self) -> SideInputs:
+        """One more position on the right with every side field missing (the query item)."""
+
+        def pad(t: Tensor) -> Tensor:
+            return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
+
+        return SideInputs(pad(self.present), {k: pad(v) for k, v in self.values.items()})
+
+
 VARIANTS: dict[str, dict[str, object]] = {
     "miir": {},
     "miir-r": {"objective": "rec"},
@@ -243,17 +272,42 @@ class MIIR(SequenceModel):
         return (item[:, None] == item[None, :]) | (field[:, None] == field[None, :])  # (T, T)
 
     # ------------------------------------------------------------------ forward
-    def present(self, items: Tensor) -> Tensor:
-        """Which fields of each position exist in the data: (B, n, F) bool (ID: a real item)."""
-        return self.encoder.present(items)
+    def side_inputs(self, items: Tensor) -> SideInputs:
+        """The side fields of (B, n) ``items`` from the item tables, as per-position inputs."""
+        features = self.encoder.features
+        return SideInputs(
+            features.present(items)[..., 1:],  # (B, n, F_side)
+            {f.name: features.values(f.name, items) for f in self.fields},
+        )
 
-    def embed(self, items: Tensor, visible: Tensor, positions: Tensor | None = None) -> Tensor:
+    def present(self, items: Tensor, side: SideInputs | None = None) -> Tensor:
+        """Which fields of each position exist in the data: (B, n, F) bool (ID: a real item);
+        the side fields from ``side`` where given, else from the item tables."""
+        if side is None:
+            return self.encoder.present(items)
+        return torch.cat([(items >= FIRST_VALUE_ID)[..., None], side.present], dim=-1)
+
+    def embed(
+        self,
+        items: Tensor,
+        visible: Tensor,
+        positions: Tensor | None = None,
+        side: SideInputs | None = None,
+    ) -> Tensor:
         """Eq. 1-3: (B, n) item ids and (B, n, F) visibility -> (B, n, F, e) token embeddings.
-        ``positions`` (B, n): position ids of packed rows (default: right-aligned columns)."""
+        ``positions`` (B, n): position ids of packed rows (default: right-aligned columns);
+        ``side``: side values per position instead of the item tables' (inline items)."""
         ids = torch.where(visible[..., 0], items, torch.full_like(items, MISSING_ID))
         x = self.item_emb(ids)[:, :, None]  # (B, n, 1, e)
-        if self.fields:
+        if self.fields and side is None:
             x = torch.cat([x, self.encoder.embed(items, visible[..., 1:])], dim=2)  # (B, n, F, e)
+        elif self.fields:
+            codecs = self.encoder.codecs
+            cols = [
+                codecs[f.name].embed(side.values[f.name], visible[..., j])  # (B, n, e)
+                for j, f in enumerate(self.fields, start=1)
+            ]
+            x = torch.cat([x, torch.stack(cols, dim=2)], dim=2)  # (B, n, F, e)
         if positions is not None:
             pos = self.pos_emb(positions)  # (B, n, e)
         else:
@@ -296,13 +350,16 @@ class MIIR(SequenceModel):
         hidden: Tensor,
         packing: Packing | None = None,
         record: list[Tensor] | None = None,
+        *,
+        side: SideInputs | None = None,
     ) -> Tensor:
         """(B, n) item ids and (B, n, F) hidden flags -> (B, n, F, e) output states (Eq. 4-7).
         With ``packing``, the rows are packed windows (see :func:`pack_windows`). With
-        ``record``, each layer appends its attention weights (B, h, n * F, n * F) to it."""
-        present = self.present(items)  # (B, n, F)
+        ``record``, each layer appends its attention weights (B, h, n * F, n * F) to it.
+        With ``side``, the side fields of each position come from it, not the item tables."""
+        present = self.present(items, side)  # (B, n, F)
         positions = packing.positions if packing is not None else None
-        x = self.drop(self.embed(items, present & ~hidden, positions))  # (B, n, F, e)
+        x = self.drop(self.embed(items, present & ~hidden, positions, side))  # (B, n, F, e)
         B, n, Fn, e = x.shape
         h = x.reshape(B, n * Fn, e)  # (B, T, e): Eq. 4, fields of each item stacked in order
         allowed = self.attention_mask(
@@ -393,25 +450,36 @@ class MIIR(SequenceModel):
         return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
 
     # ------------------------------------------------------------------ inference
-    def query_states(self, history: Tensor, record: list[Tensor] | None = None) -> Tensor:
+    def query_states(
+        self,
+        history: Tensor,
+        record: list[Tensor] | None = None,
+        *,
+        side: SideInputs | None = None,
+    ) -> Tensor:
         """Append the all-missing query item to right-aligned histories and run DFSA.
 
         history: (B, n - 1) item ids (0 = padding). Returns (B, n, F, e) states; the query
         item is the last position. The query's item id is 1 (unknown): nothing about the
-        target is ever looked up. ``record``: see :meth:`forward`.
+        target is ever looked up. ``record``: see :meth:`forward`. ``side``: the history's
+        side fields per position (inline items: id 1, their known fields here).
         """
-        history = trim_left_padding(history)
-        B = history.shape[0]
-        query = torch.full((B, 1), MISSING_ID, dtype=history.dtype, device=history.device)
-        items = torch.cat([history, query], dim=1)  # (B, n)
+        trimmed = trim_left_padding(history)
+        if side is not None:
+            side = side.tail(trimmed.shape[1]).with_query()
+        B = trimmed.shape[0]
+        query = torch.full((B, 1), MISSING_ID, dtype=trimmed.dtype, device=trimmed.device)
+        items = torch.cat([trimmed, query], dim=1)  # (B, n)
         hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
         hidden[:, -1] = True
-        return self(items, hidden, None, record)
+        return self(items, hidden, None, record, side=side)
 
-    def score(self, history: Tensor, candidates: Tensor | None = None) -> Tensor:
+    def score(
+        self, history: Tensor, candidates: Tensor | None = None, *, side: SideInputs | None = None
+    ) -> Tensor:
         """Next-item scores. Full catalogue: (B, N + 2) with ids 0 and 1 at -inf; with
-        ``candidates`` (B, C) item ids: (B, C)."""
-        return self._rank(self.query_states(history)[:, -1, 0], candidates)
+        ``candidates`` (B, C) item ids: (B, C). ``side``: see :meth:`query_states`."""
+        return self._rank(self.query_states(history, side=side)[:, -1, 0], candidates)
 
     def score_with_attention(
         self, history: Tensor, candidates: Tensor | None = None
@@ -440,18 +508,20 @@ class MIIR(SequenceModel):
         return scores
 
     @torch.no_grad()
-    def impute(self, items: Tensor, hidden: Tensor | None = None) -> dict[str, Tensor]:
+    def impute(
+        self, items: Tensor, hidden: Tensor | None = None, *, side: SideInputs | None = None
+    ) -> dict[str, Tensor]:
         """Predict every side field at every position (the :class:`~miir.models.base.Imputer`
         capability): name -> predictions.
 
         Categorical and numeric: (B, n, V + 2) probabilities over value ids (softmax);
         multi-valued: (B, n, V + 2) independent probabilities; ids 0 and 1 at 0. Text:
         (B, n, D) vectors. Fields hidden by ``hidden`` (or missing in the data) are what the
-        caller will want to read.
+        caller will want to read. ``side``: side fields per position (:class:`SideInputs`).
         """
         if hidden is None:
             hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
-        out = self(items, hidden)  # (B, n, F, e)
+        out = self(items, hidden, side=side)  # (B, n, F, e)
         return {
             f.name: self.encoder.codecs[f.name].predict(out[..., j, :])
             for j, f in enumerate(self.fields, start=1)
