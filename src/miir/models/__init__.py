@@ -46,16 +46,23 @@ for _name, _preset in VARIANTS.items():
 
 
 def _register_baselines() -> None:
-    """The paper's baselines, one file each (imported here so that the registry is explicit)."""
+    """The paper's baselines, one file each (imported here so that the registry is explicit);
+    FDSA+RFS and NOVA+RFS are presets of FDSA and NOVA, as MIIR's variants are of MIIR."""
     import importlib
 
-    for module, cls_name, name, description in (
-        ("gru4rec", "GRU4Rec", "gru4rec", "GRU4Rec (Hidasi et al. 2016), IDs only"),
-        ("sasrec", "SASRec", "sasrec", "SASRec (Kang and McAuley 2018), IDs only"),
-        ("bert4rec", "BERT4Rec", "bert4rec", "BERT4Rec (Sun et al. 2019), IDs only"),
-        ("prnn", "PRNN", "prnn", "Parallel RNN (Hidasi et al. 2016), side information"),
-        ("fdsa", "FDSA", "fdsa", "FDSA (Zhang et al. 2019), side information"),
-        ("nova", "NOVA", "nova", "NOVA-BERT (Liu et al. 2021), side information"),
+    from miir.models.masking import RFS_DEFAULT_PROB
+
+    rfs = {"rfs_prob": RFS_DEFAULT_PROB}
+    for module, cls_name, name, preset, description in (
+        ("gru4rec", "GRU4Rec", "gru4rec", {}, "GRU4Rec (Hidasi et al. 2016), IDs only"),
+        ("sasrec", "SASRec", "sasrec", {}, "SASRec (Kang and McAuley 2018), IDs only"),
+        ("bert4rec", "BERT4Rec", "bert4rec", {}, "BERT4Rec (Sun et al. 2019), IDs only"),
+        ("prnn", "PRNN", "prnn", {}, "Parallel RNN (Hidasi et al. 2016), side information"),
+        ("fdsa", "FDSA", "fdsa", {}, "FDSA (Zhang et al. 2019), side information"),
+        ("fdsa", "FDSA", "fdsa-rfs", rfs, "FDSA+RFS: FDSA with random feature sampling"),
+        ("nova", "NOVA", "nova", {}, "NOVA-BERT (Liu et al. 2021), side information"),
+        ("nova", "NOVA", "nova-rfs", rfs, "NOVA+RFS: NOVA with random feature sampling"),
+        ("lrmm", "LRMM", "lrmm", {}, "LRMM (Wang et al. 2018), non-sequential imputer"),
     ):
         try:
             mod = importlib.import_module(f"miir.models.{module}")
@@ -63,7 +70,7 @@ def _register_baselines() -> None:
             if exc.name == f"miir.models.{module}":
                 continue  # not written yet
             raise
-        register(name, getattr(mod, cls_name), {}, description)
+        register(name, getattr(mod, cls_name), preset, description)
 
 
 _register_baselines()

@@ -4,7 +4,8 @@
 - :func:`hide_last_items`: the inference query (a whole last item hidden) added to a mask;
 - :func:`rec_mask`: Eq. 14: hide whole items, supervise only their IDs (MIIR-R);
 - :func:`cloze_mask`: BERT4Rec's cloze task over item positions, with its extra examples that
-  mask only the last item of a sequence.
+  mask only the last item of a sequence;
+- :func:`rfs_drop`: random feature sampling (RFS): drop present side values in training.
 """
 
 from __future__ import annotations
@@ -123,3 +124,25 @@ def cloze_mask(
     )
     empty = (count == 0)[owner]  # (R, n)
     return hidden | (empty & last)
+
+
+#: The drop rate of the ``fdsa-rfs`` and ``nova-rfs`` presets. Neither the MIIR paper nor the
+#: part of the RFS paper (Shi et al., CIKM 2019) available to us gives a rate for its random
+#: baseline; 0.5 is the MIIR paper's own rate of artificial missingness (its MII mask
+#: probability p and its discard probability for the "D" data sets, Section 4), so that
+#: FDSA+RFS and NOVA+RFS meet as many extra missing values in training as MIIR does.
+RFS_DEFAULT_PROB = 0.5
+
+
+def rfs_drop(present: Tensor, prob: float, generator: torch.Generator | None = None) -> Tensor:
+    """Random feature sampling (RFS, Shi et al., CIKM 2019, the MIIR paper's reference 18):
+    (..., F) bool side values present in the data -> (..., F) bool side values a training
+    step sees, each present value dropped (to be entered as the field's missing value)
+    independently with probability ``prob``. Nothing is drawn when ``prob`` is 0, so a model
+    with RFS off consumes the generator exactly as before."""
+    if not 0.0 <= prob < 1.0:
+        raise ValueError(f"rfs prob must be in [0, 1), got {prob}")
+    if prob == 0.0:
+        return present
+    u = torch.rand(present.shape, generator=generator, device=present.device)  # (..., F)
+    return present & (u >= prob)

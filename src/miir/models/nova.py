@@ -50,6 +50,14 @@ Choices where the paper is silent, and deviations:
   its quantile bucket); a value missing in the data enters as the field's learned missing value.
 Everything else (loss normalisation, last-item examples, initialisation, packing) is
 BERT4Rec's, see :mod:`miir.models.bert4rec`.
+
+NOVA+RFS (the MIIR paper's baseline with random feature sampling, its reference 18, Shi et al.,
+CIKM 2019; registry name ``nova-rfs``): with ``rfs_prob`` > 0, each training step drops each
+present side value of each item of the window with that probability
+(:func:`~miir.models.masking.rfs_drop`, drawn from the trainer's generator after the cloze
+mask); a dropped value enters as the field's learned missing value, exactly like a value
+missing in the data. Scoring drops nothing. The preset's rate is
+:data:`~miir.models.masking.RFS_DEFAULT_PROB` (see there why).
 """
 
 from __future__ import annotations
@@ -61,11 +69,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from miir.data.schema import MISSING_ID
+from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import SideInfoConfig
+from miir.models.batch import Batch
 from miir.models.bert4rec import BERT4Rec, BERT4RecConfig, additive_mask
-from miir.models.fields import FieldEncoder, ItemCatalogue
+from miir.models.fields import ID_FIELD, FieldEncoder, ItemCatalogue
 from miir.models.layers import Block, dropout
+from miir.models.masking import rfs_drop
 
 __all__ = ["NOVA", "Fusion", "NOVABlock", "NOVAConfig"]
 
@@ -80,6 +90,16 @@ class NOVAConfig(BERT4RecConfig, SideInfoConfig):
         description="Fusion of item representation, side fields and position "
         "for queries and keys: 'gating' (the paper's best), 'sum' or 'concat'.",
     )
+    rfs_prob: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="RFS: probability that training drops a present side value of an item "
+        "(entered as missing); scoring drops nothing. 0: plain NOVA.",
+    )
+
+    def variant_name(self) -> str:
+        return "NOVA+RFS" if self.rfs_prob > 0 else "NOVA"
 
 
 class Fusion(nn.Module):
@@ -156,15 +176,65 @@ class NOVA(BERT4Rec):
         """Load the observed side information of every item (rows = item ids)."""
         self.encoder.features.load_tables(present, values)
 
-    def encode(
-        self, items: Tensor, hidden: Tensor, positions: Tensor, same_window: Tensor | None
+    def display_name(self) -> str:
+        return self.config.variant_name()
+
+    def rfs_visible(self, items: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """The side values a training step sees: (R, n, F) bool with RFS's drops, or None
+        (every present value) when ``rfs_prob`` is 0 or there is no side field."""
+        if self.config.rfs_prob == 0.0 or not self.fields:
+            return None
+        present = self.encoder.present(items)[..., 1:]  # (R, n, F)
+        return rfs_drop(present, self.config.rfs_prob, generator)
+
+    def loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The cloze loss (:meth:`BERT4Rec.loss`), the side values seen after RFS's drops."""
+        hidden = self.draw_mask(batch, generator)  # (R, n)
+        return self.masked_loss(batch, hidden, self.rfs_visible(batch.items, generator))
+
+    def masked_logits(
+        self, batch: Batch, hidden: Tensor, side_visible: Tensor | None = None
     ) -> Tensor:
-        """As :meth:`BERT4Rec.encode`; the hidden items' side fields are hidden too."""
+        """:meth:`BERT4Rec.masked_logits`, with ``side_visible`` (R, n, F) passed to
+        :meth:`encode`."""
+        positions = self._positions(batch)
+        h = self.encode(batch.items, hidden, positions, batch.same_window(), side_visible)
+        return self.head.logits(h[hidden], self.item_emb)  # (M, N)
+
+    def masked_loss(
+        self, batch: Batch, hidden: Tensor, side_visible: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`BERT4Rec.masked_loss` (the same normalisation), the side values restricted
+        to ``side_visible`` (R, n, F) where given (RFS)."""
+        logits = self.masked_logits(batch, hidden, side_visible)  # (M, N)
+        ce = F.cross_entropy(logits.float(), batch.items[hidden] - FIRST_VALUE_ID, reduction="none")
+        if self.config.loss_norm == "position":
+            loss = ce.sum() / max(len(ce), 1)
+        else:
+            per_seq = batch.per_sequence(ce, hidden)  # (S,)
+            counts = batch.per_sequence(torch.ones_like(ce), hidden).clamp(min=1)  # (S,)
+            loss = (per_seq / counts).mean()
+        return loss, {ID_FIELD: loss.detach()}
+
+    def encode(
+        self,
+        items: Tensor,
+        hidden: Tensor,
+        positions: Tensor,
+        same_window: Tensor | None,
+        side_visible: Tensor | None = None,
+    ) -> Tensor:
+        """As :meth:`BERT4Rec.encode`; the hidden items' side fields are hidden too, and so
+        are the side values outside ``side_visible`` (R, n, F) where given (RFS)."""
         ids = items.masked_fill(hidden, MISSING_ID)  # (R, n)
         x = self.drop(self.emb_norm(self.item_emb(ids)))  # (R, n, e): pure ID representation
         side = self.pos_emb(positions)[:, :, None]  # (R, n, 1, e)
         if self.fields:
             visible = self.encoder.present(items)[..., 1:] & ~hidden[..., None]  # (R, n, F)
+            if side_visible is not None:
+                visible = visible & side_visible
             side = torch.cat([self.encoder.embed(items, visible), side], dim=2)  # (R, n, F+1, e)
         side = self.drop(self.side_norm(side))  # (R, n, m - 1, e): on the ID stream's scale
         mask = additive_mask(items, same_window, x.dtype)
