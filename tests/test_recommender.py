@@ -4,10 +4,29 @@ MIIR's per-position side inputs (:class:`miir.models.miir.SideInputs`) it relies
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import json
+import re
+from pathlib import Path
 
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import miir.data.encode_text as encode_text
+from conftest import N_GROUPS, planted_raw
 from helpers import random_windows, small_model
+from miir.cli import app
+from miir.data.prepare import PrepareConfig, prepare
+from miir.data.raw import RawDataset
+from miir.data.schema import FieldKind, FieldSpec, Schema
+from miir.errors import DataError, MiirError
+from miir.inference import InlineItemsNotSupported, UnknownItemError
 from miir.models.miir import SideInputs
+from miir.recommender import Recommender
 
 # ---------------------------------------------------------------------- MIIR's side inputs
 
@@ -42,3 +61,271 @@ def test_an_inline_item_is_a_catalogue_item_whose_id_is_hidden() -> None:
     assert not blank.present[:, 2].any()
     assert not torch.allclose(model.score(inline, side=side), model.score(inline, side=blank))
     torch.testing.assert_close(model.score(inline, side=blank), model.score(inline))
+
+
+# ---------------------------------------------------------------------- fixtures
+
+SMALL = {"embedding_size": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.0, "max_len": 8}
+QUICK = {"batch_size": 32, "lr": 0.01, "min_epochs": 0, "progress": False, "threads": 1}
+TEXT_DIM = 8
+
+
+def colour_text(texts: list[str]) -> np.ndarray:
+    """A stand-in sentence encoder with planted structure: ``"colour g ..."`` texts point
+    along axis g, plus per-text noise (seeded by the text); unit vectors, as preparation's."""
+    out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
+    for r, text in enumerate(texts):
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        out[r] = np.random.default_rng(seed).normal(size=TEXT_DIM) * 0.3
+        words = text.split()
+        if len(words) > 1 and words[0] == "colour" and words[1].isdigit():
+            out[r, int(words[1])] += 1.0
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def text_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted data (conftest.planted_raw) plus a text field ``title`` naming the item's
+    colour, 30% of side values discarded; texts encoded by :func:`colour_text`."""
+    raw = planted_raw()
+    n = raw.items.height
+    titles = pl.Series("title", [f"colour {i % N_GROUPS} thing {i}" for i in range(n)])
+    schema = Schema(fields=(*raw.schema.fields, FieldSpec(name="title", kind=FieldKind.TEXT)))
+    raw = RawDataset(raw.interactions, raw.items.with_columns(titles), schema, (), "planted-text")
+    out = tmp_path_factory.mktemp("art") / "planted-text"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encode_text, "encode_texts", lambda texts, **_: (colour_text(texts), "fake"))
+        prepare(raw, out, PrepareConfig(n_negatives=20, max_len=8, discard=0.3), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def miir_run(text_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "miir"
+    rec = Recommender("miir", text_encoder=colour_text, **SMALL)
+    assert rec.fit(text_artifact, out=run, max_epochs=10, **QUICK) is rec  # fit returns self
+    return run
+
+
+@pytest.fixture(scope="module")
+def miir(miir_run: Path) -> Recommender:
+    return Recommender.load(miir_run, text_encoder=colour_text)
+
+
+@pytest.fixture(scope="module")
+def sasrec(text_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    run = tmp_path_factory.mktemp("runs") / "sasrec"
+    return Recommender("sasrec", **SMALL).fit(text_artifact, out=run, max_epochs=3, **QUICK)
+
+
+def colour(item: str) -> int:
+    """The planted colour of item ``iNNN`` (conftest: item % 4)."""
+    return int(item[1:]) % N_GROUPS
+
+
+def walk(group: int, start: int, length: int) -> list[str]:
+    """A planted user's history: group ``group`` walked in its cycle from step ``start``."""
+    return [f"i{group + N_GROUPS * ((start + t) % 10):03d}" for t in range(length)]
+
+
+# ---------------------------------------------------------------------- the facade
+
+
+def test_init_only_stores_parameters_and_fit_learns_the_planted_groups(miir_run: Path) -> None:
+    rec = Recommender("miir", data="somewhere", embedding_size=16)
+    assert (rec.model, rec.data, rec.config) == ("miir", "somewhere", {"embedding_size": 16})
+    assert not hasattr(rec, "model_")
+    with pytest.raises(MiirError, match="not fitted"):
+        rec.recommend(["i000"])
+    loaded = Recommender.load(miir_run, text_encoder=colour_text)
+    assert loaded.model == "miir" and loaded.artifact_ is not None
+    for group in range(N_GROUPS):
+        result = loaded.recommend(walk(group, 0, 4), k=5)
+        assert [colour(i.item) for i in result.items] == [group] * 5  # the user's group
+        assert result.next_item.fields["color"].predicted == [f"c{group}"]
+
+
+def test_save_load_round_trip_gives_identical_scores(
+    miir: Recommender, text_artifact: Path, tmp_path: Path
+) -> None:
+    histories = [
+        walk(1, 2, 5),
+        ["i003", {"color": "c3", "size": 0.1, "tags": ["t3"], "title": "colour 3 new thing"}],
+    ]
+    before = miir.recommend_batch(histories, k=8)
+    saved = miir.save(tmp_path / "saved")
+    again = Recommender.load(saved, text_encoder=colour_text)
+    assert [r.to_dict() for r in again.recommend_batch(histories, k=8)] == [
+        r.to_dict() for r in before
+    ]
+    # without the artifact, the saved recommender keeps the exact bucket edges
+    meta = json.loads((saved / "model.json").read_text())
+    meta["artifact"]["path"] = str(tmp_path / "moved-away")
+    (saved / "model.json").write_text(json.dumps(meta))
+    alone = Recommender.load(saved, text_encoder=colour_text)
+    assert alone.artifact_ is None
+    assert alone.bucket_edges_ == miir.bucket_edges_
+    after = alone.recommend_batch(histories, k=8)
+    assert [[i.score for i in r.items] for r in after] == [
+        [i.score for i in r.items] for r in before
+    ]
+    sizes = [i.fields["size"] for r in after for i in r.items if "size" in i.fields]
+    assert sizes and all(s.startswith("[") for s in sizes)  # bucket ranges, not the numbers
+
+
+def test_recommend_excludes_seen_items_unless_asked(miir: Recommender) -> None:
+    history = walk(2, 0, 6)
+    k = 40
+    kept = miir.recommend(history, k=k, exclude_seen=False)
+    assert len(kept.items) == k and set(history) <= {i.item for i in kept.items}
+    result = miir.recommend(history, k=k)
+    assert len(result.items) == k - len(set(history))  # only the unseen items remain
+    assert not set(history) & {i.item for i in result.items}
+    scores = [i.score for i in result.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_item_ids_are_named(miir: Recommender, sasrec: Recommender) -> None:
+    for rec in (miir, sasrec):
+        with pytest.raises(UnknownItemError, match=r"'nope'.*'gone'") as err:
+            rec.recommend(["i000", "nope", "i004", "gone"])
+        assert err.value.items == ["nope", "gone"]
+    with pytest.raises(DataError, match="unknown field 'colour'"):
+        miir.recommend(["i000", {"colour": "c0"}])
+    with pytest.raises(DataError, match="empty"):
+        miir.recommend([])
+
+
+def test_inline_new_items_for_miir_and_refused_by_sasrec(
+    miir: Recommender, sasrec: Recommender
+) -> None:
+    """A new item given by some of its fields: MIIR reads them (the planted colour follows
+    the title and tags), unknown values become missing with a warning; SASRec refuses it."""
+    history = ["i001", "i005", {"title": "colour 1 new thing", "tags": ["t1", "bogus"]}]
+    result = miir.recommend(history, k=5)
+    assert [colour(i.item) for i in result.items] == [1] * 5
+    assert any("bogus" in w for w in result.warnings)
+    new = next(p for p in result.imputed if p.position == 2)
+    assert new.item is None and set(new.fields) == {"color", "size"}  # the fields not given
+    assert new.fields["color"].predicted == ["c1"]
+    # the record's fields reach the model: the same history with another colour's title
+    other = miir.recommend([*history[:2], {"title": "colour 3 new thing"}], k=5)
+    assert other.items != result.items
+    unknown = miir.recommend(["i001", {"color": "purple"}], k=3)
+    assert any("'purple'" in w for w in unknown.warnings)
+    with pytest.raises(InlineItemsNotSupported, match="item 2 is an inline record"):
+        sasrec.recommend(history)
+    # a record naming a catalogue item is that item, for every model
+    named = sasrec.recommend(["i001", {"item_id": "i005"}], k=3)
+    assert named.items == sasrec.recommend(["i001", "i005"], k=3).items
+    assert named.imputed is None  # SASRec does not impute
+    assert named.items[0].fields  # display fields from the artifact (SASRec has no tables)
+
+
+def test_long_histories_are_cut_to_the_most_recent_items(miir: Recommender) -> None:
+    history = walk(3, 0, 12)  # the model reads 7
+    result = miir.recommend(history, k=5, exclude_seen=False)
+    assert result.cut == 5 and any("oldest 5" in w for w in result.warnings)
+    recent = miir.recommend(history[-7:], k=5, exclude_seen=False)
+    assert result.items == recent.items and recent.cut == 0
+    # seen items of the cut part are still excluded
+    excluded = miir.recommend(history, k=40)
+    assert not set(history) & {i.item for i in excluded.items}
+
+
+def test_batch_scoring_equals_one_request_at_a_time(miir: Recommender) -> None:
+    histories = [
+        walk(0, 3, 2),
+        walk(1, 0, 7),
+        ["i002", {"color": "c2", "size": -1.5}, "i006"],
+        walk(3, 5, 10),
+        [{"title": "colour 0 thing", "tags": "t0"}],
+    ]
+    batch = miir.recommend_batch(histories, k=6, imputations=True)
+    for history, got in zip(histories, batch, strict=True):
+        alone = miir.recommend(history, k=6)
+        assert [i.item for i in got.items] == [i.item for i in alone.items]
+        np.testing.assert_allclose(
+            [i.score for i in got.items], [i.score for i in alone.items], rtol=1e-5, atol=1e-5
+        )
+        assert (got.cut, got.warnings) == (alone.cut, alone.warnings)
+        p_got = got.next_item.fields["color"].candidates[0].probability
+        p_alone = alone.next_item.fields["color"].candidates[0].probability
+        assert p_got == pytest.approx(p_alone, abs=1e-5)
+
+
+def test_impute_gives_human_form_values_with_probabilities(
+    miir: Recommender, sasrec: Recommender
+) -> None:
+    art = miir.artifact_
+    missing = {name: ~art.fields[name].present for name in art.fields}
+    history = [f"i{i:03d}" for i in range(0, 40, 4)][:7]  # group 0: some fields discarded
+    hid = art.item_ids(history)
+    result = miir.impute(history, vectors=True)
+    for pos in result.history:
+        # exactly the fields missing in the data are imputed, per item
+        assert set(pos.fields) == {n for n in missing if missing[n][hid[pos.position]]}
+        assert pos.item == history[pos.position]
+    assert result.history, "the discard left no missing field in this history"
+    fields = result.next_item.fields
+    assert set(fields) == {"color", "tags", "size", "title"}
+    color = fields["color"]
+    probs = [c.probability for c in color.candidates]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    assert color.predicted == [color.candidates[0].value] == ["c0"]
+    tags = fields["tags"]
+    assert set(tags.predicted) == {c.value for c in tags.candidates if c.probability >= 0.5}
+    assert {"t0", "shared"} <= set(tags.predicted)
+    assert re.fullmatch(r"\[\S+, \S+\)", fields["size"].predicted[0])  # a bucket range
+    title = fields["title"]
+    assert len(title.nearest) == 3 and all(-1 <= n.similarity <= 1 for n in title.nearest)
+    assert colour(title.nearest[0].item) == 0 and len(title.vector) == TEXT_DIM
+    assert json.loads(json.dumps(result.to_dict()))["next_item"]["fields"]["color"]
+    with pytest.raises(MiirError, match="'sasrec' does not impute"):
+        sasrec.impute(["i000"])
+
+
+# ---------------------------------------------------------------------- miir recommend
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cli_writes_parquet_and_names_a_malformed_line(
+    miir_run: Path, miir: Recommender, tmp_path: Path
+) -> None:
+    histories = [walk(g % N_GROUPS, g, 3 + g) for g in range(7)]
+    lines = [json.dumps({"user": f"u{n}", "history": h}) for n, h in enumerate(histories)]
+    lines.insert(3, "")  # a blank line is skipped
+    lines.append(json.dumps({"history": ["i001", {"color": "c1"}]}))  # no user: null
+    src = write_lines(tmp_path / "histories.jsonl", lines)
+    out = tmp_path / "out" / "recs.parquet"
+    args = ["recommend", "--run", str(miir_run), "--input", str(src), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--k", "4", "--batch-size", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "8 users, 32 rows" in res.output
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 8 * 4 and [r["rank"] for r in table[:4]] == [1, 2, 3, 4]
+    assert table[-1]["user"] is None and table[-1]["line"] == 9
+    expected = miir.recommend(histories[5], k=4)  # line 7: after the blank line
+    rows = [r for r in table if r["user"] == "u5"]
+    assert [r["item"] for r in rows] == [i.item for i in expected.items] and rows[0]["line"] == 7
+    np.testing.assert_allclose(
+        [r["score"] for r in rows], [i.score for i in expected.items], rtol=1e-5
+    )
+    assert [r["cut"] for r in table if r["user"] == "u6"] == [2] * 4  # 9 items, the model reads 7
+
+    # a malformed line and an unknown item stop the run, name file and line, write nothing
+    for bad, reason in (
+        ('{"user": "x", "history": ["i000"', "not JSON"),
+        ('{"user": "x", "items": ["i000"]}', "expected an object"),
+        ('{"user": "x", "history": ["i000", "nope"]}', "'nope'"),
+    ):
+        broken = write_lines(tmp_path / "broken.jsonl", [lines[0], lines[1], bad, lines[2]])
+        out2 = tmp_path / "broken.parquet"
+        args = ["recommend", "--run", str(miir_run), "--input", str(broken), "--out", str(out2)]
+        res = CliRunner().invoke(app, [*args, "--no-progress"])
+        assert res.exit_code == 2 and f"{broken}:3" in res.output and reason in res.output
+        assert not out2.exists() and not list(tmp_path.glob(".broken.parquet*"))

@@ -390,6 +390,18 @@ def evaluate(
     stage: Annotated[
         list[str] | None, typer.Option(help="valid and/or test (repeatable; default both).")
     ] = None,
+    imputation: Annotated[
+        bool,
+        typer.Option(
+            "--imputation",
+            help="Score the imputation of discard-hidden side values instead (Table 11; needs "
+            "an artifact prepared with --discard); writes imputation.json.",
+        ),
+    ] = False,
+    imputers: Annotated[
+        str,
+        typer.Option(help="With --imputation: reference rows, e.g. most-frequent,co-occurrence."),
+    ] = "",
 ) -> None:
     """Evaluate a run's best checkpoint under both protocols (sampled 99 negatives, full ranking)."""
     from miir.data.artifact import Artifact
@@ -398,6 +410,11 @@ def evaluate(
 
     try:
         artifact = Artifact(data) if data else None
+        if imputation:
+            from miir.evaluation.imputation import imputation_command
+
+            typer.echo(imputation_command(run, artifact, imputers, tuple(stage or ("test",))))
+            return
         stages = tuple(stage or ("valid", "test"))
         bad = [s for s in stages if s not in ("valid", "test")]
         if bad:
@@ -516,6 +533,48 @@ def explain(
         _fail(exc)
     for path in paths.values():
         typer.echo(str(path))
+
+
+@app.command()
+def recommend(
+    run: Annotated[
+        Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")
+    ],
+    input_: Annotated[
+        Path,
+        typer.Option("--input", "-i", help='JSONL: {"user": optional, "history": [...]} a line.'),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
+    k: Annotated[int, typer.Option("--k", help="Items per user.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Users scored together.")] = 256,
+    exclude_seen: Annotated[
+        bool, typer.Option("--exclude-seen/--keep-seen", help="Leave out the history's items.")
+    ] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar.")
+    ] = True,
+) -> None:
+    """Top-k items for every history of a JSONL file, written to parquet (user, line, rank,
+    item, score, cut)."""
+    from miir.inference import recommend_jsonl
+    from miir.recommender import Recommender
+
+    try:
+        stats = recommend_jsonl(
+            Recommender.load(run),
+            input_,
+            out,
+            k=k,
+            batch_size=batch_size,
+            exclude_seen=exclude_seen,
+            progress=progress,
+        )
+    except MiirError as exc:
+        _fail(exc)
+    typer.echo(
+        f"{stats['users']:,} users, {stats['rows']:,} rows written to {out} "
+        f"({stats['cut']:,} histories cut to the model's length, {stats['warnings']:,} warnings)"
+    )
 
 
 def main() -> None:  # pragma: no cover
