@@ -624,3 +624,26 @@ def evaluate_run_imputation(
     kw = dict(stage=stage, batch_size=batch_size, max_users=max_users, fields=imputer.field_names)
     results = [evaluate_imputation(artifact, imp, **kw) for imp in imputers]
     return {"run": str(run), "artifact": results[0]["artifact"], "results": results}
+
+
+def imputation_command(
+    run: Path, artifact: Artifact | None, imputers: str, stages: tuple[str, ...]
+) -> str:
+    """``miir evaluate --run RUN --imputation``: evaluate, write ``imputation.json`` in the run
+    folder atomically, and return the Markdown table. ``imputers``: comma-separated reference
+    names; ``stages``: one of valid or test."""
+    from miir.atomic import atomic_json
+    from miir.evaluation.report import imputation_table
+
+    if len(stages) != 1:
+        raise ConfigError(f"--imputation scores one stage (valid or test), got {list(stages)}")
+    names = tuple(n.strip() for n in imputers.split(",") if n.strip())
+    for name in names:
+        if name not in REFERENCE_IMPUTERS:
+            raise ConfigError(
+                f"unknown reference imputer {name!r} in --imputers; "
+                f"choose from {', '.join(REFERENCE_IMPUTERS)}"
+            )
+    results = evaluate_run_imputation(run, artifact=artifact, references=names, stage=stages[0])
+    atomic_json(Path(run) / "imputation.json", results)
+    return imputation_table(results)

@@ -43,3 +43,37 @@ def compare_table(result: dict[str, Any]) -> str:
             f"{r['t']:>9.2f}{r['p']:>11.2e}"
         )
     return "\n".join(lines)
+
+
+def imputation_table(
+    results: dict[str, Any] | list[dict[str, Any]],
+    scopes: tuple[str, ...] = ("all", "history", "target"),
+) -> str:
+    """Markdown tables of imputation results (:func:`miir.evaluation.imputation.evaluate_imputation`,
+    or a run's ``{"results": [...]}``): one table per scope, a row per imputer (its ``label``
+    if set), a column per field and metric; the cells scored per field in the last column."""
+    rows = results["results"] if isinstance(results, dict) else results
+    if not rows:
+        return "(no imputation results)"
+    fields: dict[str, list[str]] = {}
+    for r in rows:
+        for name, f in r["fields"].items():
+            fields.setdefault(name, list(f["metrics"]))
+    columns = [(name, m) for name, metrics in fields.items() for m in metrics]
+    out: list[str] = []
+    for scope in scopes:
+        head = ["imputer", *[f"{name} {m}" for name, m in columns], "cells"]
+        out += [f"**{scope}**", "", "| " + " | ".join(head) + " |"]
+        out.append("|" + "---|" * len(head))
+        for r in rows:
+            cells = []
+            for name, m in columns:
+                v = r["fields"].get(name, {}).get(scope, {}).get(m)
+                cells.append("–" if v is None else f"{v:.4f}")
+            counts = "/".join(
+                str(r["fields"][n][scope]["cells"]) for n in fields if n in r["fields"]
+            )
+            out.append("| " + " | ".join([r.get("label", r["imputer"]), *cells, counts]) + " |")
+        out.append("")
+    out.append("cells: scored cells per field (" + ", ".join(fields) + ")")
+    return "\n".join(out)
