@@ -536,6 +536,26 @@ def explain(
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `miir train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the export to.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
+) -> None:
+    """Export the scoring graph (history ids in, scores over all items out) with its item table."""
+    from miir.export import export_run
+
+    try:
+        info = export_run(run, out, fmt)
+    except MiirError as exc:
+        _fail(exc)
+    typer.echo(
+        f"{out / 'model.onnx'}: {info['display_name']}, history {info['history_len']}, "
+        f"{info['n_items']} items, opset {info['opset']}, "
+        f"max |onnxruntime - torch| {info['check']['max_abs_diff']:.1e}"
+    )
+
+
+@app.command()
 def recommend(
     run: Annotated[
         Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")
