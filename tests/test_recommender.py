@@ -329,3 +329,20 @@ def test_cli_writes_parquet_and_names_a_malformed_line(
         res = CliRunner().invoke(app, [*args, "--no-progress"])
         assert res.exit_code == 2 and f"{broken}:3" in res.output and reason in res.output
         assert not out2.exists() and not list(tmp_path.glob(".broken.parquet*"))
+
+
+@pytest.mark.slow
+def test_inline_text_uses_the_preparation_encoder(miir_run: Path) -> None:
+    """The real packaged encoder (loaded once, seconds): the facade's encoder gives what
+    preparation stored for the same texts; and a model trained on other vectors (this test's
+    8-dimensional stand-in) says so instead of scoring nonsense."""
+    from miir.data.encode_text import encode_texts
+    from miir.inference import TextEncoder
+
+    texts = ["red lipstick", "hiking boots", "a rose lip balm"]
+    encoder = TextEncoder(None)
+    np.testing.assert_allclose(encoder(texts), encode_texts(texts, progress=False)[0], atol=1e-6)
+    assert Recommender.load(miir_run).text_model_ is None  # the artifact's: the default model
+    rec = Recommender.load(miir_run, text_encoder=encoder)  # the one loaded above
+    with pytest.raises(MiirError, match=r"384-dimensional.*trained on 8"):
+        rec.recommend(["i000", {"title": "colour 0 thing"}])

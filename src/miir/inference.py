@@ -228,7 +228,7 @@ class Codebook:
             elif isinstance(entry, dict):
                 if not accepts_records:
                     raise InlineItemsNotSupported(
-                        f"item {pos} is an inline record; this model reads catalogue ids only "
+                        f"item {pos} is an inline record; this model takes catalogue ids only "
                         "(inline items need a model that reads side fields per position: MIIR)"
                     )
                 records[len(ids)] = self.encode_record(entry, pos, warnings)

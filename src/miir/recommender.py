@@ -195,7 +195,11 @@ class Recommender:
         if hashlib.sha256(manifest.read_bytes()).hexdigest() != info.get("manifest_sha256"):
             log.warning("%s changed since training: display fields from the checkpoint", path)
             return None
-        return Artifact(path, verify="off")
+        try:
+            return Artifact(path, verify="off")
+        except MiirError as exc:
+            log.warning("%s: not used for display (%s)", path, exc)
+            return None
 
     def _item_tables(self) -> ItemTables:
         """The display tables: the model's own (its buffers), or the artifact's for a model
