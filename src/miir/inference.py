@@ -522,7 +522,7 @@ def recommend_jsonl(
         batch: list[tuple[int, str | None, Resolved]] = []
 
         def flush() -> None:
-            recs = recommender._score([r for _, _, r in batch], k, exclude_seen, False)
+            recs = recommender._score([r for _, _, r in batch], k, exclude_seen, False, False)
             cols: dict[str, list[Any]] = {name: [] for name in schema.names}
             for (n, user, r), rec in zip(batch, recs, strict=True):
                 for rank, item in enumerate(rec.items, start=1):
@@ -530,7 +530,7 @@ def recommend_jsonl(
                                       strict=True):  # fmt: skip
                         cols[key].append(v)
                 stats["cut"] += r.cut > 0
-                stats["warnings"] += len(r.warnings)
+                stats["warnings"] += len(r.warnings) - (r.cut > 0)  # the cut is counted apart
             writer.write_table(pa.table(cols, schema=schema))
             stats["users"] += len(batch)
             stats["rows"] += len(cols["item"])

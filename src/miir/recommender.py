@@ -301,8 +301,15 @@ class Recommender:
 
     @torch.inference_mode()
     def _score(
-        self, resolved: list[Resolved], k: int, exclude_seen: bool, imputations: bool
+        self,
+        resolved: list[Resolved],
+        k: int,
+        exclude_seen: bool,
+        imputations: bool,
+        display: bool = True,
     ) -> list[Recommendation]:
+        """Score resolved histories in one pass: top-k items (with display fields unless
+        ``display`` is False: the parquet path has no use for them) and imputations."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         items, side = model_inputs(resolved, self.model_, self._encode_text, self.device)
@@ -324,7 +331,7 @@ class Recommender:
                 ScoredItem(
                     self.codebook_.item_names[int(i)],
                     float(s),
-                    self.codebook_.display(self.tables_, int(i)),
+                    self.codebook_.display(self.tables_, int(i)) if display else {},
                 )
                 for s, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True)
                 if s > -torch.inf
