@@ -25,6 +25,12 @@ What a loaded recommender needs, and where it comes from:
   are the categorical, multi-valued and numeric ones, and an imputed text is given as the
   catalogue items whose text vectors are nearest.
 
+Errors a caller (the HTTP service) can tell apart, all :class:`~miir.errors.MiirError`:
+:class:`~miir.inference.UnknownItemError` (``.items`` lists the unknown ids),
+:class:`~miir.inference.InlineItemsNotSupported` (a record given to a model that takes
+catalogue ids only), :class:`~miir.errors.DataError` (a malformed history or record: an
+unknown field, an empty history). Result types are dataclasses with ``to_dict()``.
+
 The building blocks (result types, encoding of histories and records, the JSONL batch path)
 are in :mod:`miir.inference`.
 """
