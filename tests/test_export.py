@@ -27,9 +27,10 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("name", ["miir", "sparse-miir", "sasrec"])
 def test_onnx_scores_equal_pytorch(name: str, tmp_path) -> None:
-    model = small_model(name, n_layers=2).eval()
+    model = small_model(name, n_layers=2, dropout=0.1).eval()
     path = tmp_path / "m.onnx"
     export_onnx(model, path)
+    assert not model.training  # the export leaves the model in eval mode (no dropout)
     for history in (
         random_windows(5, model.history_len, seed=7),  # every row padded differently
         random_windows(64, model.history_len, seed=8, min_len=1),  # another batch size
