@@ -1,0 +1,242 @@
+"""Table 11 of the MIIR paper (Section 5.4): how well trained models impute the side values that
+the discard hid, beside the most-frequent and co-occurrence references, on discard artifacts.
+
+    python bench/imputation.py RUN [RUN ...] [--data ART] [--name NAME]
+        [--imputers most-frequent,co-occurrence] [--stage test] [--max-users N]
+
+Each run (of any model implementing the Imputer protocol: MIIR and its variants, LRMM) is
+scored on the artifact it was trained on (or on ``--data``), over the discard-hidden cells of
+the test windows (:mod:`miir.evaluation.imputation`). The references are fitted on each
+artifact's observed training windows and scored over the same cells. Written to
+``bench/results/imputation/NAME.{json,md}`` with the command, commit, machine and date, and
+``NAME_position.png`` (quality by distance from the end of the window, 0 = the target);
+with runs on artifacts of several discard rates (0.2, 0.5, 0.8), ``NAME_discard.png``
+(quality vs discard rate). ``--max-users`` scores only the first users (smoke runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "imputation"
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "--", "src"], cwd=ROOT) != 0
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def evaluate_all(args: argparse.Namespace) -> list[dict]:
+    """One result per (run) and per (artifact, window length, reference), each labelled."""
+    from miir.data.artifact import Artifact
+    from miir.evaluation.imputation import evaluate_imputation, load_run_imputer, reference_imputer
+
+    data = Artifact(args.data) if args.data else None
+    references = [n.strip() for n in args.imputers.split(",") if n.strip()]
+    kw = dict(stage=args.stage, batch_size=args.batch_size, max_users=args.max_users)
+    rows: list[dict] = []
+    fitted: set[tuple[str, int]] = set()
+    for run in args.runs:
+        imputer, artifact = load_run_imputer(run, data, args.device)
+        started = time.perf_counter()
+        res = evaluate_imputation(artifact, imputer, **kw)
+        res.update(label=f"{imputer.name} ({Path(run).name})", run=str(run), kind="model")
+        rows.append(res)
+        print(
+            f"{res['label']} on {artifact.name}: {time.perf_counter() - started:.1f} s", flush=True
+        )
+        key = (str(artifact.path.resolve()), imputer.max_len)
+        if key in fitted:
+            continue
+        fitted.add(key)
+        for name in references:
+            ref = reference_imputer(name, artifact, imputer.max_len)
+            r = evaluate_imputation(artifact, ref, fields=imputer.field_names, **kw)
+            r.update(label=name, run=None, kind="reference")
+            rows.append(r)
+            print(f"{name} on {artifact.name}: {r['seconds']:.1f} s", flush=True)
+    return rows
+
+
+def markdown(record: dict) -> str:
+    from miir.evaluation.report import imputation_table
+
+    lines = [
+        f"# Imputation of discarded side values ({record['name']})",
+        "",
+        "MIIR paper Table 11 (Section 5.4). Cells: every side value the discard hid (present "
+        "before the discard, absent after) in the test windows (the last max_len items up to "
+        "the test target); values missing in the raw data are never scored. The target is "
+        "imputed as the next-item query (its ID and fields hidden), from the history alone; "
+        "history cells come from the same pass. Multi-valued: precision/recall/F1 of values "
+        f"above {record['threshold']} and of the top-k (k = true set size); categorical: "
+        "accuracy, top-5 accuracy; numeric: bucket accuracy; text: MSE per dimension (lower "
+        "is better) and the rate at which the nearest catalogue text (cosine) is the true one. "
+        "References are fitted on the observed (post-discard) training windows only.",
+        "",
+        f"- command: `{record['command']}`",
+        f"- commit: `{record['commit']}`",
+        f"- machine: {record['machine']['node']} · {record['machine']['cpu']} · "
+        f"{record['machine']['cores']} cores · torch {record['machine']['torch']}",
+        f"- date: {record['date']}; stage: {record['stage']}; users: "
+        f"{record['max_users'] or 'all'}",
+        "",
+    ]
+    by_artifact: dict[str, list[dict]] = {}
+    for r in record["results"]:
+        by_artifact.setdefault(r["artifact"]["path"], []).append(r)
+    for rows in by_artifact.values():
+        a = rows[0]["artifact"]
+        lines += [f"## {a['name']} (discard {a['discard']:g})", "", imputation_table(rows), ""]
+    return "\n".join(lines)
+
+
+def _headline(result: dict, field: str) -> str:
+    """The metric plotted for ``field``: F1 (multi-valued), accuracy, or MSE (text)."""
+    from miir.data.schema import FieldKind
+    from miir.evaluation.imputation import HEADLINE
+
+    return HEADLINE[FieldKind(result["fields"][field]["kind"])]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(record: dict) -> dict[str, str]:
+    """One colour per imputer name, the same in every panel and figure."""
+    names = list(dict.fromkeys(r["imputer"] for r in record["results"]))
+    return {n: f"C{i % 10}" for i, n in enumerate(names)}
+
+
+def plot_positions(record: dict, path: Path) -> None:
+    """Headline metric per field (columns) by distance from the end of the window (0 = the
+    target), one row of panels per artifact, one line per result."""
+    plt = _pyplot()
+    fields = list(dict.fromkeys(f for r in record["results"] for f in r["fields"]))
+    artifacts = sorted(
+        {(r["artifact"]["discard"], r["artifact"]["path"]) for r in record["results"]}
+    )
+    colour = _colours(record)
+    fig, axes = plt.subplots(
+        len(artifacts), len(fields), figsize=(4 * len(fields), 3 * len(artifacts)), squeeze=False
+    )
+    for row, (discard, apath) in enumerate(artifacts):
+        for ax, field in zip(axes[row], fields, strict=True):
+            metric = ""
+            for r in record["results"]:
+                if r["artifact"]["path"] != apath or field not in r["by_position"]:
+                    continue
+                metric = _headline(r, field)
+                pts = [
+                    (p["distance"], p[metric])
+                    for p in r["by_position"][field]
+                    if p[metric] is not None
+                ]
+                if pts:
+                    x, y = zip(*pts, strict=True)
+                    ax.plot(x, y, marker="o", ms=3, color=colour[r["imputer"]], label=r["label"])
+            ax.set_title(f"{field}: {metric} (discard {discard:g})", fontsize=9)
+            ax.set_xlabel("distance from the end (0 = target)", fontsize=8)
+            ax.ticklabel_format(axis="y", useOffset=False)
+            ax.grid(alpha=0.3)
+        axes[row][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_discard(record: dict, path: Path) -> bool:
+    """Headline metric (all cells) per field against the discard rate, one line per imputer
+    (the mean over its runs at a rate, e.g. seeds); drawn only with at least two rates."""
+    if len({r["artifact"]["discard"] for r in record["results"]}) < 2:
+        return False
+    plt = _pyplot()
+    fields = list(dict.fromkeys(f for r in record["results"] for f in r["fields"]))
+    colour = _colours(record)
+    fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.4), squeeze=False)
+    for ax, field in zip(axes[0], fields, strict=True):
+        points: dict[str, dict[float, list[float]]] = {}
+        metric = ""
+        for r in record["results"]:
+            if field in r["fields"]:
+                metric = _headline(r, field)
+                v = r["fields"][field]["all"][metric]
+                if v is not None:
+                    at = points.setdefault(r["imputer"], {})
+                    at.setdefault(r["artifact"]["discard"], []).append(v)
+        for name, at in points.items():
+            x = sorted(at)
+            ax.plot(
+                x, [sum(at[d]) / len(at[d]) for d in x], marker="o", color=colour[name], label=name
+            )
+        ax.set_title(f"{field}: {metric}")
+        ax.set_xlabel("discard rate")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="Run folders of `miir train` (models with impute).")
+    p.add_argument("--data", help="Score every run on this artifact (default: its own).")
+    p.add_argument("--name", default="imputation", help="Base name of the result files.")
+    p.add_argument("--imputers", default="most-frequent,co-occurrence", help="References.")
+    p.add_argument("--stage", default="test", choices=("valid", "test"))
+    p.add_argument("--max-users", type=int, default=None, help="Only the first users (smoke).")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=OUT, help="Result folder.")
+    args = p.parse_args(argv)
+
+    from miir.atomic import atomic_json, atomic_write_text
+    from miir.runtime import machine_info
+
+    rows = evaluate_all(args)
+    record = {
+        "name": args.name,
+        "command": " ".join(
+            ["python", *(sys.argv if argv is None else ["bench/imputation.py", *argv])]
+        ),
+        "commit": _commit(),
+        "machine": {"node": platform.node(), **machine_info()},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stage": args.stage,
+        "max_users": args.max_users,
+        "threshold": rows[0]["threshold"],
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_json(args.out / f"{args.name}.json", record)
+    atomic_write_text(args.out / f"{args.name}.md", markdown(record))
+    plot_positions(record, args.out / f"{args.name}_position.png")
+    drew = plot_discard(record, args.out / f"{args.name}_discard.png")
+    written = [f"{args.name}.json", f"{args.name}.md", f"{args.name}_position.png"]
+    written += [f"{args.name}_discard.png"] if drew else []
+    print(f"wrote {', '.join(str(args.out / w) for w in written)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
