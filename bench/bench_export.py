@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rec = {
         "benchmark": "export",
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "machine": machine(),
