@@ -25,8 +25,11 @@ from miir.data.raw import RawDataset
 from miir.data.schema import FieldKind, FieldSpec, Schema
 from miir.errors import DataError, MiirError
 from miir.inference import InlineItemsNotSupported, UnknownItemError
+from miir.models import REGISTRY
+from miir.models.base import Imputer
 from miir.models.miir import SideInputs
 from miir.recommender import Recommender
+from miir.training.checkpoint import save_checkpoint
 
 # ---------------------------------------------------------------------- MIIR's side inputs
 
@@ -61,6 +64,23 @@ def test_an_inline_item_is_a_catalogue_item_whose_id_is_hidden() -> None:
     assert not blank.present[:, 2].any()
     assert not torch.allclose(model.score(inline, side=side), model.score(inline, side=blank))
     torch.testing.assert_close(model.score(inline, side=blank), model.score(inline))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_model_recommends_through_the_facade(name: str, tmp_path: Path) -> None:
+    """A checkpoint of any registered model loads into the facade and recommends from
+    catalogue ids; a model that imputes also returns imputed fields."""
+    model = small_model(name, max_len=6)
+    save_checkpoint(model, tmp_path / "ckpt")
+    rec = Recommender.load(tmp_path / "ckpt")
+    result = rec.recommend(["item3", "item7", "item1"], k=5)
+    assert len(result.items) == 5 and {"item3", "item7", "item1"}.isdisjoint(
+        i.item for i in result.items
+    )
+    if isinstance(rec.model_, Imputer):
+        assert set(result.next_item.fields) == set(rec.fields)
+    else:
+        assert result.imputed is None and result.next_item is None
 
 
 # ---------------------------------------------------------------------- fixtures

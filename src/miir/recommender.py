@@ -363,12 +363,13 @@ class Recommender:
         query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
         items = torch.cat([items, query], dim=1)  # (B, L + 1)
         side = side.with_query() if side is not None else None
-        hidden = torch.zeros(B, L + 1, net.n_fields, dtype=torch.bool, device=items.device)
+        n_fields = 1 + len(self.codebook_.fields)  # the ID, then the side fields
+        hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=items.device)
         hidden[:, -1] = True  # the query item: every field is to be imputed
         extra = {} if side is None else {"side": side}
         preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
         preds = {name: p.float().cpu() for name, p in preds.items()}
-        present = net.present(items, side)  # (B, L + 1, F), the ID first
+        present = net.present(items) if side is None else net.present(items, side)  # (B, L+1, F)
         text = self._text_tables()
         infos = list(self.codebook_.fields.values())
         out = []
