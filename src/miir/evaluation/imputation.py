@@ -203,7 +203,9 @@ class _TableImputer:
         if self.kinds[name] == FieldKind.TEXT:
             vecs = self.catalogue.values[name][items[seen]]  # (I', D)
             return vecs.mean(0) if len(vecs) else vecs.new_zeros(vecs.shape[1])
-        counts = self.hot(name, items[seen]).sum(0)  # (V + 2,)
+        values = self.catalogue.values[name][items[seen]].reshape(-1)  # (I' K,)
+        V = self.catalogue.field(name).cardinality
+        counts = torch.bincount(values[values >= FIRST_VALUE_ID], minlength=V).float()  # (V + 2,)
         multi = self.kinds[name] == FieldKind.MULTI_CATEGORICAL
         total = float(seen.sum()) if multi else float(counts.sum())
         return counts / max(total, 1.0)
@@ -212,16 +214,6 @@ class _TableImputer:
         """(B, n) bool: the field's value is observed and not hidden by the caller."""
         seen = self.catalogue.present[name][items]
         return seen if hidden is None else seen & ~hidden[..., 1 + j]
-
-    def hot(self, name: str, items: Tensor) -> Tensor:
-        """(..., V + 2) multi-hot of each item's observed values of a categorical field."""
-        values = self.catalogue.values[name][items]
-        if values.dim() == items.dim():
-            values = values[..., None]
-        V = self.catalogue.field(name).cardinality
-        out = torch.zeros(*items.shape, V)
-        out.scatter_(-1, values.long(), (values >= FIRST_VALUE_ID).float())
-        return out
 
 
 class MostFrequentImputer(_TableImputer):
