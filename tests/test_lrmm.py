@@ -124,6 +124,10 @@ def test_an_item_is_imputed_alone_and_hidden_flags_hide_modalities() -> None:
     hidden = torch.zeros(4, 5, 6, dtype=torch.bool)
     hidden[..., 1] = True  # hide the code: the imputation changes
     assert not torch.allclose(model.impute(items, hidden)["color"], out["color"])
+    # the same as taking the code out of the item tables (set_item_tables: another artifact)
+    no_code = {**cat.present, "code": torch.zeros_like(cat.present["code"])}
+    model.set_item_tables(no_code, cat.values)
+    assert torch.equal(model.impute(items)["color"], model.impute(items, hidden)["color"])
 
 
 def test_the_loss_supervises_only_what_modality_dropout_removed() -> None:

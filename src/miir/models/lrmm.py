@@ -142,6 +142,10 @@ class LRMM(SequenceModel):
         self.user_proj = nn.Linear(e, e)
         xavier_init(self)
 
+    def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+        """Load the observed side information of every item (rows = item ids)."""
+        self.encoder.features.load_tables(present, values)
+
     # ------------------------------------------------------------------ the auto-encoder
     def present(self, items: Tensor) -> Tensor:
         """(...,) item ids -> (..., M) bool: the modalities present in the data (ID first)."""
