@@ -330,7 +330,6 @@ def test_trained_model_imputes_from_the_sequence(name, planted_discard_artifact)
     options, margin = IMPUTER_MODELS[name]
     art = Artifact(planted_discard_artifact)
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     model = train_briefly(_small(name, art, **options), art)
     res = evaluate_imputation(art, ModelImputer(model))["fields"]["color"]
     mf = evaluate_imputation(art, MostFrequentImputer(art), fields=["color"])["fields"]["color"]
