@@ -131,6 +131,7 @@ def test_explain_a_user(trained_run, planted_discard_artifact, tmp_path) -> None
     torch.testing.assert_close(weights.sum((2, 3)), torch.ones(2, 2), atol=1e-4, rtol=0)
     md = (out / "case_study.md").read_text()
     assert f"user {user}" in md and f"The hidden next item {seq[-1]} ranks" in md
+    assert f"reads the last 7: {len(seq) - 1 - 7} older ones are left out" in md
     assert md.count("\n| ") >= 8 * 4 + 10  # a row per field and position, ten recommendations
     # a value the discard hid shows its ground truth beside the imputation
     color = art.fields["color"]

@@ -51,6 +51,7 @@ class Explanation:
     scores: Tensor  # (N + 2,) next-item scores, ids 0 and 1 at -inf
     imputed: dict[str, Tensor]  # field -> (n, V + 2) probabilities or (n, D) text vectors
     target: int | None = None  # the known next item, when there is one
+    dropped: int = 0  # older items of the given history the model does not read
 
     @property
     def positions(self) -> list[str]:
@@ -90,7 +91,8 @@ def explain(model: SequenceModel, history: list[int], target: int | None = None)
     hidden[:, -1] = True  # the query item, exactly as in the scoring pass
     imputed = {k: v[0] for k, v in model.impute(items, hidden).items()}  # (n, ...)
     fields = [ID_FIELD, *model.catalogue.names]
-    return Explanation(kept, fields, per_token.float().numpy(), scores[0], imputed, target)
+    dropped = len(history) - len(kept)
+    return Explanation(kept, fields, per_token.float().numpy(), scores[0], imputed, target, dropped)
 
 
 # ---------------------------------------------------------------------- the heat maps
@@ -157,7 +159,7 @@ class _Values:
         kind = self.catalogue.field(field).kind
         vocab = self.catalogue.vocabs.get(field, [])
         if kind == FieldKind.TEXT:
-            return "(text)"
+            return "(text vector)"
         if kind == FieldKind.MULTI_CATEGORICAL:
             return ", ".join(str(vocab[int(v)]) for v in np.asarray(value) if v >= FIRST_VALUE_ID)
         return str(vocab[int(value)])
@@ -207,7 +209,7 @@ class _Values:
             text = f"like {self.item(best)}'s (cos {float(sims[best]):.2f})"
         if truth is not None:
             cos = torch.nn.functional.cosine_similarity(
-                torch.as_tensor(np.asarray(truth), dtype=torch.float32), pred, dim=0
+                torch.tensor(np.array(truth, dtype=np.float32)), pred, dim=0
             )
             text += f"; cos to the truth {float(cos):.2f}"
         return text
@@ -224,8 +226,14 @@ def case_study(
     vals = _Values(model, artifact)
     lines = [f"# {heading}", ""]
     lines += [
-        f"Model: {model.display_name()}; history: {len(expl.items)} items (the last "
-        f"{model.history_len} are read). Artifact: "
+        f"Model: {model.display_name()}; history: {len(expl.items)} items"
+        + (
+            f" (the model reads the last {model.history_len}: {expl.dropped} older ones are "
+            "left out)"
+            if expl.dropped
+            else ""
+        )
+        + ". Artifact: "
         + (str(artifact.path) if artifact is not None else "not available (no hidden truth)"),
         "",
         "## The sequence: known, hidden and imputed values",
