@@ -11,8 +11,10 @@ For one history, from a trained run:
   the imputed value, side by side (Fig. 4); then the top-10 recommendations.
 - ``attention.json``: the same weights as numbers, with the field names and item names.
 
-Any model with the :class:`~miir.models.base.AttentionMaps` capability can be plotted; the case
-study needs the :class:`~miir.models.base.Imputer` capability too (the MIIR variants have both).
+The model needs the :class:`~miir.models.base.AttentionMaps` capability with MIIR's token
+layout (every item a group of F field tokens, ``score_with_attention``) and the
+:class:`~miir.models.base.Imputer` capability: the MIIR variants; any other model is refused
+with an error that says so.
 Artifacts keep text fields as vectors only, so an imputed text is shown as the catalogue item
 whose text vector is nearest (cosine), named by its item id.
 """

@@ -124,8 +124,8 @@ class Block(nn.Module):
         ``record``: when given, the attention weights (B, h, T, T) of this call are appended to
         it. The fused SDPA kernel does not return its weights, so the weights are then computed
         explicitly (softmax of the scaled scores plus the mask) and the output is built from
-        those very weights: what is recorded is what the pass used. Without ``record`` the fast
-        path is unchanged."""
+        those very weights (after attention dropout, in training): what is recorded is what
+        the pass used. Without ``record`` the fast path is unchanged."""
         if record is not None:
             scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, h, T, T)
             if mask is not None:
