@@ -100,14 +100,16 @@ def test_grid_errors_name_the_key_and_file(tmp_path, change, expected) -> None:
 def test_unregistered_models_are_listed_when_planned(tmp_path, planted_artifact) -> None:
     grid = {
         "data": {"p": {"artifacts": {"given": str(planted_artifact)}}},
-        "models": ["sasrec", "lrmm", "s3rec"],
+        "models": ["sasrec", "caser", "s3rec"],
     }
     path = write_grid(tmp_path / "grid.yaml", grid)
     loaded = load_grid(path)  # the file is valid: names are checked against the registry later
-    with pytest.raises(ConfigError, match=r"unknown model\(s\) 'lrmm', 's3rec'; registered models"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model\(s\) 'caser', 's3rec'; registered models"
+    ):
         plan(loaded)
     res = runner.invoke(app, ["benchmark", str(path), "--dry-run"])
-    assert res.exit_code == 2 and "'lrmm'" in res.output
+    assert res.exit_code == 2 and "'caser'" in res.output
 
 
 def test_bad_yaml_and_bad_only(tmp_path) -> None:
@@ -364,3 +366,57 @@ def test_shipped_grids_are_valid() -> None:
     assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
     smoke = load_grid(root / "smoke.yaml")
     assert smoke.spec.train["max_epochs"] == 1
+
+
+def test_a_model_trains_on_data_another_run_imputed(
+    tmp_path, dirs, planted_discard_artifact
+) -> None:
+    """``imputed_by``: the imputer's run is trained first (even outside --only), its
+    imputations become a derived artifact beside the case's, and the model trains on it."""
+    import shutil
+
+    from miir.data.artifact import Artifact
+
+    art = tmp_path / "art" / "planted-d"
+    shutil.copytree(planted_discard_artifact, art)
+    grid = {
+        "name": "imputed",
+        "settings": {"D": {"discard": 0.5}},
+        "data": {"planted": {"artifacts": {"D": str(art)}}},
+        "train": dict(TRAIN),
+        "models": [
+            {"name": "lrmm", "model": {"embedding_size": 16, "hidden_size": 16}},
+            {"name": "fdsa", "model": {"embedding_size": 16, "max_len": 8}},
+            {"name": "fdsa", "imputed_by": "lrmm", "model": {"embedding_size": 16, "max_len": 8}},
+        ],
+    }
+    path = write_grid(tmp_path / "grid.yaml", grid)
+    runs = plan(load_grid(path))
+    assert [r.label for r in runs] == ["LRMM", "FDSA", "FDSA+LRMM"]
+    plain, imputed = runs[1], runs[2]
+    assert imputed.imputer is runs[0] and imputed.key is None  # its data does not exist yet
+    assert plain.config_sha != imputed.config_sha  # never taken for the plain model's record
+    lines: list[str] = []
+    summary = run_benchmark(
+        path,
+        out=dirs["out"],
+        records=dirs["records"],
+        runs_root=dirs["runs"],
+        only=["model=FDSA+LRMM"],
+        echo=lines.append,
+    )
+    assert summary.trained == 2  # the imputer, then the model on its data
+    assert any(line.startswith("[imputer] lrmm") for line in lines)
+    derived = art.parent / f"planted-d.imputed-{runs[0].key}"
+    assert Artifact(derived).manifest["derived"]["parent"]["name"] == Artifact(art).manifest["name"]
+    records = {json.loads(p.read_text())["label"]: json.loads(p.read_text())
+               for p in dirs["records"].glob("*.json")}  # fmt: skip
+    assert set(records) == {"LRMM", "FDSA+LRMM"}
+    assert records["FDSA+LRMM"]["imputed_by"] == runs[0].key
+    assert str(derived) in records["FDSA+LRMM"]["artifact"]["path"]
+    # planned again, the run finds its derived artifact and its record
+    again = plan(load_grid(path))
+    assert again[2].key == records["FDSA+LRMM"]["key"]
+    assert bench(path, dirs).trained == 1  # only the plain FDSA was left
+    with pytest.raises(ConfigError, match="not an earlier model"):
+        load_grid(write_grid(tmp_path / "bad.yaml", {**grid, "models": grid["models"][::-1]}))
