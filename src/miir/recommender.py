@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,10 @@ class Recommender:
         self._text: Callable[[list[str]], np.ndarray] | None = (
             self.text_encoder if callable(self.text_encoder) else None
         )
+        # the HTTP service scores from several threads: the lazily built text encoder and
+        # text tables must be built once, not once per racing request
+        self._lazy_lock = threading.Lock()
+        self._text_ready = False  # a given encoder may load lazily too (TextEncoder)
 
     @staticmethod
     def _find_artifact(meta: dict[str, Any]) -> Artifact | None:
@@ -299,11 +304,18 @@ class Recommender:
         return self.codebook_.resolve(history, self.model_.history_len, self.accepts_records)
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
-        """The text encoder of preparation, loaded once on first use."""
-        if self._text is None:
-            name = self.text_encoder if isinstance(self.text_encoder, str) else self.text_model_
-            self._text = TextEncoder(name, self.device)
-        return self._text(texts)
+        """The text encoder of preparation, loaded once on first use. Thread-safe: the first
+        call (which loads the sentence model inside :class:`TextEncoder`) runs under a lock,
+        so concurrent requests wait for one load instead of each loading a copy."""
+        if self._text_ready:
+            return self._text(texts)
+        with self._lazy_lock:
+            if self._text is None:
+                name = self.text_encoder if isinstance(self.text_encoder, str) else self.text_model_
+                self._text = TextEncoder(name, self.device)
+            vecs = self._text(texts)  # (T, D); loads the model on the first call
+            self._text_ready = True
+            return vecs
 
     @torch.inference_mode()
     def _score(
@@ -400,7 +412,11 @@ class Recommender:
     def _text_tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per text field: the item ids whose text is present and their unit text vectors,
         from the model's item tables (built once)."""
-        if not hasattr(self, "text_tables_"):
+        if hasattr(self, "text_tables_"):
+            return self.text_tables_
+        with self._lazy_lock:
+            if hasattr(self, "text_tables_"):  # built by a concurrent request meanwhile
+                return self.text_tables_
             tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
             t = self.tables_
             for f in t.fields:
