@@ -90,6 +90,21 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {"embedding_init": "normal", "field_weights": {"item_id": 3.0}, "dropout": 0.3},
         {},
     ),
+    # causal DFSA (issue 9): a whole-item-masked position sees only its prefix, as the query
+    # at inference; FDSA and SASRec (causal, every prefix) lead the full-ranking table
+    "recipe-causal": (
+        {"embedding_init": "normal", "field_weights": {"item_id": 3.0}, "causal": True},
+        {},
+    ),
+    "recipe-causal-item-0.5": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "item_mask_prob": 0.5,
+        },
+        {},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

@@ -110,3 +110,27 @@ def test_pre_ln_miir_keeps_packing_exact_and_learns() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_causal_miir_never_reads_later_items_and_keeps_packing_exact() -> None:
+    """``causal``: the states of an item depend on that item and earlier ones only (so a
+    hidden item is predicted from its prefix, like the appended query); packed rows still
+    give the padded batch's loss."""
+    model = miir(causal=True).eval()
+    items = random_windows(5, 6, seed=3, min_len=6)  # full windows
+    changed = items.clone()
+    changed[:, 4:] = torch.flip(items[:, 4:], dims=[0])  # other later items
+    hidden = torch.zeros(*items.shape, model.n_fields, dtype=torch.bool)
+    with torch.no_grad():
+        a, b = model(items, hidden), model(changed, hidden)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
+    dense = miir().eval()
+    dense.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the dense model reads later items: the same change reaches back
+        assert not torch.allclose(dense(items, hidden)[:, :4], dense(changed, hidden)[:, :4])
+    model = miir(causal=True, last_item_prob=1.0, last_item_clean=True)  # the same mask
+    items = random_windows(7, 6, seed=5, min_len=2)
+    packed, _ = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+    padded, _ = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(0))
+    assert torch.allclose(packed, padded, atol=1e-5)

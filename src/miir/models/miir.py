@@ -148,6 +148,12 @@ class MIIRConfig(SideInfoConfig):
     mask_missing: bool = Field(
         False, description="MIIR-M: mask fields missing in the input out of attention (Eq. 15)."
     )
+    causal: bool = Field(
+        False,
+        description="Fields of an item attend only to the fields of that item and of earlier "
+        "items (not in the paper): a whole-item-masked position then predicts the next item "
+        "from its prefix alone, as the appended query does at inference (SASRec's signal).",
+    )
     field_weights: dict[str, float] = Field(
         default_factory=lambda: {ID_FIELD: 3.0},
         description="Loss weight per field: the item ID 3, every side field 1 (measured: "
@@ -331,9 +337,13 @@ class MIIR(SequenceModel):
             side_missing[..., 0] = False
             key_ok = key_ok & ~side_missing
         key_ok = key_ok.reshape(B, 1, 1, T)  # (B, 1, 1, T)
-        if self.config.attention == "dense" and not self.config.mask_missing and windows is None:
+        cfg = self.config
+        if cfg.attention == "dense" and not (cfg.mask_missing or cfg.causal) and windows is None:
             return key_ok
         allowed = key_ok.expand(B, 1, T, T)
+        if cfg.causal:
+            item = torch.arange(n, device=items.device).repeat_interleave(self.n_fields)  # (T,)
+            allowed = allowed & (item[None, :] <= item[:, None])  # key item <= query item
         if windows is not None:
             # packed rows: a token attends only to the tokens of its own window
             win = windows.repeat_interleave(self.n_fields, dim=1)  # (B, T)
