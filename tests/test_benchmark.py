@@ -358,12 +358,20 @@ def test_source_is_prepared_once_and_checked(tmp_path) -> None:
 def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
-    assert [m.name for m in beauty.spec.models] == [
-        "gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova", "miir", "miir"
-    ]  # fmt: skip
+    names = [m.name for m in beauty.spec.models]
+    assert names[:8] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova", "miir", "miir"]
     # the default MIIR and, for reference on the given data only, the recipe before issue 9
-    assert beauty.spec.models[-1].settings == ["given"]
+    assert beauty.spec.models[7].settings == ["given"]
+    # issue 10: RFS, LRMM, the two +LRMM models and the six MIIR variants, every one planned
+    assert {"fdsa-rfs", "nova-rfs", "lrmm", "miir-r", "miir-f", "miir-m", "miir-r-m",
+            "sparse-miir", "sparse-miir-r"} <= set(names)  # fmt: skip
+    assert [m.name for m in beauty.spec.models if m.imputed_by == "lrmm"] == ["fdsa", "nova"]
+    labels = {r.label for r in plan(beauty)}
+    assert {"FDSA+LRMM", "NOVA+LRMM", "FDSA+RFS", "Sparse-MIIR-R", "MIIR-R-M"} <= labels
     assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
+    sports = load_grid(root / "sports.yaml")
+    assert [m.name for m in sports.spec.models] == names  # the same recipe, unchanged
+    assert [c.path.name for c in grid_cases(sports)] == ["sports", "sports-d"]
     smoke = load_grid(root / "smoke.yaml")
     assert smoke.spec.train["max_epochs"] == 1
 
