@@ -626,6 +626,33 @@ def impute_data(
     typer.echo(f"\nartifact written to {out}")
 
 
+@app.command()
+def serve(
+    run: Annotated[
+        Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers_threads: Annotated[
+        int, typer.Option("--workers-threads", help="Requests scored at the same time.")
+    ] = 2,
+    torch_threads: Annotated[int, typer.Option(help="torch threads per scoring call.")] = 1,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
+    max_batch: Annotated[int, typer.Option(help="Histories per /recommend/batch.")] = 256,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve a run over HTTP (FastAPI + uvicorn): /recommend, /impute, /recommend/batch,
+    /items/{id}, /health, /metadata; OpenAPI docs at /docs."""
+    from miir.serve import ServeConfig
+    from miir.serve import serve as serve_run
+
+    config = ServeConfig(max_body_bytes, max_batch, workers_threads, torch_threads)
+    try:
+        serve_run(run, host, port, config, access_log=access_log)
+    except MiirError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="miir")
 
