@@ -213,6 +213,7 @@ class Service:
         self.n_items = len(rec.item_ids)
         self.kinds = {name: info.kind for name, info in rec.codebook_.fields.items()}
         self.imputes = isinstance(rec.model_, Imputer)
+        self.accepts_records = rec.accepts_records
         self.metadata = self._metadata()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -232,7 +233,10 @@ class Service:
 
     def check_history(self, history: list[Any], where: str = "") -> None:
         """Inline records: known field names, values of their field's kind (the facade would
-        treat a wrongly typed value as missing with a warning; the service says no)."""
+        treat a wrongly typed value as missing with a warning; the service says no). A model
+        that takes catalogue ids only is left to the facade, which refuses records as such."""
+        if not self.accepts_records:
+            return
         for pos, entry in enumerate(history):
             if not isinstance(entry, dict):
                 continue
@@ -283,7 +287,7 @@ class Service:
             fields=[FieldOut(name=n, kind=k.value) for n, k in self.kinds.items()],
             history_len=rec.model_.history_len,
             n_items=self.n_items,
-            accepts_records=rec.accepts_records,
+            accepts_records=self.accepts_records,
             imputes=self.imputes,
             evaluation=_evaluations(run),
             miir_version=__version__,

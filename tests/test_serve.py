@@ -1,0 +1,311 @@
+"""The HTTP service (:mod:`miir.serve`), spoken to over real HTTP: a uvicorn server on a free
+loopback port in a background thread, a run trained in seconds on the planted data of
+``test_recommender`` (its fixtures), and httpx. Each endpoint against the facade's answers,
+each validation error with its status and a message naming the problem, the body limit,
+cut histories, concurrent requests, and a server that survives malformed and failing requests.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from helpers import small_model
+from miir.cli import app as cli
+from miir.recommender import Recommender
+from miir.serve import ServeConfig, create_app
+from miir.training.checkpoint import save_checkpoint
+from test_recommender import (  # noqa: F401  (fixtures: the planted artifact and its run)
+    colour,
+    colour_text,
+    miir_run,
+    text_artifact,
+    walk,
+)
+
+LIMIT = 64 * 1024  # the body limit the test server runs with
+MAX_BATCH = 8
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive(), "the server did not start (see the log above)"
+            assert time.monotonic() < deadline, "the server did not start in 30 s"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def rec(miir_run: Path) -> Recommender:  # noqa: F811
+    """The facade the answers are checked against (its own copy of the model)."""
+    return Recommender.load(miir_run, text_encoder=colour_text)
+
+
+@pytest.fixture(scope="module")
+def server(miir_run: Path) -> Iterator[ServerThread]:  # noqa: F811
+    config = ServeConfig(max_body_bytes=LIMIT, max_batch=MAX_BATCH, worker_threads=4)
+    app = create_app(lambda: Recommender.load(miir_run, text_encoder=colour_text), config)
+    with ServerThread(app) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def scores(items: list[dict[str, Any]]) -> list[float]:
+    return [i["score"] for i in items]
+
+
+# ---------------------------------------------------------------------- happy paths
+
+
+def test_recommend_and_batch_answer_what_the_facade_answers(
+    http: httpx.Client, rec: Recommender
+) -> None:
+    history = ["i001", "i005", {"title": "colour 1 new thing", "tags": ["t1"], "size": 0.2}]
+    res = http.post("/recommend", json={"history": history, "k": 5})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    expected = rec.recommend(history, k=5).to_dict()
+    assert [i["item"] for i in body["items"]] == [i["item"] for i in expected["items"]]
+    assert scores(body["items"]) == pytest.approx(scores(expected["items"]), rel=1e-5)
+    assert [colour(i["item"]) for i in body["items"]] == [1] * 5  # the planted group
+    assert [i["fields"] for i in body["items"]] == [i["fields"] for i in expected["items"]]
+    assert body["next_item"]["fields"]["color"]["predicted"] == ["c1"]
+    assert body["cut"] == 0 and body["warnings"] == []
+    kept = http.post("/recommend", json={"history": ["i001"], "k": 40, "exclude_seen": False})
+    assert "i001" in {i["item"] for i in kept.json()["items"]} and len(kept.json()["items"]) == 40
+
+    histories = [walk(g, g, 3 + g) for g in range(4)]
+    batch = http.post("/recommend/batch", json={"histories": histories, "k": 3})
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    for got, want in zip(results, rec.recommend_batch(histories, k=3), strict=True):
+        assert [i["item"] for i in got["items"]] == [i.item for i in want.items]
+        assert got["imputed"] is None  # imputations only on request in a batch
+    with_imputed = http.post(
+        "/recommend/batch", json={"histories": histories[:1], "k": 3, "imputations": True}
+    )
+    assert with_imputed.json()["results"][0]["next_item"]["fields"]["color"]["predicted"]
+
+
+def test_impute_items_health_metadata_and_docs(
+    http: httpx.Client,
+    rec: Recommender,
+    miir_run: Path,  # noqa: F811
+) -> None:
+    history = [f"i{i:03d}" for i in range(0, 28, 4)]
+    res = http.post("/impute", json={"history": history, "vectors": True})
+    assert res.status_code == 200, res.text
+    assert res.json() == json.loads(json.dumps(rec.impute(history, vectors=True).to_dict()))
+
+    item = http.get("/items/i003").json()
+    assert item == {
+        "item": "i003",
+        "fields": rec.codebook_.display(rec.tables_, rec.codebook_.item_index["i003"]),
+    }
+    assert set(item["fields"]) <= {"color", "tags", "size"} and item["fields"]
+    missing = http.get("/items/nope")
+    assert missing.status_code == 404 and "'nope'" in missing.json()["error"]
+
+    assert http.get("/health").json() == {"status": "ok", "model": "MIIR", "n_items": 40}
+    meta = http.get("/metadata").json()
+    assert (meta["model"], meta["variant"], meta["dataset"]) == ("miir", "MIIR", "planted-text")
+    assert {f["name"]: f["kind"] for f in meta["fields"]} == {
+        "color": "categorical",
+        "tags": "multi_categorical",
+        "size": "numeric",
+        "title": "text",
+    }
+    assert meta["history_len"] == rec.model_.history_len and meta["imputes"]
+    recorded = json.loads((miir_run / "results.json").read_text())
+    got = {(e["stage"], e["protocol"]): e["metrics"] for e in meta["evaluation"]}
+    assert got and all(e["source"] == "results.json" for e in meta["evaluation"])
+    for (stage, protocol), metrics in got.items():
+        assert metrics == pytest.approx(recorded[stage][protocol])
+    assert meta["miir_version"]
+
+    assert http.get("/docs").status_code == 200
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    assert {"RecommendRequest", "RecommendationOut", "MetadataOut", "ErrorOut"} <= set(schemas)
+    assert schemas["RecommendRequest"]["properties"]["k"]["maximum"] == 1000
+
+
+def test_a_long_history_is_cut_to_the_most_recent_items(
+    http: httpx.Client, rec: Recommender
+) -> None:
+    history = walk(3, 0, 12)
+    body = http.post("/recommend", json={"history": history, "k": 5}).json()
+    cut = len(history) - rec.model_.history_len
+    assert body["cut"] == cut > 0 and any(f"oldest {cut}" in w for w in body["warnings"])
+    recent = rec.recommend(history[-rec.model_.history_len :], k=5, exclude_seen=False)
+    kept = http.post("/recommend", json={"history": history, "k": 5, "exclude_seen": False})
+    assert [i["item"] for i in kept.json()["items"]] == [i.item for i in recent.items]
+
+
+# ---------------------------------------------------------------------- bad requests
+
+
+BAD = [
+    ({"history": ["i000", "nope", "gone"]}, "unknown item id(s): 'nope', 'gone'"),
+    ({"history": []}, "body.history: List should have at least 1 item"),
+    ({"history": ["i000"], "k": 0}, "body.k: Input should be greater than or equal to 1"),
+    ({"history": ["i000"], "k": 41}, "k must be between 1 and 40"),
+    ({"history": ["i000"], "k": 1001}, "less than or equal to 1000"),
+    ({"history": ["i000"], "k": "5"}, "body.k: Input should be a valid integer"),
+    ({"history": ["i000", 4]}, "body.history.1: expected an item id (string) or a record"),
+    ({"history": ["i000", {"size": "big"}]}, "item 1: field 'size' (numeric) expects a number"),
+    ({"history": [{"tags": 3}]}, "field 'tags' (multi_categorical) expects a list of strings"),
+    ({"history": ["i0", {"colour": "c0"}]}, "unknown field 'colour'"),
+    ({"history": ["i000"], "kk": 3}, "body.kk: Extra inputs are not permitted"),
+    ({"k": 3}, "body.history: Field required"),
+]
+
+
+@pytest.mark.parametrize(("payload", "message"), BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_recommend_requests_are_422_naming_the_problem(
+    http: httpx.Client, payload: dict, message: str
+) -> None:
+    res = http.post("/recommend", json=payload)
+    assert res.status_code == 422, res.text
+    assert message in res.json()["error"], res.json()["error"]
+
+
+def test_bad_batches_and_bodies(http: httpx.Client) -> None:
+    unknown = http.post("/recommend", json={"history": ["i000", "nope"]}).json()
+    assert unknown["unknown_items"] == ["nope"]
+    too_many = http.post("/recommend/batch", json={"histories": [["i000"]] * (MAX_BATCH + 1)})
+    assert too_many.status_code == 422 and f"at most {MAX_BATCH} histories" in too_many.text
+    empty = http.post("/recommend/batch", json={"histories": [["i000"], []]})
+    assert empty.status_code == 422 and "body.histories.1" in empty.json()["error"]
+    typed = http.post("/recommend/batch", json={"histories": [["i000"], ["i1", {"size": True}]]})
+    assert "history 1, item 1: field 'size'" in typed.json()["error"]
+    bad_json = http.post("/recommend", content=b'{"history": [', headers=_JSON)
+    assert bad_json.status_code == 422 and "JSON decode error" in bad_json.json()["error"]
+    wrong_kind = http.post("/impute", json={"history": ["i000", {"title": 7}]})
+    assert wrong_kind.status_code == 422 and "'title' (text) expects a string" in wrong_kind.text
+
+
+_JSON = {"content-type": "application/json"}
+
+
+def test_an_oversized_body_is_413_declared_or_streamed(http: httpx.Client) -> None:
+    big = json.dumps({"history": ["i000"] * (LIMIT // 5)}).encode()  # > LIMIT bytes
+    assert len(big) > LIMIT
+    declared = http.post("/recommend", content=big, headers=_JSON)
+    assert declared.status_code == 413, declared.text
+    assert f"{len(big):,} bytes" in declared.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is known only as it streams
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    streamed = http.post("/recommend", content=chunks(), headers=_JSON)
+    assert streamed.status_code == 413 and "the limit is 65,536 bytes" in streamed.text
+    assert http.get("/health").status_code == 200
+
+
+# ---------------------------------------------------------------------- load and failures
+
+
+def test_concurrent_requests_match_the_facade(server: ServerThread, rec: Recommender) -> None:
+    histories = [walk(n % 4, n, 2 + n % 9) for n in range(32)]
+
+    def ask(history: list[str]) -> dict:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            res = client.post("/recommend", json={"history": history, "k": 5})
+            assert res.status_code == 200, res.text
+            return res.json()
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, histories))
+    for history, got in zip(histories, answers, strict=True):
+        want = rec.recommend(history, k=5)
+        assert [i["item"] for i in got["items"]] == [i.item for i in want.items]
+        assert scores(got["items"]) == pytest.approx([i.score for i in want.items], rel=1e-4)
+
+
+def test_the_server_survives_malformed_and_failing_requests(
+    http: httpx.Client, server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    burst = [
+        b"\x00\xff garbage",
+        b"[1, 2, 3]",
+        b'{"history": null}',
+        b'{"history": [{"size": {"nested": 1}}]}',
+        b'{"history": ["i000"], "k": 1e400}',
+        b'{"histories": "i000"}',
+    ]
+    for n in range(60):
+        path = ("/recommend", "/impute", "/recommend/batch")[n % 3]
+        res = http.post(path, content=burst[n % len(burst)], headers=_JSON)
+        assert res.status_code == 422 and res.json()["error"].startswith("invalid request")
+    assert http.get("/recommend").status_code == 405
+    assert http.get("/nowhere").status_code == 404
+
+    # an unexpected failure inside the model is a JSON 500, and the next request is served
+    service = server.server.config.app.state.service  # type: ignore[attr-defined]
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(service.rec, "recommend", broken)
+    failed = http.post("/recommend", json={"history": ["i000"]})
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "internal error: RuntimeError: the disk is on fire"}
+    monkeypatch.undo()
+    assert http.post("/recommend", json={"history": ["i000"]}).status_code == 200
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def test_a_model_without_side_inputs_refuses_records_and_imputation(tmp_path: Path) -> None:
+    save_checkpoint(small_model("sasrec", max_len=6), tmp_path / "sasrec")
+    with (
+        ServerThread(create_app(tmp_path / "sasrec", ServeConfig(torch_threads=None))) as s,
+        httpx.Client(base_url=s.url) as http,
+    ):
+        ok = http.post("/recommend", json={"history": ["item3", "item7"], "k": 3})
+        assert ok.status_code == 200 and ok.json()["next_item"] is None
+        inline = http.post("/recommend", json={"history": ["item3", {"brand": "b1"}]})
+        assert inline.status_code == 422 and "item 1 is an inline record" in inline.text
+        impute = http.post("/impute", json={"history": ["item3"]})
+        assert impute.status_code == 400 and "'sasrec' does not impute" in impute.text
+        meta = http.get("/metadata").json()
+        assert meta["evaluation"] == [] and meta["dataset"] is None
+
+
+def test_cli_serve_names_a_wrong_run_folder(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["serve", "--run", str(tmp_path / "nothing")])
+    assert res.exit_code != 0 and "nothing" in res.output and "best/model.json" in res.output
