@@ -105,6 +105,8 @@ def test_recommend_and_batch_answer_what_the_facade_answers(
     assert [i["fields"] for i in body["items"]] == [i["fields"] for i in expected["items"]]
     assert body["next_item"]["fields"]["color"]["predicted"] == ["c1"]
     assert body["cut"] == 0 and body["warnings"] == []
+    lean = http.post("/recommend", json={"history": history, "k": 5, "imputations": False})
+    assert lean.json()["items"] == body["items"] and lean.json()["next_item"] is None
     kept = http.post("/recommend", json={"history": ["i001"], "k": 40, "exclude_seen": False})
     assert "i001" in {i["item"] for i in kept.json()["items"]} and len(kept.json()["items"]) == 40
 

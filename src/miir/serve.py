@@ -89,6 +89,9 @@ class RecommendRequest(_Strict):
     history: History
     k: K = 10
     exclude_seen: StrictBool = Field(True, description="Leave out the history's items.")
+    imputations: StrictBool = Field(
+        True, description="(MIIR) add the imputed fields; false skips that second model pass."
+    )
 
 
 class ImputeRequest(_Strict):
@@ -474,7 +477,11 @@ def _add_routes(app: FastAPI) -> None:
         s = _service(request)
         s.check_k(body.k)
         s.check_history(body.history)
-        result = await s.run(s.rec.recommend, body.history, body.k, body.exclude_seen)
+        if body.imputations:
+            result = await s.run(s.rec.recommend, body.history, body.k, body.exclude_seen)
+        else:  # the same items and scores, one model pass
+            call = partial(s.rec.recommend_batch, imputations=False)
+            result = (await s.run(call, [body.history], body.k, body.exclude_seen))[0]
         return RecommendationOut.model_validate(result.to_dict())
 
     @app.post("/recommend/batch", response_model=BatchOut)

@@ -1,0 +1,391 @@
+"""Load benchmark of the HTTP service (``miir serve``): latency, throughput, errors and memory.
+
+    python bench/bench_serve.py runs/recipe/recipe-s1-full                 # 10,000 requests
+    python bench/bench_serve.py RUN --smoke --note "training in the background"   # 1,000
+
+The server runs on the given run folder (read only) in a subprocess (``miir serve``, access
+log off). An asyncio httpx client then keeps ``--concurrency`` requests in flight:
+
+1. ``single``: ``--requests`` POST /recommend (k=10) over random catalogue histories of
+   1..history_len+5 items (some are cut), one in ten malformed (an unknown id, an empty
+   history, an item of the wrong type, a field of the wrong type, an unknown field, k out of
+   range): each must be a 4xx, each valid one a 200;
+2. ``batch64``: ``--batches`` POST /recommend/batch of 64 such (valid) histories, with
+   ``--batch-concurrency`` in flight.
+
+Each phase stops early at ``--time-limit`` seconds. Recorded: throughput (requests/s over the
+phase), p50/p95/p99/max latency of the 200s, the 5xx count (target 0), the 4xx count and any
+answer of the wrong class, and the server's resident memory (VmRSS) after warm-up, after each
+phase, and its peak (VmHWM). Targets reported against, not asserted: p99 < 50 ms for single
+recommendations at 32 concurrent clients on 2 CPU cores, zero 5xx, memory flat.
+
+Writes ``serve.json`` and ``serve.md`` atomically into ``--out`` (default bench/results),
+with the command, commit, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from miir.atomic import atomic_json, atomic_write_text
+from miir.runtime import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+P99_TARGET_MS = 50.0
+
+
+# ---------------------------------------------------------------------- record keeping
+
+
+def git_state() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
+    return {
+        "commit": run("rev-parse", "HEAD"),
+        "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def machine() -> dict[str, Any]:
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    load = None
+    with contextlib.suppress(OSError):
+        load = [round(x, 2) for x in os.getloadavg()]
+    return {
+        **machine_info(),
+        "ram_mib": mem,
+        "load_avg": load,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def memory_mib(pid: int) -> dict[str, float | None]:
+    """Resident (VmRSS) and peak resident (VmHWM) memory of ``pid``: psutil if installed,
+    else /proc/<pid>/status."""
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        info = psutil.Process(pid).memory_info()
+        return {"rss_mib": info.rss / 2**20, "peak_mib": None}
+    except ImportError:
+        pass
+    out: dict[str, float | None] = {"rss_mib": None, "peak_mib": None}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mib" if key == "VmRSS" else "peak_mib"] = int(value.split()[0]) / 1024
+    return out
+
+
+# ---------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "miir.cli", "serve", "--run", str(args.run), "--port", str(port),
+        "--workers-threads", str(args.workers_threads), "--torch-threads", str(args.torch_threads),
+        "--no-access-log",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"the server did not answer /health in {args.start_timeout} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------------- requests
+
+
+class Requests:
+    """Seeded request bodies over the catalogue: valid histories and malformed ones."""
+
+    def __init__(self, items: list[str], meta: dict[str, Any], seed: int) -> None:
+        self.items = items
+        self.rng = random.Random(seed)
+        self.max_len = meta["history_len"] + 5
+        self.field = next((f for f in meta["fields"] if f["kind"] == "numeric"), None) or next(
+            iter(meta["fields"]), None
+        )
+
+    def history(self) -> list[str]:
+        return self.rng.choices(self.items, k=self.rng.randint(1, self.max_len))
+
+    def valid(self, imputations: bool = True) -> dict[str, Any]:
+        return {"history": self.history(), "k": 10, "imputations": imputations}
+
+    def malformed(self) -> dict[str, Any]:
+        h = self.history()
+        kind = self.rng.randrange(6)
+        if kind == 0:
+            return {"history": [*h, "no-such-item-id"], "k": 10}
+        if kind == 1:
+            return {"history": [], "k": 10}
+        if kind == 2:
+            return {"history": [*h, 12345], "k": 10}
+        if kind == 3:
+            return {"history": h, "k": 0}
+        if kind == 4:
+            return {"history": [*h, {"no_such_field": "x"}], "k": 10}
+        if self.field is None:  # an ID-only model: a record is refused as such
+            return {"history": [*h, {"brand": "x"}], "k": 10}
+        wrong = "not-a-number" if self.field["kind"] == "numeric" else {"nested": 1}
+        return {"history": [*h, {self.field["name"]: wrong}], "k": 10}
+
+    def batch(self, size: int) -> dict[str, Any]:
+        return {"histories": [self.history() for _ in range(size)], "k": 10}
+
+
+async def run_phase(
+    url: str,
+    path: str,
+    bodies: list[tuple[dict[str, Any], bool]],
+    concurrency: int,
+    time_limit: float,
+) -> dict[str, Any]:
+    """Send ``bodies`` (body, is_valid) with ``concurrency`` in flight; latency of the 200s."""
+    latencies: list[float] = []
+    counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0, "transport_errors": 0, "wrong_class": 0}
+    queue = iter(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    started = time.perf_counter()
+    deadline = started + time_limit
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for body, valid in queue:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                res = await client.post(path, json=body)
+            except httpx.HTTPError:
+                counts["transport_errors"] += 1
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            cls = f"{res.status_code // 100}xx"
+            counts[cls if cls in counts else "other"] += 1
+            if res.status_code == 200:
+                latencies.append(ms)
+            if (res.status_code == 200) != valid or (not valid and cls != "4xx"):
+                counts["wrong_class"] += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    done = sum(counts[c] for c in ("2xx", "4xx", "5xx", "other"))
+    lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
+    return {
+        "requests": done,
+        "planned": len(bodies),
+        "stopped_by_time_limit": done + counts["transport_errors"] < len(bodies),
+        "seconds": seconds,
+        "throughput_rps": done / seconds,
+        "concurrency": concurrency,
+        "latency_ms": {
+            "p50": float(np.percentile(lat, 50)),
+            "p95": float(np.percentile(lat, 95)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+            "mean": float(lat.mean()),
+        },
+        "status": counts,
+    }
+
+
+# ---------------------------------------------------------------------- report
+
+
+def markdown(rec: dict[str, Any]) -> str:
+    m, g, s = rec["machine"], rec["git"], rec["server"]
+    title = "# HTTP service load benchmark (`miir serve`)"
+    if rec["smoke"]:
+        title += ": SMOKE RUN (not a result)"
+    lines = [
+        title,
+        "",
+        f"Command: `{rec['command']}`; commit {g['commit'][:10]}"
+        + (" (with uncommitted changes)" if g["dirty"] else "")
+        + f"; {rec['date']}.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_mib']} MiB, torch {m['torch']}; "
+        f"load average before the run {m['load_avg']}.",
+        f"Model: {rec['model']['variant']} on {rec['model']['dataset']}, "
+        f"{rec['model']['n_items']:,} items, history {rec['model']['history_len']}; run "
+        f"`{rec['run']}`. Server: {s['workers_threads']} scoring thread(s), "
+        f"{s['torch_threads']} torch thread(s) each; HTTP parser "
+        f"{'httptools' if s['httptools'] else 'h11 (pure Python)'}, event loop "
+        f"{'uvloop' if s['uvloop'] else 'asyncio'}; the client runs on the same machine.",
+        "",
+        "| phase | requests | concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | 2xx | "
+        "4xx | 5xx | wrong class |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rec["phases"].items():
+        lat, st = r["latency_ms"], r["status"]
+        lines.append(
+            f"| {name} | {r['requests']:,} | {r['concurrency']} | {r['throughput_rps']:.1f} | "
+            f"{lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | "
+            f"{st['2xx']:,} | {st['4xx']:,} | {st['5xx']} | {st['wrong_class']} |"
+        )
+    mem = rec["memory"]
+    t = rec["targets"]
+    lines += [
+        "",
+        "Server memory (MiB, VmRSS): "
+        + ", ".join(f"{k} {v['rss_mib']:.0f}" for k, v in mem.items() if v["rss_mib"])
+        + (f"; peak {mem['end']['peak_mib']:.0f}" if mem["end"].get("peak_mib") else "")
+        + ".",
+        "",
+        f"Targets (reported, not asserted): single p99 < {P99_TARGET_MS:.0f} ms at 32 "
+        f"concurrent clients on 2 cores: {t['p99_single_ms']:.1f} ms "
+        f"({'met' if t['p99_met'] else 'NOT met'}); zero 5xx: {t['total_5xx']} "
+        f"({'met' if t['total_5xx'] == 0 else 'NOT met'}); memory growth over the run: "
+        f"{t['rss_growth_mib']:+.0f} MiB.",
+        "",
+        "Single requests: POST /recommend, k=10"
+        + (" with imputed fields (two model passes)" if s["imputations"] else ", no imputations")
+        + ", random catalogue histories of 1 to "
+        "history_len+5 items, one in ten malformed (each must be a 4xx). Batches: POST "
+        "/recommend/batch of 64 valid histories. Latencies are of the 200 answers, measured "
+        "by the client. " + (rec.get("note") or ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, nargs="?", default=ROOT / "runs/recipe/recipe-s1-full")
+    ap.add_argument("--requests", type=int, default=10_000, help="Single requests to send.")
+    ap.add_argument("--batches", type=int, default=200, help="Batch-of-64 requests to send.")
+    ap.add_argument("--concurrency", type=int, default=32, help="Single requests in flight.")
+    ap.add_argument("--batch-concurrency", type=int, default=4, help="Batches in flight.")
+    ap.add_argument("--time-limit", type=float, default=600, help="Seconds per phase, at most.")
+    ap.add_argument("--workers-threads", type=int, default=2, help="Server scoring threads.")
+    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads per call.")
+    ap.add_argument("--start-timeout", type=float, default=180)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--imputations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Single requests ask for MIIR's imputed fields (the default; a second pass).",
+    )
+    ap.add_argument("--smoke", action="store_true", help="1,000 requests, 20 batches; labelled.")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--note", default="", help="A sentence for the Markdown (e.g. the load).")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.requests, args.batches = min(args.requests, 1000), min(args.batches, 20)
+    meta_ckpt = json.loads((args.run / "best" / "model.json").read_text())
+    items = meta_ckpt["catalogue"]["item_names"][2:]  # after <pad> and <missing>
+    host_machine = machine()  # before the server loads: the load average of the machine itself
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(args, Path(tmp) / "server.log")
+        try:
+            meta = httpx.get(f"{url}/metadata", timeout=10).json()
+            gen = Requests(items, meta, args.seed)
+            memory = {"start": memory_mib(proc.pid)}
+            singles = [
+                (gen.malformed(), False) if n % 10 == 9 else (gen.valid(args.imputations), True)
+                for n in range(args.requests)
+            ]
+            batches = [(gen.batch(64), True) for _ in range(args.batches)]
+            phases = {
+                "single": asyncio.run(
+                    run_phase(url, "/recommend", singles, args.concurrency, args.time_limit)
+                )
+            }
+            memory["after_single"] = memory_mib(proc.pid)
+            phases["batch64"] = asyncio.run(
+                run_phase(url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit)
+            )
+            memory["end"] = memory_mib(proc.pid)
+            alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        finally:
+            stop_server(proc)
+
+    p99 = phases["single"]["latency_ms"]["p99"]
+    rss = [v["rss_mib"] for v in memory.values() if v["rss_mib"] is not None]
+    rec = {
+        "benchmark": "serve",
+        "smoke": args.smoke,
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "machine": host_machine,
+        "run": str(args.run),
+        "model": {k: meta[k] for k in ("model", "variant", "dataset", "n_items", "history_len")},
+        "server": {
+            "workers_threads": args.workers_threads,
+            "torch_threads": args.torch_threads,
+            "imputations": args.imputations,
+            **{m: importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop")},
+        },
+        "phases": phases,
+        "memory": memory,
+        "alive_after": alive,
+        "targets": {
+            "p99_single_ms": p99,
+            "p99_met": p99 < P99_TARGET_MS,
+            "total_5xx": sum(p["status"]["5xx"] for p in phases.values()),
+            "rss_growth_mib": (rss[-1] - rss[0]) if len(rss) > 1 else float("nan"),
+        },
+        "note": args.note,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_json(args.out / "serve.json", rec)
+    atomic_write_text(args.out / "serve.md", markdown(rec))
+    print(markdown(rec))
+    print(f"wrote {args.out / 'serve.json'} and {args.out / 'serve.md'}")
+
+
+if __name__ == "__main__":
+    main()
