@@ -16,7 +16,7 @@ import miir.data.encode_text as encode_text
 from conftest import N_GROUPS, planted_raw
 from miir.cli import app
 from miir.data.artifact import Artifact
-from miir.demo import DemoOptions, matches, prepare_data, run_demo
+from miir.demo import DemoOptions, find_data, matches, prepare_data, run_demo
 from miir.evaluation.compare import cases_checksum
 
 runner = CliRunner()
@@ -172,7 +172,7 @@ def test_out_that_is_not_a_demo_run_is_kept(tmp_path: Path, monkeypatch) -> None
 
 def test_no_data_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # ../shared/data from here does not exist
-    result = runner.invoke(app, ["demo", "--no-progress"])
+    result = runner.invoke(app, ["demo", "--data-root", str(tmp_path / "none"), "--no-progress"])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert "no demo data" in message
@@ -184,3 +184,12 @@ def test_missing_data_folder_is_named(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "nope" in result.output and "no such file or folder" in result.output
+
+
+def test_falls_back_to_movielens_with_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "ml-100k").mkdir()
+    said: list[str] = []
+    found = find_data(DemoOptions(shared=tmp_path), said.append)
+    assert found == tmp_path / "ml-100k"
+    assert "'Beauty' data" in said[0] and f"not in {tmp_path}" in said[0]
+    assert "--data FOLDER" in said[0] and "Falling back to MovieLens 100K" in said[1]

@@ -664,6 +664,10 @@ def demo(
             "../shared/data/amazon-beauty, else ../shared/data/ml-100k).",
         ),
     ] = None,
+    data_root: Annotated[
+        Path,
+        typer.Option(help="Where to look for amazon-beauty (else ml-100k) without --data."),
+    ] = Path("../shared/data"),
     artifacts: Annotated[
         Path | None,
         typer.Option(
@@ -699,6 +703,7 @@ def demo(
 
     opts = DemoOptions(
         data=data,
+        shared=data_root,
         artifacts=artifacts,
         out=out,
         report=report,
