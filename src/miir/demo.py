@@ -45,6 +45,7 @@ REFERENCES = ("most-frequent", "co-occurrence")
 #: amazon-beauty take minutes on 2 cores (2,000 took 24 s on a loaded machine)
 IMPUTATION_USERS = 5000
 GRID = "bench/grids/beauty.yaml"
+DEFAULT_OUT = Path("runs/demo")
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 PROTOCOL_NAMES = {
     "sampled": "sampled (99 negatives)",
@@ -68,7 +69,7 @@ class DemoOptions:
     data: Path | None = None
     shared: Path = Path("../shared/data")
     artifacts: Path | None = None
-    out: Path = Path("runs/demo")
+    out: Path = DEFAULT_OUT
     report: Path | None = None
     discard: float = 0.5
     epochs: int = DEFAULT_EPOCHS
@@ -184,8 +185,9 @@ def raw_titles(raw: Any) -> dict[str, str]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Replace ``out`` only if it is empty, an earlier demo run, or ``overwrite`` says so."""
-    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+    """Replace ``out`` only if it is empty, an earlier demo run (``runs/demo`` is the demo's,
+    as it was the old ``make demo``'s), or ``overwrite`` says so."""
+    if not out.is_dir() or not any(out.iterdir()) or overwrite or out == DEFAULT_OUT:
         return
     run_json = out / "run.json"
     command = ""
