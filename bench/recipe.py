@@ -105,6 +105,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {},
     ),
+    # causal + every item predicts its successor (SASRec's every-prefix signal) beside MII
+    "recipe-causal-next": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 1.0,
+        },
+        {},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

@@ -57,7 +57,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
@@ -154,6 +154,21 @@ class MIIRConfig(SideInfoConfig):
         "items (not in the paper): a whole-item-masked position then predicts the next item "
         "from its prefix alone, as the appended query does at inference (SASRec's signal).",
     )
+    next_item_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="With causal: weight of a next-item loss at every position (the ID "
+        "state of item t, through a projection, predicts item t + 1: SASRec's every-prefix "
+        "signal, not in the paper); items are then scored from the last history item's ID "
+        "state. 0: off (the appended query item scores, as in the paper).",
+    )
+
+    @model_validator(mode="after")
+    def _next_item_needs_causal(self) -> MIIRConfig:
+        if self.next_item_weight > 0 and not self.causal:
+            raise ValueError("next_item_weight > 0 needs causal=true (else item t sees t + 1)")
+        return self
+
     field_weights: dict[str, float] = Field(
         default_factory=lambda: {ID_FIELD: 3.0},
         description="Loss weight per field: the item ID 3, every side field 1 (measured: "
@@ -234,6 +249,7 @@ class MIIR(SequenceModel):
             [block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
         )
         self.final_norm = nn.LayerNorm(e) if config.norm_first else None
+        self.next_proj = nn.Linear(e, e) if config.next_item_weight > 0 else None
         self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
             self.register_buffer(
@@ -455,9 +471,28 @@ class MIIR(SequenceModel):
         owner, n_seqs = batch.owner(), batch.n_seqs
         per_field = self.field_losses(items, out, masked.targets, owner, n_seqs)
         n_items = batch.items_per_sequence()  # (S,)
-        weights = self.config.field_weights
+        weights = {**self.config.field_weights}
+        if self.next_proj is not None and self.objective == "mii":
+            per_field["next_item"] = self.next_item_losses(items, out, batch)
+            weights["next_item"] = self.config.next_item_weight
         total = sum(weights.get(name, 1.0) * v for name, v in per_field.items()) / n_items  # (S,)
         return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
+
+    def next_item_losses(self, items: Tensor, out: Tensor, batch: Batch) -> Tensor:
+        """Per-sequence sums of the next-item loss (causal models): the ID state of every item
+        with a successor in its window predicts that successor, whatever the masks hid."""
+        owner = batch.owner()  # (B, n)
+        pair = (items[:, :-1] >= FIRST_VALUE_ID) & (items[:, 1:] >= FIRST_VALUE_ID)  # (B, n - 1)
+        pair &= owner[:, :-1] == owner[:, 1:]  # packed rows: the same window
+        losses = out.new_zeros(batch.n_seqs).float()
+        if pair.any():
+            h = self.next_proj(out[:, :-1, 0][pair])  # (M, e)
+            logits = h @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
+            ce = F.cross_entropy(
+                logits.float(), items[:, 1:][pair] - FIRST_VALUE_ID, reduction="none"
+            )
+            losses = losses.index_add(0, owner[:, :-1][pair], ce)
+        return losses
 
     # ------------------------------------------------------------------ inference
     def query_states(
@@ -489,7 +524,20 @@ class MIIR(SequenceModel):
     ) -> Tensor:
         """Next-item scores. Full catalogue: (B, N + 2) with ids 0 and 1 at -inf; with
         ``candidates`` (B, C) item ids: (B, C). ``side``: see :meth:`query_states`."""
-        return self._rank(self.query_states(history, side=side)[:, -1, 0], candidates)
+        return self._rank(self._scoring_state(history, side=side), candidates)
+
+    def _scoring_state(
+        self, history: Tensor, record: list[Tensor] | None = None, *, side: SideInputs | None = None
+    ) -> Tensor:
+        """(B, e): the appended query item's ID state, or (``next_item_weight`` > 0) the
+        projected ID state of the last history item (one pass either way)."""
+        if self.next_proj is None:
+            return self.query_states(history, record, side=side)[:, -1, 0]
+        trimmed = trim_left_padding(history)
+        if side is not None:
+            side = side.tail(trimmed.shape[1])
+        hidden = torch.zeros(*trimmed.shape, self.n_fields, dtype=torch.bool, device=history.device)
+        return self.next_proj(self(trimmed, hidden, None, record, side=side)[:, -1, 0])
 
     def score_with_attention(
         self, history: Tensor, candidates: Tensor | None = None
@@ -501,7 +549,7 @@ class MIIR(SequenceModel):
         side fields in catalogue order). Attention is computed explicitly in this pass (the
         fused kernel keeps its weights to itself); the scores equal :meth:`score`'s."""
         record: list[Tensor] = []
-        h = self.query_states(history, record)[:, -1, 0]  # (B, e)
+        h = self._scoring_state(history, record)  # (B, e)
         return self._rank(h, candidates), torch.stack(record)  # (L, B, h, T, T)
 
     def attention(self, history: Tensor) -> Tensor:
