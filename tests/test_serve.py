@@ -283,7 +283,8 @@ def test_the_server_survives_malformed_and_failing_requests(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr(service.rec, "recommend", broken)
+    monkeypatch.setattr(service.rec, "recommend", broken)  # the direct path
+    monkeypatch.setattr(service.rec, "recommend_batch", broken)  # the micro-batched path
     failed = http.post("/recommend", json={"history": ["i000"]})
     assert failed.status_code == 500
     assert failed.json() == {"error": "internal error: RuntimeError: the disk is on fire"}

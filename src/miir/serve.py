@@ -19,6 +19,12 @@ Why it is built this way:
   of ``1..min(1000, n_items)``, a field of the wrong type or an unknown field, a body over
   ``max_body_bytes``: 413), never a crash; anything unexpected is a 500 with a JSON error and
   the server carries on. Every error body is ``{"error": message, ...}``.
+- concurrent ``/recommend`` requests of catalogue ids are micro-batched
+  (:mod:`miir.batching`, on unless ``batching=False``): validated one by one first (a bad one
+  is its own 4xx), then scored together, up to ``micro_batch`` at a time, waiting at most
+  ``max_wait_ms`` for batch-mates; one pass over a batch costs far less than a pass per request,
+  and the results are the facade's per-request ones. Histories with inline records take the
+  direct path (their texts are encoded per request).
 - a history longer than the model reads is cut to its most recent items by the facade; the
   response says how many were dropped (``cut``) and why (``warnings``).
 """
@@ -45,6 +51,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from miir import __version__
+from miir.batching import Coalescer
 from miir.data.schema import FieldKind
 from miir.errors import ConfigError, DataError, MiirError
 from miir.inference import InlineItemsNotSupported, UnknownItemError
@@ -65,6 +72,9 @@ class ServeConfig:
     max_batch: int = 256  # histories per /recommend/batch request
     worker_threads: int = 2  # requests scored at the same time
     torch_threads: int | None = 1  # torch's intra-op threads (None: leave torch's setting)
+    batching: bool = True  # coalesce concurrent /recommend requests into one model pass
+    micro_batch: int = 64  # requests per coalesced pass, at most
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for batch-mates
 
 
 # ---------------------------------------------------------------------- request and response models
@@ -218,6 +228,29 @@ class Service:
         self.imputes = isinstance(rec.model_, Imputer)
         self.accepts_records = rec.accepts_records
         self.metadata = self._metadata()
+        self.coalescer: Coalescer | None = None
+        if config.batching:
+            self.coalescer = Coalescer(
+                self._score_batch,
+                self.run,
+                max_batch=config.micro_batch,
+                max_wait_ms=config.max_wait_ms,
+                concurrency=config.worker_threads,
+            )
+
+    def _score_batch(
+        self, histories: list[Any], k: int, exclude_seen: bool, imputations: bool
+    ) -> list[Any]:
+        """One pass over a coalesced batch (already in a worker thread, inference mode):
+        ``recommend_batch`` gives each history what ``recommend`` would."""
+        return self.rec.recommend_batch(histories, k, exclude_seen, imputations=imputations)
+
+    def batchable(self, history: list[Any]) -> bool:
+        """Whether ``history`` may be coalesced: it resolves (an unknown id or a malformed
+        item raises here, for this request alone) and holds catalogue items only."""
+        rec = self.rec
+        resolved = rec.codebook_.resolve(history, rec.model_.history_len, self.accepts_records)
+        return not resolved.records
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread, under inference mode, at most ``worker_threads``
@@ -451,7 +484,14 @@ def create_app(
         await service.run(service.rec.recommend, first, 1)  # warm-up: first request is not slow
         app.state.service = service
         log.info("serving %s (%d items)", service.metadata.variant, service.n_items)
-        yield
+        if service.coalescer is not None:
+            service.coalescer.start()
+        try:
+            yield
+        finally:
+            if service.coalescer is not None:
+                await service.coalescer.stop()
+                log.info("micro-batching: %s", service.coalescer.stats)
 
     app = FastAPI(
         title="miir",
@@ -477,7 +517,11 @@ def _add_routes(app: FastAPI) -> None:
         s = _service(request)
         s.check_k(body.k)
         s.check_history(body.history)
-        if body.imputations:
+        if s.coalescer is not None and s.batchable(body.history):
+            result = await s.coalescer.submit(
+                body.history, body.k, body.exclude_seen, body.imputations
+            )
+        elif body.imputations:
             result = await s.run(s.rec.recommend, body.history, body.k, body.exclude_seen)
         else:  # the same items and scores, one model pass
             call = partial(s.rec.recommend_batch, imputations=False)
