@@ -639,6 +639,15 @@ def serve(
     torch_threads: Annotated[int, typer.Option(help="torch threads per scoring call.")] = 1,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
     max_batch: Annotated[int, typer.Option(help="Histories per /recommend/batch.")] = 256,
+    batching: Annotated[
+        bool, typer.Option(help="Score concurrent /recommend requests together (one pass).")
+    ] = True,
+    micro_batch: Annotated[
+        int, typer.Option(min=1, help="Concurrent /recommend requests per coalesced pass.")
+    ] = 64,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a request waits for batch-mates (ms).")
+    ] = 2.0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve a run over HTTP (FastAPI + uvicorn): /recommend, /impute, /recommend/batch,
@@ -646,7 +655,10 @@ def serve(
     from miir.serve import ServeConfig
     from miir.serve import serve as serve_run
 
-    config = ServeConfig(max_body_bytes, max_batch, workers_threads, torch_threads)
+    config = ServeConfig(
+        max_body_bytes, max_batch, workers_threads, torch_threads,
+        batching=batching, micro_batch=micro_batch, max_wait_ms=max_wait_ms,
+    )  # fmt: skip
     try:
         serve_run(run, host, port, config, access_log=access_log)
     except MiirError as exc:
