@@ -428,38 +428,59 @@ def describe_field(
     vectors: bool,
 ) -> FieldImputation:
     """One position's prediction of a field in human form (see :class:`FieldImputation`)."""
+    return describe_rows(info, pred[None], codebook, text_table, vectors)[0]
+
+
+def describe_rows(
+    info: FieldInfo,
+    preds: Tensor,
+    codebook: Codebook,
+    text_table: tuple[Tensor, Tensor] | None,
+    vectors: bool,
+) -> list[FieldImputation]:
+    """:func:`describe_field` for many positions' predictions of one field, ``preds``
+    (n, V + 2) or (n, D): one top-k (and, for text, one similarity product) for all of them,
+    not one per position: a batch of requests has a few hundred positions to describe."""
     name, kind = info.name, info.kind
     if kind == FieldKind.TEXT:
-        nearest: list[NearestItem] = []
+        nearest: list[list[NearestItem]] = [[] for _ in range(len(preds))]
         if text_table is not None:
             rows, table = text_table  # (M,) item ids, (M, D) unit vectors
-            sims = table @ torch.nn.functional.normalize(pred.float(), dim=0)  # (M,)
-            top = torch.topk(sims, min(TOP_TEXT, len(sims)))
+            unit = torch.nn.functional.normalize(preds.float(), dim=1)  # (n, D)
+            sims = table @ unit.T  # (M, n)
+            top = torch.topk(sims, min(TOP_TEXT, len(sims)), dim=0)  # (t, n)
+            ids = rows[top.indices].T.tolist()  # (n, t) item ids
             nearest = [
-                NearestItem(codebook.item_names[int(rows[i])], float(s))
-                for s, i in zip(top.values, top.indices, strict=True)
+                [NearestItem(codebook.item_names[i], s) for s, i in zip(sv, iv, strict=True)]
+                for sv, iv in zip(top.values.T.tolist(), ids, strict=True)
             ]
-        return FieldImputation(
-            name,
-            kind.value,
-            [nearest[0].item] if nearest else [],
-            nearest=nearest,
-            vector=pred.tolist() if vectors else None,
-        )
-    probs = pred[FIRST_VALUE_ID:]  # (V,) over real values
+        return [
+            FieldImputation(
+                name,
+                kind.value,
+                [near[0].item] if near else [],
+                nearest=near,
+                vector=pred.tolist() if vectors else None,
+            )
+            for near, pred in zip(nearest, preds, strict=True)
+        ]
+    probs = preds[:, FIRST_VALUE_ID:]  # (n, V) over real values
     top_n = TOP_MULTI if kind == FieldKind.MULTI_CATEGORICAL else TOP_SINGLE
-    top = torch.topk(probs, min(top_n, len(probs)))
-    candidates = [
-        ValueProb(codebook.value(name, int(i) + FIRST_VALUE_ID), float(p))
-        for p, i in zip(top.values, top.indices, strict=True)
-    ]
-    if kind == FieldKind.MULTI_CATEGORICAL:
-        chosen = (probs >= MULTI_THRESHOLD).nonzero().squeeze(1)
-        chosen = chosen[torch.argsort(probs[chosen], descending=True)]
-        predicted = [codebook.value(name, int(i) + FIRST_VALUE_ID) for i in chosen]
-    else:
-        predicted = [candidates[0].value] if candidates else []
-    return FieldImputation(name, kind.value, predicted, candidates)
+    top = torch.topk(probs, min(top_n, probs.shape[1]), dim=1)  # (n, top_n)
+    out = []
+    for row, (pv, iv) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
+        candidates = [
+            ValueProb(codebook.value(name, i + FIRST_VALUE_ID), p)
+            for p, i in zip(pv, iv, strict=True)
+        ]
+        if kind == FieldKind.MULTI_CATEGORICAL:
+            chosen = (probs[row] >= MULTI_THRESHOLD).nonzero().squeeze(1)
+            chosen = chosen[torch.argsort(probs[row, chosen], descending=True)]
+            predicted = [codebook.value(name, int(i) + FIRST_VALUE_ID) for i in chosen]
+        else:
+            predicted = [candidates[0].value] if candidates else []
+        out.append(FieldImputation(name, kind.value, predicted, candidates))
+    return out
 
 
 # ---------------------------------------------------------------------- JSONL -> parquet

@@ -61,7 +61,7 @@ from miir.inference import (
     Resolved,
     ScoredItem,
     TextEncoder,
-    describe_field,
+    describe_rows,
     model_inputs,
     numeric_edges_from_labels,
 )
@@ -382,32 +382,43 @@ class Recommender:
         preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
         preds = {name: p.float().cpu() for name, p in preds.items()}
         present = net.present(items) if side is None else net.present(items, side)  # (B, L+1, F)
-        text = self._text_tables()
-        infos = list(self.codebook_.fields.values())
+        real = torch.zeros(B, L + 1, dtype=torch.bool)  # (B, L + 1): not padding
+        for b, r in enumerate(resolved):
+            real[b, L - len(r.ids) :] = True  # the history items and the query
+        missing = ~present[:, :, 1:].bool().cpu() & real[:, :, None]  # (B, L + 1, F), not the ID
+        missing[:, L] = True  # the query item: every field
+        described = self._describe(missing, preds, vectors)
         out = []
         for b, r in enumerate(resolved):
             start = L - len(r.ids)
-            history = []
-            for p in range(len(r.ids)):
-                missing = [
-                    f for j, f in enumerate(infos, start=1) if not bool(present[b, start + p, j])
-                ]
-                if missing:
-                    fields = self._describe(missing, preds, b, start + p, text, vectors)
-                    history.append(ItemImputation(p, r.labels[p], fields))
-            fields = self._describe(infos, preds, b, L, text, vectors)
-            out.append((history, ItemImputation(len(r.ids), None, fields)))
+            history = [
+                ItemImputation(p, r.labels[p], described[b, start + p])
+                for p in range(len(r.ids))
+                if (b, start + p) in described
+            ]
+            out.append((history, ItemImputation(len(r.ids), None, described.get((b, L), {}))))
         return out
 
     def _describe(
-        self, infos: list, preds: dict, b: int, j: int, text: dict, vectors: bool
-    ) -> dict[str, FieldImputation]:
-        return {
-            f.name: describe_field(
-                f, preds[f.name][b, j], self.codebook_, text.get(f.name), vectors
-            )
-            for f in infos
-        }
+        self, missing: torch.Tensor, preds: dict[str, torch.Tensor], vectors: bool
+    ) -> dict[tuple[int, int], dict[str, FieldImputation]]:
+        """(batch row, position) -> the described fields that are ``missing`` there (B, L, F),
+        in field order: one :func:`~miir.inference.describe_rows` per field for the whole
+        batch (per position, the small top-k calls cost more than the model pass)."""
+        text = self._text_tables()
+        out: dict[tuple[int, int], dict[str, FieldImputation]] = {}
+        for f, info in enumerate(self.codebook_.fields.values()):
+            where = missing[:, :, f].nonzero().tolist()  # (n, 2) rows, positions
+            if not where:
+                continue
+            at = torch.tensor(where)  # (n, 2)
+            rows = describe_rows(
+                info, preds[info.name][at[:, 0], at[:, 1]], self.codebook_,
+                text.get(info.name), vectors,
+            )  # fmt: skip
+            for (b, j), described in zip(where, rows, strict=True):
+                out.setdefault((b, j), {})[info.name] = described
+        return out
 
     def _text_tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per text field: the item ids whose text is present and their unit text vectors,
