@@ -115,6 +115,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {},
     ),
+    # the best screen so far, to convergence under the default's budget
+    "recipe-causal-next-40": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 1.0,
+        },
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
