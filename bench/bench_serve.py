@@ -1,7 +1,8 @@
 """Load benchmark of the HTTP service (``miir serve``): latency, throughput, errors and memory.
 
     python bench/bench_serve.py runs/recipe/recipe-s1-full                 # 10,000 requests
-    python bench/bench_serve.py RUN --smoke --note "training in the background"   # 1,000
+    python bench/bench_serve.py RUN --smoke --note "training in the background"   # 2,000
+    python bench/bench_serve.py RUN --batching both     # micro-batching on vs off, alternating
 
 The server runs on the given run folder (read only) in a subprocess (``miir serve``, access
 log off). An asyncio httpx client then keeps ``--concurrency`` requests in flight:
@@ -12,6 +13,12 @@ log off). An asyncio httpx client then keeps ``--concurrency`` requests in fligh
    range): each must be a 4xx, each valid one a 200;
 2. ``batch64``: ``--batches`` POST /recommend/batch of 64 such (valid) histories, with
    ``--batch-concurrency`` in flight.
+
+With ``--batching both``, two servers run (micro-batching on, and ``--no-batching``) and the
+single requests are sent to them in ``--rounds`` alternating rounds (on, off, on, off, ...:
+a change in the machine's load touches both alike); each configuration gets the same
+``--requests`` bodies, and the report gives each one's numbers and their ratio. The batch
+phase runs on the batching server only (it is unchanged by batching).
 
 Each phase stops early at ``--time-limit`` seconds. Recorded: throughput (requests/s over the
 phase), p50/p95/p99/max latency of the 200s, the 5xx count (target 0), the 4xx count and any
@@ -30,6 +37,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -103,6 +111,17 @@ def memory_mib(pid: int) -> dict[str, float | None]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat; NaN elsewhere): on a
+    loaded machine, the CPU a request costs is steadier than its latency."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------- the server
 
 
@@ -112,12 +131,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    args: argparse.Namespace, log: Path, batching: bool
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "miir.cli", "serve", "--run", str(args.run), "--port", str(port),
         "--workers-threads", str(args.workers_threads), "--torch-threads", str(args.torch_threads),
-        "--no-access-log",
+        "--micro-batch", str(args.micro_batch), "--max-wait-ms", str(args.max_wait_ms),
+        "--batch-threads", str(args.batch_threads),
+        "--batching" if batching else "--no-batching", "--no-access-log",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -184,14 +207,18 @@ class Requests:
         return {"histories": [self.history() for _ in range(size)], "k": 10}
 
 
+Round = tuple[list[float], dict[str, int], float, int]  # latencies, counts, seconds, planned
+
+
 async def run_phase(
     url: str,
     path: str,
     bodies: list[tuple[dict[str, Any], bool]],
     concurrency: int,
     time_limit: float,
-) -> dict[str, Any]:
-    """Send ``bodies`` (body, is_valid) with ``concurrency`` in flight; latency of the 200s."""
+) -> Round:
+    """Send ``bodies`` (body, is_valid) with ``concurrency`` in flight: the latencies of the
+    200s, the counts per status class, the seconds taken and the requests planned."""
     latencies: list[float] = []
     counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0, "transport_errors": 0, "wrong_class": 0}
     queue = iter(bodies)
@@ -219,13 +246,23 @@ async def run_phase(
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+    return latencies, counts, time.perf_counter() - started, len(bodies)
+
+
+def summary(rounds: list[Round], concurrency: int) -> dict[str, Any]:
+    """Throughput and latency percentiles over one or more rounds of a phase (pooled: the
+    latencies of all rounds, the requests over the seconds of all rounds)."""
+    latencies = [ms for r in rounds for ms in r[0]]
+    counts = {c: sum(r[1][c] for r in rounds) for c in rounds[0][1]}
+    seconds = sum(r[2] for r in rounds)
+    planned = sum(r[3] for r in rounds)
     done = sum(counts[c] for c in ("2xx", "4xx", "5xx", "other"))
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
         "requests": done,
-        "planned": len(bodies),
-        "stopped_by_time_limit": done + counts["transport_errors"] < len(bodies),
+        "planned": planned,
+        "rounds": len(rounds),
+        "stopped_by_time_limit": done + counts["transport_errors"] < planned,
         "seconds": seconds,
         "throughput_rps": done / seconds,
         "concurrency": concurrency,
@@ -248,6 +285,8 @@ def markdown(rec: dict[str, Any]) -> str:
     title = "# HTTP service load benchmark (`miir serve`)"
     if rec["smoke"]:
         title += ": SMOKE RUN (not a result)"
+    batching = {True: "on", False: "off"}
+    configs = ", ".join(f"batching {batching[b]}" for b in s["batching"])
     lines = [
         title,
         "",
@@ -255,36 +294,51 @@ def markdown(rec: dict[str, Any]) -> str:
         + (" (with uncommitted changes)" if g["dirty"] else "")
         + f"; {rec['date']}.",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_mib']} MiB, torch {m['torch']}; "
-        f"load average before the run {m['load_avg']}.",
+        f"load average before the run {m['load_avg']}, after {rec['load_avg_after']}.",
         f"Model: {rec['model']['variant']} on {rec['model']['dataset']}, "
         f"{rec['model']['n_items']:,} items, history {rec['model']['history_len']}; run "
         f"`{rec['run']}`. Server: {s['workers_threads']} scoring thread(s), "
-        f"{s['torch_threads']} torch thread(s) each; HTTP parser "
+        f"{s['torch_threads']} torch thread(s) each; {configs} (micro-batches of at most "
+        f"{s['micro_batch']} requests, waiting at most {s['max_wait_ms']} ms, "
+        f"{s.get('batch_threads', 1)} batch(es) at a time); HTTP parser "
         f"{'httptools' if s['httptools'] else 'h11 (pure Python)'}, event loop "
         f"{'uvloop' if s['uvloop'] else 'asyncio'}; the client runs on the same machine.",
         "",
-        "| phase | requests | concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | 2xx | "
-        "4xx | 5xx | wrong class |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | rounds | requests | concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | "
+        "2xx | 4xx | 5xx | wrong class | server CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rec["phases"].items():
         lat, st = r["latency_ms"], r["status"]
         lines.append(
-            f"| {name} | {r['requests']:,} | {r['concurrency']} | {r['throughput_rps']:.1f} | "
-            f"{lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | "
-            f"{st['2xx']:,} | {st['4xx']:,} | {st['5xx']} | {st['wrong_class']} |"
+            f"| {name} | {r['rounds']} | {r['requests']:,} | {r['concurrency']} | "
+            f"{r['throughput_rps']:.1f} | {lat['p50']:.1f} | {lat['p95']:.1f} | "
+            f"{lat['p99']:.1f} | {lat['max']:.1f} | {st['2xx']:,} | {st['4xx']:,} | "
+            f"{st['5xx']} | {st['wrong_class']} | "
+            + (f"{r['server_cpu_ms_per_request']:.2f} |" if "server_cpu_ms_per_request" in r
+               else "- |")
+        )  # fmt: skip
+    ratio = rec.get("batching_ratio")
+    if ratio:
+        lines += [
+            "",
+            "Batching on vs off (the same bodies, in alternating rounds of the same run): "
+            f"throughput x{ratio['throughput']:.2f}; p50 latency /{ratio['p50']:.2f}, "
+            f"p99 latency /{ratio['p99']:.2f} (off divided by on); server CPU per request "
+            f"x{ratio['server_cpu']:.2f} (on divided by off).",
+        ]
+    lines += ["", "Server memory (MiB, VmRSS):"]
+    for label, mem in rec["memory"].items():
+        lines.append(
+            f"- {label}: "
+            + ", ".join(f"{k} {v['rss_mib']:.0f}" for k, v in mem.items() if v["rss_mib"])
+            + (f"; peak {mem['end']['peak_mib']:.0f}" if mem["end"].get("peak_mib") else "")
         )
-    mem = rec["memory"]
     t = rec["targets"]
     lines += [
         "",
-        "Server memory (MiB, VmRSS): "
-        + ", ".join(f"{k} {v['rss_mib']:.0f}" for k, v in mem.items() if v["rss_mib"])
-        + (f"; peak {mem['end']['peak_mib']:.0f}" if mem["end"].get("peak_mib") else "")
-        + ".",
-        "",
-        f"Targets (reported, not asserted): single p99 < {P99_TARGET_MS:.0f} ms at 32 "
-        f"concurrent clients on 2 cores: {t['p99_single_ms']:.1f} ms "
+        f"Targets (reported, not asserted; {t['config']}): single p99 < {P99_TARGET_MS:.0f} ms "
+        f"at 32 concurrent clients on 2 cores: {t['p99_single_ms']:.1f} ms "
         f"({'met' if t['p99_met'] else 'NOT met'}); zero 5xx: {t['total_5xx']} "
         f"({'met' if t['total_5xx'] == 0 else 'NOT met'}); memory growth over the run: "
         f"{t['rss_growth_mib']:+.0f} MiB.",
@@ -299,16 +353,26 @@ def markdown(rec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, nargs="?", default=ROOT / "runs/recipe/recipe-s1-full")
-    ap.add_argument("--requests", type=int, default=10_000, help="Single requests to send.")
+    ap.add_argument("--requests", type=int, default=10_000, help="Single requests per config.")
     ap.add_argument("--batches", type=int, default=200, help="Batch-of-64 requests to send.")
     ap.add_argument("--concurrency", type=int, default=32, help="Single requests in flight.")
     ap.add_argument("--batch-concurrency", type=int, default=4, help="Batches in flight.")
     ap.add_argument("--time-limit", type=float, default=600, help="Seconds per phase, at most.")
     ap.add_argument("--workers-threads", type=int, default=2, help="Server scoring threads.")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch threads per call.")
+    ap.add_argument(
+        "--batching",
+        choices=("on", "off", "both"),
+        default="on",
+        help="Micro-batching of /recommend in the server; both: on vs off, alternating.",
+    )
+    ap.add_argument("--rounds", type=int, default=4, help="Alternating rounds per config.")
+    ap.add_argument("--micro-batch", type=int, default=64, help="Requests per coalesced pass.")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="Wait for batch-mates.")
+    ap.add_argument("--batch-threads", type=int, default=1, help="Batches scored at once.")
     ap.add_argument("--start-timeout", type=float, default=180)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -317,43 +381,89 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="Single requests ask for MIIR's imputed fields (the default; a second pass).",
     )
-    ap.add_argument("--smoke", action="store_true", help="1,000 requests, 20 batches; labelled.")
+    ap.add_argument("--smoke", action="store_true", help="2,000 requests, 20 batches; labelled.")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--note", default="", help="A sentence for the Markdown (e.g. the load).")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.requests, args.batches = min(args.requests, 1000), min(args.batches, 20)
+        args.requests, args.batches = min(args.requests, 2000), min(args.batches, 20)
+    if args.batching != "both":
+        args.rounds = 1
+    return args
+
+
+def measure(
+    args: argparse.Namespace, servers: dict[bool, tuple[subprocess.Popen, str]], items: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The phases on the running servers: the single requests in alternating rounds, then
+    the batches (on the first server); the metadata, phases and memory readings."""
+    first = next(iter(servers.values()))
+    meta = httpx.get(f"{first[1]}/metadata", timeout=10).json()
+    gen = Requests(items, meta, args.seed)
+    singles = [
+        (gen.malformed(), False) if n % 10 == 9 else (gen.valid(args.imputations), True)
+        for n in range(args.requests)
+    ]
+    batches = [(gen.batch(64), True) for _ in range(args.batches)]
+    label = {b: f"batching {'on' if b else 'off'}" for b in servers}
+    memory = {label[b]: {"start": memory_mib(p.pid)} for b, (p, _) in servers.items()}
+    rounds: dict[bool, list[Round]] = {b: [] for b in servers}
+    cpu = dict.fromkeys(servers, 0.0)
+    size = math.ceil(len(singles) / args.rounds)
+    for start in range(0, len(singles), size):
+        for b, (proc, url) in servers.items():  # the same bodies, each server in turn
+            part = singles[start : start + size]
+            limit = args.time_limit / args.rounds
+            before = cpu_seconds(proc.pid)
+            rounds[b].append(asyncio.run(run_phase(url, "/recommend", part, args.concurrency,
+                                                   limit)))  # fmt: skip
+            cpu[b] += cpu_seconds(proc.pid) - before
+    phases = {}
+    for b, r in rounds.items():
+        phase = summary(r, args.concurrency)
+        phase["server_cpu_ms_per_request"] = 1000 * cpu[b] / max(1, phase["requests"])
+        phases[f"single, {label[b]}" if len(servers) > 1 else "single"] = phase
+    for b, (proc, _) in servers.items():
+        memory[label[b]]["after_single"] = memory_mib(proc.pid)
+    url = first[1]
+    batch = asyncio.run(
+        run_phase(url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit)
+    )
+    phases["batch64"] = summary([batch], args.batch_concurrency)
+    for b, (proc, _) in servers.items():
+        memory[label[b]]["end"] = memory_mib(proc.pid)
+    return meta, phases, memory
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     meta_ckpt = json.loads((args.run / "best" / "model.json").read_text())
     items = meta_ckpt["catalogue"]["item_names"][2:]  # after <pad> and <missing>
     host_machine = machine()  # before the server loads: the load average of the machine itself
+    configs = {"on": [True], "off": [False], "both": [True, False]}[args.batching]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(args, Path(tmp) / "server.log")
-        try:
-            meta = httpx.get(f"{url}/metadata", timeout=10).json()
-            gen = Requests(items, meta, args.seed)
-            memory = {"start": memory_mib(proc.pid)}
-            singles = [
-                (gen.malformed(), False) if n % 10 == 9 else (gen.valid(args.imputations), True)
-                for n in range(args.requests)
-            ]
-            batches = [(gen.batch(64), True) for _ in range(args.batches)]
-            phases = {
-                "single": asyncio.run(
-                    run_phase(url, "/recommend", singles, args.concurrency, args.time_limit)
-                )
-            }
-            memory["after_single"] = memory_mib(proc.pid)
-            phases["batch64"] = asyncio.run(
-                run_phase(url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit)
-            )
-            memory["end"] = memory_mib(proc.pid)
-            alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
-        finally:
-            stop_server(proc)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        servers: dict[bool, tuple[subprocess.Popen, str]] = {}
+        for b in configs:
+            servers[b] = start_server(args, Path(tmp) / f"server-{b}.log", b)
+            stack.callback(stop_server, servers[b][0])
+        meta, phases, memory = measure(args, servers, items)
+        alive = all(
+            httpx.get(f"{url}/health", timeout=10).status_code == 200 for _, url in servers.values()
+        )
 
-    p99 = phases["single"]["latency_ms"]["p99"]
-    rss = [v["rss_mib"] for v in memory.values() if v["rss_mib"] is not None]
+    main_phase = "single, batching on" if args.batching == "both" else "single"
+    p99 = phases[main_phase]["latency_ms"]["p99"]
+    first = next(iter(memory.values()))
+    rss = [v["rss_mib"] for v in first.values() if v["rss_mib"] is not None]
+    ratio = None
+    if args.batching == "both":
+        on, off = phases["single, batching on"], phases["single, batching off"]
+        ratio = {
+            "throughput": on["throughput_rps"] / off["throughput_rps"],
+            **{q: off["latency_ms"][q] / on["latency_ms"][q] for q in ("p50", "p95", "p99")},
+            "server_cpu": on["server_cpu_ms_per_request"] / off["server_cpu_ms_per_request"],
+        }
     rec = {
         "benchmark": "serve",
         "smoke": args.smoke,
@@ -361,18 +471,25 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "machine": host_machine,
+        "load_avg_after": machine()["load_avg"],
         "run": str(args.run),
         "model": {k: meta[k] for k in ("model", "variant", "dataset", "n_items", "history_len")},
         "server": {
             "workers_threads": args.workers_threads,
             "torch_threads": args.torch_threads,
             "imputations": args.imputations,
+            "batching": configs,
+            "micro_batch": args.micro_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "batch_threads": args.batch_threads,
             **{m: importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop")},
         },
         "phases": phases,
+        "batching_ratio": ratio,
         "memory": memory,
         "alive_after": alive,
         "targets": {
+            "config": main_phase,
             "p99_single_ms": p99,
             "p99_met": p99 < P99_TARGET_MS,
             "total_5xx": sum(p["status"]["5xx"] for p in phases.values()),

@@ -128,7 +128,7 @@ def rec(miir_run: Path) -> Recommender:  # noqa: F811
 @pytest.fixture(scope="module")
 def server(miir_run: Path) -> Iterator[ServerThread]:  # noqa: F811
     # a long wait: the 32 concurrent requests of a burst surely meet in batches
-    config = ServeConfig(worker_threads=2, micro_batch=16, max_wait_ms=40)
+    config = ServeConfig(worker_threads=2, micro_batch=16, max_wait_ms=40, batch_threads=2)
     app = create_app(lambda: Recommender.load(miir_run, text_encoder=colour_text), config)
     with ServerThread(app) as s:
         yield s

@@ -648,6 +648,9 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long a request waits for batch-mates (ms).")
     ] = 2.0,
+    batch_threads: Annotated[
+        int, typer.Option(min=1, help="Coalesced batches scored at the same time.")
+    ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve a run over HTTP (FastAPI + uvicorn): /recommend, /impute, /recommend/batch,
@@ -658,6 +661,7 @@ def serve(
     config = ServeConfig(
         max_body_bytes, max_batch, workers_threads, torch_threads,
         batching=batching, micro_batch=micro_batch, max_wait_ms=max_wait_ms,
+        batch_threads=batch_threads,
     )  # fmt: skip
     try:
         serve_run(run, host, port, config, access_log=access_log)

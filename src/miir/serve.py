@@ -23,7 +23,8 @@ Why it is built this way:
   (:mod:`miir.batching`, on unless ``batching=False``): validated one by one first (a bad one
   is its own 4xx), then scored together, up to ``micro_batch`` at a time, waiting at most
   ``max_wait_ms`` for batch-mates; one pass over a batch costs far less than a pass per request,
-  and the results are the facade's per-request ones. Histories with inline records take the
+  and the results are the facade's per-request ones. One batch is scored at a time
+  (``batch_threads``): what queues meanwhile makes the next batch. Histories with inline records take the
   direct path (their texts are encoded per request).
 - a history longer than the model reads is cut to its most recent items by the facade; the
   response says how many were dropped (``cut``) and why (``warnings``).
@@ -75,6 +76,9 @@ class ServeConfig:
     batching: bool = True  # coalesce concurrent /recommend requests into one model pass
     micro_batch: int = 64  # requests per coalesced pass, at most
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for batch-mates
+    # coalesced batches scored at the same time: one leaves a core to the event loop (which
+    # parses, validates and answers every request) and lets the next batch gather meanwhile
+    batch_threads: int = 1
 
 
 # ---------------------------------------------------------------------- request and response models
@@ -235,7 +239,7 @@ class Service:
                 self.run,
                 max_batch=config.micro_batch,
                 max_wait_ms=config.max_wait_ms,
-                concurrency=config.worker_threads,
+                concurrency=config.batch_threads,
             )
 
     def _score_batch(
