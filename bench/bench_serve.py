@@ -23,7 +23,8 @@ phase runs on the batching server only (it is unchanged by batching).
 Each phase stops early at ``--time-limit`` seconds. Recorded: throughput (requests/s over the
 phase), p50/p95/p99/max latency of the 200s, the 5xx count (target 0), the 4xx count and any
 answer of the wrong class, and the server's resident memory (VmRSS) after warm-up, after each
-phase, and its peak (VmHWM). Targets reported against, not asserted: p99 < 50 ms for single
+phase, and its peak (VmHWM); per configuration, the CPU seconds the server process and the
+client spent per single request (steadier than latency where other work shares the machine). Targets reported against, not asserted: p99 < 50 ms for single
 recommendations at 32 concurrent clients on 2 CPU cores, zero 5xx, memory flat.
 
 Writes ``serve.json`` and ``serve.md`` atomically into ``--out`` (default bench/results),
@@ -305,7 +306,7 @@ def markdown(rec: dict[str, Any]) -> str:
         f"{'uvloop' if s['uvloop'] else 'asyncio'}; the client runs on the same machine.",
         "",
         "| phase | rounds | requests | concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | "
-        "2xx | 4xx | 5xx | wrong class | server CPU ms/request |",
+        "2xx | 4xx | 5xx | wrong class | CPU ms/request: server, client |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rec["phases"].items():
@@ -315,8 +316,8 @@ def markdown(rec: dict[str, Any]) -> str:
             f"{r['throughput_rps']:.1f} | {lat['p50']:.1f} | {lat['p95']:.1f} | "
             f"{lat['p99']:.1f} | {lat['max']:.1f} | {st['2xx']:,} | {st['4xx']:,} | "
             f"{st['5xx']} | {st['wrong_class']} | "
-            + (f"{r['server_cpu_ms_per_request']:.2f} |" if "server_cpu_ms_per_request" in r
-               else "- |")
+            + (f"{r['server_cpu_ms_per_request']:.2f}, {r['client_cpu_ms_per_request']:.2f} |"
+               if "server_cpu_ms_per_request" in r else "- |")
         )  # fmt: skip
     ratio = rec.get("batching_ratio")
     if ratio:
@@ -409,19 +410,22 @@ def measure(
     memory = {label[b]: {"start": memory_mib(p.pid)} for b, (p, _) in servers.items()}
     rounds: dict[bool, list[Round]] = {b: [] for b in servers}
     cpu = dict.fromkeys(servers, 0.0)
+    client_cpu = dict.fromkeys(servers, 0.0)
     size = math.ceil(len(singles) / args.rounds)
     for start in range(0, len(singles), size):
         for b, (proc, url) in servers.items():  # the same bodies, each server in turn
             part = singles[start : start + size]
             limit = args.time_limit / args.rounds
-            before = cpu_seconds(proc.pid)
+            before, client_before = cpu_seconds(proc.pid), time.process_time()
             rounds[b].append(asyncio.run(run_phase(url, "/recommend", part, args.concurrency,
                                                    limit)))  # fmt: skip
             cpu[b] += cpu_seconds(proc.pid) - before
+            client_cpu[b] += time.process_time() - client_before
     phases = {}
     for b, r in rounds.items():
         phase = summary(r, args.concurrency)
         phase["server_cpu_ms_per_request"] = 1000 * cpu[b] / max(1, phase["requests"])
+        phase["client_cpu_ms_per_request"] = 1000 * client_cpu[b] / max(1, phase["requests"])
         phases[f"single, {label[b]}" if len(servers) > 1 else "single"] = phase
     for b, (proc, _) in servers.items():
         memory[label[b]]["after_single"] = memory_mib(proc.pid)
