@@ -24,8 +24,9 @@ Each phase stops early at ``--time-limit`` seconds. Recorded: throughput (reques
 phase), p50/p95/p99/max latency of the 200s, the 5xx count (target 0), the 4xx count and any
 answer of the wrong class, and the server's resident memory (VmRSS) after warm-up, after each
 phase, and its peak (VmHWM); per configuration, the CPU seconds the server process and the
-client spent per single request (steadier than latency where other work shares the machine). Targets reported against, not asserted: p99 < 50 ms for single
-recommendations at 32 concurrent clients on 2 CPU cores, zero 5xx, memory flat.
+client spent per single request (steadier than latency where other work shares the
+machine). Targets reported against, not asserted: p99 < 50 ms for single recommendations at
+32 concurrent clients on 2 CPU cores, zero 5xx, memory flat.
 
 Writes ``serve.json`` and ``serve.md`` atomically into ``--out`` (default bench/results),
 with the command, commit, date and machine.
