@@ -15,8 +15,8 @@ log off). An asyncio httpx client then keeps ``--concurrency`` requests in fligh
    ``--batch-concurrency`` in flight.
 
 With ``--batching both``, two servers run (micro-batching on, and ``--no-batching``) and the
-single requests are sent to them in ``--rounds`` alternating rounds (on, off, on, off, ...:
-a change in the machine's load touches both alike); each configuration gets the same
+single requests are sent to them in ``--rounds`` alternating rounds (on off, off on, on
+off, ...: a change in the machine's load touches both alike); each configuration gets the same
 ``--requests`` bodies, and the report gives each one's numbers and their ratio. The batch
 phase runs on the batching server only (it is unchanged by batching).
 
@@ -412,9 +412,11 @@ def measure(
     rounds: dict[bool, list[Round]] = {b: [] for b in servers}
     cpu = dict.fromkeys(servers, 0.0)
     client_cpu = dict.fromkeys(servers, 0.0)
+    rss_by_round: dict[bool, list[float | None]] = {b: [] for b in servers}
     size = math.ceil(len(singles) / args.rounds)
-    for start in range(0, len(singles), size):
-        for b, (proc, url) in servers.items():  # the same bodies, each server in turn
+    for n, start in enumerate(range(0, len(singles), size)):
+        order = list(servers.items())
+        for b, (proc, url) in order[::-1] if n % 2 else order:  # the same bodies; ABBA order
             part = singles[start : start + size]
             limit = args.time_limit / args.rounds
             before, client_before = cpu_seconds(proc.pid), time.process_time()
@@ -422,11 +424,13 @@ def measure(
                                                    limit)))  # fmt: skip
             cpu[b] += cpu_seconds(proc.pid) - before
             client_cpu[b] += time.process_time() - client_before
+            rss_by_round[b].append(memory_mib(proc.pid)["rss_mib"])
     phases = {}
     for b, r in rounds.items():
         phase = summary(r, args.concurrency)
         phase["server_cpu_ms_per_request"] = 1000 * cpu[b] / max(1, phase["requests"])
         phase["client_cpu_ms_per_request"] = 1000 * client_cpu[b] / max(1, phase["requests"])
+        phase["server_rss_mib_by_round"] = rss_by_round[b]
         phases[f"single, {label[b]}" if len(servers) > 1 else "single"] = phase
     for b, (proc, _) in servers.items():
         memory[label[b]]["after_single"] = memory_mib(proc.pid)
