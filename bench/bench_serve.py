@@ -291,6 +291,12 @@ def summary(rounds: list[Round], concurrency: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------- report
 
 
+def _phase_order(item: tuple[str, Any]) -> tuple[bool, bool]:
+    """Single requests first (batching on before off), then the batches: the JSON file
+    keeps its keys sorted, the table does not."""
+    return (not item[0].startswith("single"), item[0].endswith("off"))
+
+
 def markdown(rec: dict[str, Any]) -> str:
     m, g, s = rec["machine"], rec["git"], rec["server"]
     title = "# HTTP service load benchmark (`miir serve`)"
@@ -319,7 +325,7 @@ def markdown(rec: dict[str, Any]) -> str:
         "2xx | 4xx | 5xx | wrong class | CPU ms/request: server, client |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in rec["phases"].items():
+    for name, r in sorted(rec["phases"].items(), key=_phase_order):
         lat, st = r["latency_ms"], r["status"]
         lines.append(
             f"| {name} | {r['rounds']} | {r['requests']:,} | {r['concurrency']} | "
@@ -339,12 +345,17 @@ def markdown(rec: dict[str, Any]) -> str:
             f"x{ratio['server_cpu']:.2f} (on divided by off).",
         ]
     lines += ["", "Server memory (MiB, VmRSS):"]
-    for label, mem in rec["memory"].items():
+    stages = ("start", "after_single", "end")
+    for label, mem in sorted(rec["memory"].items(), key=lambda kv: kv[0].endswith("off")):
         lines.append(
             f"- {label}: "
-            + ", ".join(f"{k} {v['rss_mib']:.0f}" for k, v in mem.items() if v["rss_mib"])
+            + ", ".join(f"{k} {mem[k]['rss_mib']:.0f}" for k in stages if mem[k]["rss_mib"])
             + (f"; peak {mem['end']['peak_mib']:.0f}" if mem["end"].get("peak_mib") else "")
         )
+    for name, r in sorted(rec["phases"].items(), key=_phase_order):
+        if r.get("server_rss_mib_by_round"):
+            rss = ", ".join(f"{v:.0f}" for v in r["server_rss_mib_by_round"] if v is not None)
+            lines.append(f"- {name}, after each round: {rss}")
     t = rec["targets"]
     lines += [
         "",
