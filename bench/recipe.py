@@ -184,6 +184,10 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
         print(f"{name}: recorded, skipped")
         return json.loads(record_path.read_text(encoding="utf-8"))
     out = RUNS / name
+    # a run killed before it was recorded resumes from Lightning's last checkpoint
+    resume = any(out.glob("lightning/*/last.ckpt"))
+    if resume:
+        print(f"{name}: resuming from {out}")
     started = time.perf_counter()
     results = train(
         data,
@@ -191,7 +195,8 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
         "miir",
         model,
         TrainConfig(**tr),
-        overwrite=True,
+        resume=resume,
+        overwrite=not resume,
         command=" ".join(sys.argv),
         stages=("valid", "test") if test else ("valid",),
     )
