@@ -22,10 +22,11 @@ Why it is built this way:
 - concurrent ``/recommend`` requests of catalogue ids are micro-batched
   (:mod:`miir.batching`, on unless ``batching=False``): validated one by one first (a bad one
   is its own 4xx), then scored together, up to ``micro_batch`` at a time, waiting at most
-  ``max_wait_ms`` for batch-mates; one pass over a batch costs far less than a pass per request,
-  and the results are the facade's per-request ones. One batch is scored at a time
-  (``batch_threads``): what queues meanwhile makes the next batch. Histories with inline records take the
-  direct path (their texts are encoded per request).
+  ``max_wait_ms`` for batch-mates; a pass over a batch costs far less than a pass per
+  request (bench/results/serve.md: server CPU per request x0.41), and the results are the
+  facade's per-request ones. One batch is scored at a time (``batch_threads``): what queues
+  meanwhile makes the next batch. Histories with inline records take the direct path (their
+  texts are encoded per request).
 - a history longer than the model reads is cut to its most recent items by the facade; the
   response says how many were dropped (``cut``) and why (``warnings``).
 """
