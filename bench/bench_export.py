@@ -30,7 +30,6 @@ import contextlib
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from miir.atomic import atomic_json, atomic_write_text
+from miir.benchmark import git_commit
 from miir.data.artifact import Artifact
 from miir.export import INPUT, OUTPUT, export_run, ort_session
 from miir.runtime import machine_info
@@ -50,18 +50,6 @@ from miir.training.data import eval_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"single": 1, "batch64": 64}
-
-
-def git_state() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-
-    return {
-        "commit": run("rev-parse", "HEAD"),
-        "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def machine() -> dict[str, Any]:
@@ -202,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "export",
         "command": shlex.join(["python", *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(),
+        "git": git_commit(),
         "machine": machine(),
         "onnxruntime": onnxruntime.__version__,
         "threads": args.threads,

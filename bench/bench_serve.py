@@ -57,6 +57,7 @@ import httpx
 import numpy as np
 
 from miir.atomic import atomic_json, atomic_write_text
+from miir.benchmark import git_commit
 from miir.runtime import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,18 +65,6 @@ P99_TARGET_MS = 50.0
 
 
 # ---------------------------------------------------------------------- record keeping
-
-
-def git_state() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-
-    return {
-        "commit": run("rev-parse", "HEAD"),
-        "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def machine() -> dict[str, Any]:
@@ -498,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         "smoke": args.smoke,
         "command": shlex.join(["python", *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(),
+        "git": git_commit(),
         "machine": host_machine,
         "load_avg_after": machine()["load_avg"],
         "run": str(args.run),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,13 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "imputation"
 
 
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "--", "src"], cwd=ROOT) != 0
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def _commit_text() -> str:
+    """The checkout's commit, '+dirty' when tracked files differ (miir.benchmark.git_commit)."""
+    from miir.benchmark import git_commit
+
+    c = git_commit()
+    return (c["commit"] or "unknown") + ("+dirty" if c["dirty"] else "")
 
 
 def evaluate_all(args: argparse.Namespace) -> list[dict]:
@@ -219,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(
             ["python", *(sys.argv if argv is None else ["bench/imputation.py", *argv])]
         ),
-        "commit": _commit(),
+        "commit": _commit_text(),
         "machine": {"node": platform.node(), **machine_info()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "stage": args.stage,
