@@ -125,6 +125,26 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {"max_epochs": 40, "patience": 8},
     ),
+    # on top of causal + next-item: the next-item loss weighted up, and a lighter MII mask
+    "recipe-causal-next-w3": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 3.0,
+        },
+        {},
+    ),
+    "recipe-causal-next-mask-0.3": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 1.0,
+            "mask_prob": 0.3,
+        },
+        {},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
