@@ -125,6 +125,27 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {"max_epochs": 40, "patience": 8},
     ),
+    # causal + next-item after the scoring fix: the last history item now sits one position
+    # left of the end, where the next-item loss trained it (the runs above scored it at the
+    # last position, which training only ever gives a window's successor-less last item)
+    "recipe-causal-next-shifted": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 1.0,
+        },
+        {},
+    ),
+    "recipe-causal-next-shifted-40": (
+        {
+            "embedding_init": "normal",
+            "field_weights": {"item_id": 3.0},
+            "causal": True,
+            "next_item_weight": 1.0,
+        },
+        {"max_epochs": 40, "patience": 8},
+    ),
     # on top of causal + next-item: the next-item loss weighted up, and a lighter MII mask
     "recipe-causal-next-w3": (
         {

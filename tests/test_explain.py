@@ -19,12 +19,21 @@ from miir.training.checkpoint import save_checkpoint
 runner = CliRunner()
 
 
+def appends_query(model) -> bool:
+    """The paper's scoring pass appends an all-missing query item; a next-item model (the
+    default recipe) scores from the last history item and appends nothing."""
+    return model.config.next_item_weight == 0
+
+
 def expected_allowed(model, history: torch.Tensor) -> torch.Tensor:
-    """(B, T, T) which keys each query token may attend to, from the paper's definitions alone:
+    """(B, T, T) which keys each query token may attend to, from the definitions alone:
     real keys only (no padding); SFSA (Eq. 16): the same item or the same field type; MIIR-M
-    (Eq. 15): no side field missing in the data; and every token to itself."""
+    (Eq. 15): no side field missing in the data; causal: the same or an earlier item; and
+    every token to itself."""
     n_hist = history.shape[1]
-    items = torch.cat([history, torch.ones(len(history), 1, dtype=torch.long)], 1)  # (B, n)
+    items = history
+    if appends_query(model):
+        items = torch.cat([history, torch.ones(len(history), 1, dtype=torch.long)], 1)  # (B, n)
     F = model.n_fields
     n = items.shape[1]
     key = (items != 0)[:, :, None].expand(-1, -1, F).clone()  # (B, n, F)
@@ -37,14 +46,21 @@ def expected_allowed(model, history: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(n).repeat_interleave(F)
         fld = torch.arange(F).repeat(n)
         allowed = allowed & ((pos[:, None] == pos[None]) | (fld[:, None] == fld[None]))
-    assert n == n_hist + 1
+    if model.config.causal:
+        pos = torch.arange(n).repeat_interleave(F)
+        allowed = allowed & (pos[None, :] <= pos[:, None])
+    assert n == n_hist + appends_query(model)
     return allowed | torch.eye(n * F, dtype=torch.bool)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_attention_is_the_scoring_pass(name: str, norm_first: bool) -> None:
-    model = small_model(name, n_layers=2, norm_first=norm_first).eval()
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"norm_first": True}, {"causal": False}],
+    ids=["default", "pre-ln", "paper-dfsa"],
+)
+def test_attention_is_the_scoring_pass(name: str, options: dict) -> None:
+    model = small_model(name, n_layers=2, **options).eval()
     assert isinstance(model, AttentionMaps)
     history = random_windows(6, model.history_len, seed=4, min_len=2)
     history[0] = torch.arange(2, 2 + model.history_len)  # a full row: no column is cut
@@ -55,20 +71,21 @@ def test_attention_is_the_scoring_pass(name: str, norm_first: bool) -> None:
     torch.testing.assert_close(
         model.score_with_attention(history, cand)[0], model.score(history, cand), rtol=0, atol=1e-5
     )
-    B, T = len(history), (model.history_len + 1) * model.n_fields
+    B, T = len(history), (model.history_len + appends_query(model)) * model.n_fields
     assert attention.shape == (2, B, 2, T, T)
     torch.testing.assert_close(model.attention(history), attention)
 
     # weights of the rows of real tokens: a distribution over exactly the allowed keys
     allowed = expected_allowed(model, history)[None, :, None]  # (1, B, 1, T, T)
-    real_query = (
-        torch.cat([history, torch.ones(B, 1, dtype=torch.long)], 1) != 0
-    ).repeat_interleave(model.n_fields, 1)  # (B, T)
+    scored = history
+    if appends_query(model):
+        scored = torch.cat([history, torch.ones(B, 1, dtype=torch.long)], 1)
+    real_query = (scored != 0).repeat_interleave(model.n_fields, 1)  # (B, T)
     rows = real_query[None, :, None, :, None].expand_as(attention)
     torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
     assert torch.all(attention[rows & ~allowed] == 0)  # padding, and pairs the variant forbids
     assert torch.all(attention[rows & allowed.expand_as(attention)] > 0)
-    if model.config.attention == "sparse":
+    if model.config.attention == "sparse" or model.config.causal:
         assert (~allowed).any()  # the test did see forbidden pairs
 
 
@@ -83,12 +100,17 @@ def test_fast_path_unchanged_in_training_mode() -> None:
     assert model.blocks[0].qkv.weight.grad is not None and attention.requires_grad
 
 
-def test_explanation_of_a_random_model(tmp_path) -> None:
-    """All four field kinds (text included) decode in the case study; the heat map is a PNG."""
-    model = small_model("miir", n_layers=2)
+@pytest.mark.parametrize("causal", [True, False])
+def test_explanation_of_a_random_model(tmp_path, causal: bool) -> None:
+    """All four field kinds (text included) decode in the case study; the heat map is a PNG.
+    The attention comes from the appended query's ID (the paper's model) or from the last
+    history item's ID (the default recipe, which scores from there)."""
+    model = small_model("miir", n_layers=2, causal=causal)
     expl = explain(model, [5, 9, 3, 12], target=20)
     L, h, F, n = expl.query_attention.shape
-    assert (L, h, F, n) == (2, 2, 5, 5)
+    assert (L, h, F, n) == (2, 2, 5, 4 if causal else 5)
+    assert expl.attention_positions == (["1", "2", "3", "4"] + ([] if causal else ["next"]))
+    assert ("position 4" in expl.scoring_token) == causal
     assert expl.fields == ["item_id", "brand", "cats", "title", "price"]
     assert abs(expl.query_attention.sum(axis=(2, 3)) - 1).max() < 1e-5
     md = case_study(expl, model, None, "Case")
@@ -127,7 +149,8 @@ def test_explain_a_user(trained_run, planted_discard_artifact, tmp_path) -> None
     seq = [art.item_names[i] for i in art.sequence(3)]
     assert att["items"] == seq[:-1][-7:]  # the test history: the last max_len - 1 items
     weights = torch.tensor(att["query_attention"])  # (L, h, F, n)
-    assert weights.shape == (2, 2, 4, 8)
+    assert weights.shape == (2, 2, 4, 7)  # scored from the last of the 7 history items
+    assert att["attention_positions"] == att["positions"][:-1]
     torch.testing.assert_close(weights.sum((2, 3)), torch.ones(2, 2), atol=1e-4, rtol=0)
     md = (out / "case_study.md").read_text()
     assert f"user {user}" in md and f"The hidden next item {seq[-1]} ranks" in md

@@ -55,7 +55,8 @@ def test_shapes_and_finite_losses(variant: str) -> None:
     assert out.shape == (4, 6, 5, 16)
     loss, parts = model.masked_loss(items, masked)
     assert torch.isfinite(loss) and loss > 0
-    assert set(parts) == {"item_id", "brand", "cats", "title", "price"}
+    # the default recipe's next-item loss (the scoring head) is trained in every variant
+    assert set(parts) == {"item_id", "brand", "cats", "title", "price", "next_item"}
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
@@ -86,7 +87,9 @@ def test_masks_supervise_only_present_fields() -> None:
 
 @pytest.mark.parametrize("variant", ["miir", "miir-r", "sparse-miir", "miir-m"])
 def test_overfits_one_batch(variant: str) -> None:
-    model = make_model(variant)
+    # bidirectional (the paper's DFSA): a causal model cannot recover a whole-masked first
+    # item, which has no prefix, so its loss on random windows has a floor above zero
+    model = make_model(variant, causal=False)
     items = batch(B=8)
     masked = (
         rec_mask
@@ -139,8 +142,27 @@ def test_target_fields_do_not_leak() -> None:
     assert not torch.allclose(model.score(hist), after)
 
 
+def test_next_item_scores_use_the_training_positions() -> None:
+    """With the next-item head, a history is scored from the state its last item has inside
+    a training window that ends with the target: one position left of the end (causal
+    attention: the target changes nothing before it), not at the window's last position."""
+    model = make_model().eval()  # max_len 6; the default: causal, next-item head
+    assert model.config.causal and model.next_proj is not None
+    window = torch.tensor([[3, 4, 5, 6, 7, 8], [0, 0, 9, 10, 11, 12]])
+    hidden = torch.zeros(*window.shape, model.n_fields, dtype=torch.bool)
+    with torch.no_grad():
+        in_training = model.next_proj(model(window, hidden)[:, -2, 0])  # (B, e)
+        scores = model.score(window[:, :-1])
+        expected = model._rank(in_training, None)
+    assert torch.allclose(scores, expected, atol=1e-5)
+    # the same history placed at the last position (the old scoring) differs: the test can fail
+    with torch.no_grad():
+        last = model.next_proj(model(window[:, :-1], hidden[:, :-1])[:, -1, 0])
+    assert not torch.allclose(model._rank(last, None), expected, atol=1e-3)
+
+
 def test_sparse_attention_mask_follows_eq16() -> None:
-    model = make_model("sparse-miir")
+    model = make_model("sparse-miir", causal=False)  # Eq. 16 as printed (both directions)
     items = batch()
     mask = model.attention_mask(items, model.present(items))  # (B, 1, T, T)
     F = model.n_fields
@@ -148,12 +170,16 @@ def test_sparse_attention_mask_follows_eq16() -> None:
     assert not mask[1, 0, i, j]
     assert mask[1, 0, i, 3 * F + 1]  # same field, other item
     assert mask[1, 0, i, 2 * F + 3]  # same item, other field
-    dense = make_model("miir").attention_mask(items, model.present(items))
+    dense = make_model("miir", causal=False).attention_mask(items, model.present(items))
     assert dense.shape[-1] == items.shape[1] * F and dense[1].all()
+    # the default recipe is causal: SFSA's pattern, later items cut off
+    causal = make_model("sparse-miir").attention_mask(items, model.present(items))
+    assert not causal[1, 0, i, 3 * F + 1] and causal[1, 0, 3 * F + 1, i]  # later vs earlier
+    assert causal[1, 0, i, 2 * F + 3] and not causal[1, 0, i, j]
 
 
 def test_mask_missing_hides_missing_fields_eq15() -> None:
-    model = make_model("miir-m")
+    model = make_model("miir-m", causal=False)  # Eq. 15 as printed (both directions)
     items = batch()
     present = model.present(items)
     mask = model.attention_mask(items, present)

@@ -116,7 +116,8 @@ def test_causal_miir_never_reads_later_items_and_keeps_packing_exact() -> None:
     """``causal``: the states of an item depend on that item and earlier ones only (so a
     hidden item is predicted from its prefix, like the appended query); packed rows still
     give the padded batch's loss."""
-    model = miir(causal=True).eval()
+    model = miir().eval()  # causal is the default
+    assert model.config.causal
     items = random_windows(5, 6, seed=3, min_len=6)  # full windows
     changed = items.clone()
     changed[:, 4:] = torch.flip(items[:, 4:], dims=[0])  # other later items
@@ -125,8 +126,8 @@ def test_causal_miir_never_reads_later_items_and_keeps_packing_exact() -> None:
         a, b = model(items, hidden), model(changed, hidden)
     assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
     assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
-    dense = miir().eval()
-    dense.load_state_dict(model.state_dict())
+    dense = miir(causal=False).eval()  # the paper's bidirectional DFSA, the same weights
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if "next_proj" not in k})
     with torch.no_grad():  # the dense model reads later items: the same change reaches back
         assert not torch.allclose(dense(items, hidden)[:, :4], dense(changed, hidden)[:, :4])
     model = miir(causal=True, last_item_prob=1.0, last_item_clean=True)  # the same mask
@@ -145,7 +146,10 @@ def test_next_item_loss_needs_causal_keeps_packing_exact_and_learns_a_planted_su
     from miir.models import model_config
 
     with pytest.raises(ConfigError, match="needs causal"):
-        model_config("miir", {"next_item_weight": 1.0})
+        model_config("miir", {"causal": False, "next_item_weight": 1.0})
+    # the default recipe has both; causal=false alone turns the next-item loss off
+    assert model_config("miir", {}).next_item_weight == 1.0
+    assert model_config("miir", {"causal": "false"}).next_item_weight == 0.0
     model = miir(causal=True, next_item_weight=1.0, last_item_prob=1.0, last_item_clean=True)
     items = random_windows(7, 6, seed=5, min_len=2)
     packed, parts = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))

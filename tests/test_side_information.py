@@ -5,7 +5,14 @@ items with a random colour, 300 seen in training and 100 never seen. A history h
 hubs (shuffled) and three noise items; the next item is the hub of the last item's colour.
 Tested on histories of unseen noise items, only the ``colour`` field tells which hub comes
 next: an ID-only model is at chance (1/4). The hubs sit in every history, so a model that
-reads side information only to decide where to attend (NOVA) can solve it too."""
+reads side information only to decide where to attend (NOVA) can solve it too.
+
+MIIR's default scores the next item from the last history item's state (causal attention plus
+a next-item loss); that state carries the item's own ID embedding, and an ID never seen in
+training has an untrained one, which misleads it (measured at 1200 steps: 0.01 on unseen ids).
+So the comparison runs MIIR as the paper scores it (an appended all-missing query item), and a
+second test checks the default where the product meets new items: as inline records whose ID
+is unknown and whose fields are known."""
 
 from __future__ import annotations
 
@@ -56,7 +63,7 @@ def planted_windows(cat: ItemCatalogue, cold: bool, B: int, g: torch.Generator) 
     return torch.cat([hubs, noise, target[:, None]], 1)  # (B, L)
 
 
-def accuracy_on_unseen_items(name: str, steps: int = 600) -> float:
+def train_planted(name: str, steps: int, **overrides) -> tuple[torch.nn.Module, ItemCatalogue]:
     fields = REGISTRY[name].cls.Config.model_fields
     wanted = {
         "dropout": 0.0,
@@ -69,7 +76,8 @@ def accuracy_on_unseen_items(name: str, steps: int = 600) -> float:
     }
     torch.manual_seed(0)
     cat = planted_catalogue()
-    config = model_config(name, {k: v for k, v in wanted.items() if k in fields})
+    wanted = {k: v for k, v in wanted.items() if k in fields}
+    config = model_config(name, {**wanted, **overrides})
     model = build_model(name, config, cat)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(1)
@@ -80,7 +88,11 @@ def accuracy_on_unseen_items(name: str, steps: int = 600) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
+    return model.eval(), cat
+
+
+def accuracy_on_unseen_items(name: str, steps: int = 600, **overrides) -> float:
+    model, cat = train_planted(name, steps, **overrides)
     test = planted_windows(cat, True, 400, torch.Generator().manual_seed(2))
     with torch.no_grad():
         picked = model.score(test[:, :-1]).argmax(1)
@@ -89,7 +101,29 @@ def accuracy_on_unseen_items(name: str, steps: int = 600) -> float:
 
 @pytest.fixture(scope="module")
 def accuracy() -> dict[str, float]:
-    return {name: accuracy_on_unseen_items(name) for name in MODELS if name in REGISTRY}
+    paper_scoring = {"miir": {"causal": False}}  # see the module docstring
+    return {
+        name: accuracy_on_unseen_items(name, **paper_scoring.get(name, {}))
+        for name in MODELS
+        if name in REGISTRY
+    }
+
+
+def test_default_miir_predicts_from_the_fields_of_new_inline_items() -> None:
+    """The default MIIR (next-item head) on the same task, the unseen items given as inline
+    records (ID unknown, colour and size known), as ``Recommender.recommend`` passes them."""
+    model, cat = train_planted("miir", 1200)
+    assert model.config.causal and model.config.next_item_weight > 0
+    test = planted_windows(cat, True, 400, torch.Generator().manual_seed(2))
+    history = test[:, :-1]
+    side = model.side_inputs(history)  # the fields, looked up before the ids are hidden
+    inline = torch.where(history >= 2 + G + N_TRAIN, torch.ones_like(history), history)
+    with torch.no_grad():
+        picked = model.score(inline, side=side).argmax(1)
+        blind = model.score(inline).argmax(1)  # same ids, no fields: nothing to go on
+    accuracy = float((picked == test[:, -1]).float().mean())
+    assert accuracy > 0.9, accuracy
+    assert float((blind == test[:, -1]).float().mean()) < 0.5
 
 
 def test_every_feature_aware_model_beats_every_id_only_model(accuracy) -> None:

@@ -2,8 +2,10 @@
 
 For one history, from a trained run:
 
-- ``attention.png``: the attention from the next item's (the query's) ID field to every field
-  of every position, one panel per layer and head, as a fields x positions heat map (Fig. 5).
+- ``attention.png``: the attention from the scoring token's ID field to every field of every
+  position, one panel per layer and head, as a fields x positions heat map (Fig. 5). The
+  scoring token is the appended query item's ID (the paper's model, ``next_item_weight=0``) or,
+  for a model that scores from the last history item (the default recipe), that item's ID.
   The weights come from the pass that scores (:meth:`~miir.models.miir.MIIR.score_with_attention`),
   not from a second model of the attention.
 - ``case_study.md``: the sequence with each field's known value, the value the data hides
@@ -49,15 +51,28 @@ class Explanation:
 
     items: list[int]  # the n - 1 history item ids the model read, oldest first
     fields: list[str]  # item_id, then the side fields in the model's order
-    query_attention: np.ndarray  # (L, h, F, n): from the query's ID field to every token
+    query_attention: np.ndarray  # (L, h, F, m): from the scoring ID token to every token
     scores: Tensor  # (N + 2,) next-item scores, ids 0 and 1 at -inf
     imputed: dict[str, Tensor]  # field -> (n, V + 2) probabilities or (n, D) text vectors
     target: int | None = None  # the known next item, when there is one
     dropped: int = 0  # older items of the given history the model does not read
+    query_appended: bool = True  # False: scored from the last history item (no query token)
 
     @property
     def positions(self) -> list[str]:
         return [str(i + 1) for i in range(len(self.items))] + [QUERY_LABEL]
+
+    @property
+    def attention_positions(self) -> list[str]:
+        """The positions of the scoring pass (the columns of ``query_attention``)."""
+        return self.positions if self.query_appended else self.positions[:-1]
+
+    @property
+    def scoring_token(self) -> str:
+        """Whose ID field the attention comes from, in words."""
+        if self.query_appended:
+            return "the next item's ID"
+        return f"the last history item's ID (position {len(self.items)})"
 
 
 def require_attention(model: SequenceModel, name: str) -> None:
@@ -83,18 +98,23 @@ def explain(model: SequenceModel, history: list[int], target: int | None = None)
     rows = torch.tensor([kept], dtype=torch.long)  # (1, n - 1)
     scores, attention = model.score_with_attention(rows)  # (1, N + 2), (L, 1, h, T, T)
     n = len(kept) + 1
-    n_fields = attention.shape[-1] // n
-    query = (n - 1) * n_fields  # the query item's ID token
-    weights = attention[:, 0, :, query, :]  # (L, h, T)
+    # the scoring pass appends the query item, or (next-item scoring) reads the history only
+    appended = getattr(model, "next_proj", None) is None
+    m = n if appended else n - 1  # positions in the scoring pass
+    n_fields = attention.shape[-1] // m
+    scoring = (m - 1) * n_fields  # the ID token that scores: the query's or the last item's
+    weights = attention[:, 0, :, scoring, :]  # (L, h, T)
     L, h, _ = weights.shape
-    per_token = weights.reshape(L, h, n, n_fields).transpose(2, 3)  # (L, h, F, n)
+    per_token = weights.reshape(L, h, m, n_fields).transpose(2, 3)  # (L, h, F, m)
     items = torch.tensor([[*kept, MISSING_ID]], dtype=torch.long)  # (1, n)
     hidden = torch.zeros(1, n, n_fields, dtype=torch.bool)
     hidden[:, -1] = True  # the query item, exactly as in the scoring pass
     imputed = {k: v[0] for k, v in model.impute(items, hidden).items()}  # (n, ...)
     fields = [ID_FIELD, *model.catalogue.names]
     dropped = len(history) - len(kept)
-    return Explanation(kept, fields, per_token.float().numpy(), scores[0], imputed, target, dropped)
+    return Explanation(
+        kept, fields, per_token.float().numpy(), scores[0], imputed, target, dropped, appended
+    )
 
 
 # ---------------------------------------------------------------------- the heat maps
@@ -125,10 +145,10 @@ def plot_attention(expl: Explanation, path: Path, title: str = "") -> None:
             )
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
             ax.set_yticks(range(F), expl.fields if head == 0 else [""] * F, fontsize=7)
-            ax.set_xticks(range(n), expl.positions, fontsize=6, rotation=90)
+            ax.set_xticks(range(n), expl.attention_positions, fontsize=6, rotation=90)
             if layer == L - 1:
                 ax.set_xlabel("item position", fontsize=7)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention from the next item's ID")
+    fig.colorbar(image, ax=axes, shrink=0.8, label=f"attention from {expl.scoring_token}")
     if title:
         fig.suptitle(title, fontsize=9)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -288,10 +308,10 @@ def _recommendations(expl: Explanation, vals: _Values) -> list[str]:
 
 
 def _attention_summary(expl: Explanation) -> list[str]:
-    """Per layer, the share of the next item's ID attention that goes to each field."""
+    """Per layer, the share of the scoring ID token's attention that goes to each field."""
     share = expl.query_attention.sum(-1).mean(1)  # (L, F): over positions, mean over heads
     lines = [
-        "## Attention from the next item's ID field",
+        f"## Attention from {expl.scoring_token} field",
         "",
         "![attention](attention.png)",
         "",
@@ -397,11 +417,13 @@ def explain_run(
         {
             "fields": expl.fields,
             "positions": expl.positions,
+            "attention_positions": expl.attention_positions,
+            "scoring_token": expl.scoring_token,
             "items": [model.catalogue.item_names[i] for i in expl.items]
             if model.catalogue.item_names
             else expl.items,
             "query_attention": np.round(expl.query_attention, 6).tolist(),
-            "shape": "layers x heads x fields x positions",
+            "shape": "layers x heads x fields x attention_positions",
         },
     )
     atomic_write_text(paths["md"], case_study(expl, model, artifact, heading))
