@@ -38,6 +38,14 @@ BASE_MODEL: dict = {
     "item_mask_prob": 0.2,
     "embedding_init": "xavier",
     "field_weights": {},
+    "causal": False,  # the starting point was bidirectional (the default is causal since)
+}
+#: the model settings that make BASE_MODEL today's default of `miir train`
+DEFAULT: dict = {
+    "embedding_init": "normal",
+    "field_weights": {"item_id": 3.0},
+    "causal": True,
+    "next_item_weight": 1.0,
 }
 BASE_TRAIN: dict = {
     "lr": 1e-3,
@@ -145,6 +153,16 @@ ARMS: dict[str, tuple[dict, dict]] = {
             "next_item_weight": 1.0,
         },
         {"max_epochs": 40, "patience": 8},
+    ),
+    # on top of the default (causal + next-item, scoring fixed): SASRec's heavier dropout
+    # (our SASRec: 0.5), and the next-item head alone (no MII field losses: how much MII adds)
+    "default-dropout-0.3": ({**DEFAULT, "dropout": 0.3}, {}),
+    "default-no-mii": (
+        {
+            **DEFAULT,
+            "field_weights": {"item_id": 0.0, "categories": 0.0, "brand": 0.0, "title": 0.0},
+        },
+        {},
     ),
     # on top of causal + next-item: the next-item loss weighted up, and a lighter MII mask
     "recipe-causal-next-w3": (
