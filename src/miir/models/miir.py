@@ -19,8 +19,10 @@ and items are ranked by the ID head at that position. That is the paper's model
 against 0.0318): ``causal`` attention (the fields of an item attend to that item and earlier
 items only) and ``next_item_weight`` (beside MII, the ID state of every item predicts its
 successor through a projection, SASRec's every-prefix signal; items are then ranked from the
-last history item's ID state, and no query item is appended). MII training, imputation and
-the whole-item masked query are unchanged.
+last history item's ID state, and no query item is appended). A window's last position always
+holds its last item, which has no successor, so that state is taken with the history placed
+one position left of the end, where training put the items whose successors it predicted.
+MII training, imputation and the whole-item masked query are unchanged.
 
 Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
 
