@@ -22,7 +22,7 @@ prepare-demo: $(STAMP)
 
 # The demo (src/miir/demo.py): prepares $(DATA)/amazon-beauty with half the side values
 # discarded (reusing artifacts/beauty-d when it matches), trains MIIR with the default recipe
-# for 14 epochs (about 8 minutes on 2 cores), evaluates it under the three protocols and as an
+# for 14 epochs (about 9 minutes on 2 cores), evaluates it under the three protocols and as an
 # imputer, and writes runs/demo/report/report.md. `prepare-demo` writes the grid's artifacts.
 demo: $(STAMP)
 	$(BIN)/miir demo --data-root $(DATA)

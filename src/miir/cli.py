@@ -701,8 +701,8 @@ def demo(
     epochs: Annotated[
         int,
         typer.Option(
-            help="Training epochs: one is about 30 s with validation on amazon-beauty on 2 "
-            "cores, so the default 14 ends within about 8 minutes."
+            help="Training epochs: one is about 38 s with validation on amazon-beauty on 2 "
+            "cores, so the default 14 ends within about 9 minutes."
         ),
     ] = 14,
     seed: Annotated[int, typer.Option(help="Seed of preparation and training.")] = 42,
