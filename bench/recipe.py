@@ -133,27 +133,6 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {"max_epochs": 40, "patience": 8},
     ),
-    # causal + next-item after the scoring fix: the last history item now sits one position
-    # left of the end, where the next-item loss trained it (the runs above scored it at the
-    # last position, which training only ever gives a window's successor-less last item)
-    "recipe-causal-next-shifted": (
-        {
-            "embedding_init": "normal",
-            "field_weights": {"item_id": 3.0},
-            "causal": True,
-            "next_item_weight": 1.0,
-        },
-        {},
-    ),
-    "recipe-causal-next-shifted-40": (
-        {
-            "embedding_init": "normal",
-            "field_weights": {"item_id": 3.0},
-            "causal": True,
-            "next_item_weight": 1.0,
-        },
-        {"max_epochs": 40, "patience": 8},
-    ),
     # on top of the default (causal + next-item, scoring fixed): SASRec's heavier dropout
     # (our SASRec: 0.5), and the next-item head alone (no MII field losses: how much MII adds)
     "default-dropout-0.3": ({**DEFAULT, "dropout": 0.3}, {}),
@@ -165,25 +144,8 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {},
     ),
     # on top of causal + next-item: the next-item loss weighted up, and a lighter MII mask
-    "recipe-causal-next-w3": (
-        {
-            "embedding_init": "normal",
-            "field_weights": {"item_id": 3.0},
-            "causal": True,
-            "next_item_weight": 3.0,
-        },
-        {},
-    ),
-    "recipe-causal-next-mask-0.3": (
-        {
-            "embedding_init": "normal",
-            "field_weights": {"item_id": 3.0},
-            "causal": True,
-            "next_item_weight": 1.0,
-            "mask_prob": 0.3,
-        },
-        {},
-    ),
+    "recipe-causal-next-w3": ({**DEFAULT, "next_item_weight": 3.0}, {}),
+    "recipe-causal-next-mask-0.3": ({**DEFAULT, "mask_prob": 0.3}, {}),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
