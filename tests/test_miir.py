@@ -285,3 +285,30 @@ def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> N
     empty = p.windows < 0
     assert (packed[empty] == 0).all() and (p.source[empty] == -1).all()
     assert (packed[~empty] != 0).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "causal"), [("miir", True), ("miir", False), ("miir-m", True), ("sparse-miir", True)]
+)
+def test_one_pass_scores_and_imputes_as_the_two_passes(name: str, causal: bool) -> None:
+    """``score_and_impute`` (the service's recommend-with-imputations path) equals ``score``
+    and ``impute`` of the history with the query appended, on padded rows; the history's
+    width is checked."""
+    model = make_model(name, causal=causal).eval()  # max_len 6
+    history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11], [0, 0, 0, 0, 12]])
+    query = torch.full((3, 1), 1)
+    items = torch.cat([history, query], dim=1)
+    hidden = torch.zeros(*items.shape, model.n_fields, dtype=torch.bool)
+    hidden[:, -1] = True
+    with torch.no_grad():
+        scores, preds = model.score_and_impute(history)
+        expected_scores, expected = model.score(history), model.impute(items, hidden)
+    finite = torch.isfinite(expected_scores)
+    assert torch.equal(finite, torch.isfinite(scores))
+    assert torch.allclose(scores[finite], expected_scores[finite], atol=1e-5)
+    assert preds.keys() == expected.keys()
+    for name_, p in preds.items():
+        real = (items != 0)[..., None] if p.dim() == 3 else items != 0  # padding rows aside
+        assert torch.allclose(p * real, expected[name_] * real, atol=1e-5), name_
+    with pytest.raises(ValueError, match="at most 5"):
+        model.score_and_impute(torch.ones(1, 6, dtype=torch.long) * 3)

@@ -332,17 +332,20 @@ class Recommender:
             raise ConfigError(f"k must be at least 1, got {k}")
         items, side = model_inputs(resolved, self.model_, self._encode_text, self.device)
         extra = {} if side is None else {"side": side}
-        scores = self.model_.score(items, **extra).float()  # (B, N + 2)
+        impute = imputations and isinstance(self.model_, Imputer)
+        preds = None
+        if impute and hasattr(self.model_, "score_and_impute"):
+            # one pass for the scores and the imputations (MIIR: the same tokens either way)
+            scores, preds = self.model_.score_and_impute(items, **extra)
+        else:
+            scores = self.model_.score(items, **extra)
+        scores = scores.float()  # (B, N + 2)
         scores[:, :FIRST_VALUE_ID] = -torch.inf
         if exclude_seen:
             for b, r in enumerate(resolved):
                 scores[b, r.seen] = -torch.inf
         top = torch.topk(scores, min(k, scores.shape[1] - FIRST_VALUE_ID), dim=1)
-        imputed = (
-            self._impute(resolved, False, items, side)
-            if imputations and isinstance(self.model_, Imputer)
-            else None
-        )
+        imputed = self._impute(resolved, False, items, side, preds) if impute else None
         out = []
         for b, r in enumerate(resolved):
             ranked = [
@@ -365,9 +368,11 @@ class Recommender:
         vectors: bool,
         items: torch.Tensor | None = None,
         side: Any = None,
+        preds: dict[str, torch.Tensor] | None = None,
     ) -> list[tuple[list[ItemImputation], ItemImputation]]:
         """Per history: the imputed missing fields of its items, and the next item's fields,
-        from one pass over the history with the all-missing query item appended."""
+        from one pass over the history with the all-missing query item appended (or from
+        ``preds``, that pass's predictions when the scoring pass computed them)."""
         net = self.model_
         if items is None:
             items, side = model_inputs(resolved, net, self._encode_text, self.device)
@@ -379,7 +384,8 @@ class Recommender:
         hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=items.device)
         hidden[:, -1] = True  # the query item: every field is to be imputed
         extra = {} if side is None else {"side": side}
-        preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
+        if preds is None:
+            preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
         preds = {name: p.float().cpu() for name, p in preds.items()}
         present = net.present(items) if side is None else net.present(items, side)  # (B, L+1, F)
         real = torch.zeros(B, L + 1, dtype=torch.bool)  # (B, L + 1): not padding

@@ -572,6 +572,38 @@ class MIIR(SequenceModel):
         out = self(trimmed, hidden, None, record, side=side, offset=1)
         return self.next_proj(out[:, -1, 0])
 
+    @torch.no_grad()
+    def score_and_impute(
+        self, history: Tensor, *, side: SideInputs | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`score` and :meth:`impute` of ``[history, all-missing query item]`` from one
+        pass: (B, N + 2) scores and name -> (B, L + 1, ...) predictions (L = the history's
+        width, at most ``max_len - 1``). The two passes it replaces see the same tokens: the
+        bidirectional query scoring pass *is* the imputation pass; with causal attention the
+        history tokens cannot see the appended query, and the history sits one position left
+        of the end, as in the scoring pass (``offset=1``), so the last history item's state is
+        the one :meth:`score` projects. Sparse attention aligns its pattern to the row's
+        width, so there the two passes differ and this runs them both."""
+        if history.shape[1] > self.config.max_len - 1:
+            raise ValueError(
+                f"history of {history.shape[1]} items; at most {self.config.max_len - 1}"
+            )
+        B = history.shape[0]
+        query = torch.full((B, 1), MISSING_ID, dtype=history.dtype, device=history.device)
+        items = torch.cat([history, query], dim=1)  # (B, L + 1)
+        hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
+        hidden[:, -1] = True  # the query item: every field is to be imputed
+        with_query = None if side is None else side.with_query()
+        if self.config.attention == "sparse":
+            return self.score(history, side=side), self.impute(items, hidden, side=with_query)
+        out = self(items, hidden, side=with_query)  # (B, L + 1, F, e)
+        h = out[:, -1, 0] if self.next_proj is None else self.next_proj(out[:, -2, 0])  # (B, e)
+        preds = {
+            f.name: self.encoder.codecs[f.name].predict(out[..., j, :])
+            for j, f in enumerate(self.fields, start=1)
+        }
+        return self._rank(h, None), preds
+
     def score_with_attention(
         self, history: Tensor, candidates: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
