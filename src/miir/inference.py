@@ -467,6 +467,18 @@ def describe_rows(
     probs = preds[:, FIRST_VALUE_ID:]  # (n, V) over real values
     top_n = TOP_MULTI if kind == FieldKind.MULTI_CATEGORICAL else TOP_SINGLE
     top = torch.topk(probs, min(top_n, probs.shape[1]), dim=1)  # (n, top_n)
+    chosen: list[list[int]] = [[] for _ in range(len(probs))]
+    if kind == FieldKind.MULTI_CATEGORICAL and probs.shape[1]:
+        # every value at or above the threshold, most probable first: one top-k over the rows
+        # (as many as the fullest row has), the values below the threshold dropped
+        above = probs >= MULTI_THRESHOLD  # (n, V)
+        widest = int(above.sum(1).max()) if len(probs) else 0
+        if widest:
+            best = torch.topk(probs.masked_fill(~above, -1.0), widest, dim=1)  # (n, widest)
+            chosen = [
+                [i for p, i in zip(pv, iv, strict=True) if p >= 0]
+                for pv, iv in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+            ]
     out = []
     for row, (pv, iv) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
         candidates = [
@@ -474,9 +486,7 @@ def describe_rows(
             for p, i in zip(pv, iv, strict=True)
         ]
         if kind == FieldKind.MULTI_CATEGORICAL:
-            chosen = (probs[row] >= MULTI_THRESHOLD).nonzero().squeeze(1)
-            chosen = chosen[torch.argsort(probs[row, chosen], descending=True)]
-            predicted = [codebook.value(name, int(i) + FIRST_VALUE_ID) for i in chosen]
+            predicted = [codebook.value(name, i + FIRST_VALUE_ID) for i in chosen[row]]
         else:
             predicted = [candidates[0].value] if candidates else []
         out.append(FieldImputation(name, kind.value, predicted, candidates))

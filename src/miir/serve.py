@@ -404,6 +404,35 @@ class BodyLimit:
         return f"request body too large: {what}; the limit is {self.max_bytes:,} bytes"
 
 
+class CatchAll:
+    """A 500 naming the error for any unexpected exception, its traceback logged, and the
+    connection kept. (Starlette's handler for ``Exception`` answers and then re-raises, and
+    uvicorn closes the connection of a request that raised after its answer began: a
+    keep-alive client's next request met a reset socket.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:  # half an answer is out: it cannot become a 500
+                raise
+            await _error(500, f"internal error: {type(exc).__name__}: {exc}")(scope, receive, send)
+
+
 # ---------------------------------------------------------------------- errors
 
 
@@ -456,10 +485,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def bad_input(_: Request, exc: MiirError) -> JSONResponse:
         return _error(422, str(exc))
 
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------- the app
@@ -506,6 +531,7 @@ def create_app(
         responses=ERRORS,
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(CatchAll)  # outside BodyLimit: last added is outermost
     _install_error_handlers(app)
     _add_routes(app)
     return app
@@ -531,7 +557,9 @@ def _add_routes(app: FastAPI) -> None:
         else:  # the same items and scores, one model pass
             call = partial(s.rec.recommend_batch, imputations=False)
             result = (await s.run(call, [body.history], body.k, body.exclude_seen))[0]
-        return RecommendationOut.model_validate(result.to_dict())
+        # the results are dataclasses: reading their attributes skips dataclasses.asdict's deep
+        # copy (about 1.1 ms -> 0.2 ms per response, on the event loop)
+        return RecommendationOut.model_validate(result, from_attributes=True)
 
     @app.post("/recommend/batch", response_model=BatchOut)
     async def recommend_batch(body: BatchRequest, request: Request) -> BatchOut:
@@ -546,7 +574,9 @@ def _add_routes(app: FastAPI) -> None:
             s.check_history(history, where=f"history {i}, ")
         call = partial(s.rec.recommend_batch, imputations=body.imputations)
         results = await s.run(call, body.histories, body.k, body.exclude_seen)
-        return BatchOut(results=[RecommendationOut.model_validate(r.to_dict()) for r in results])
+        return BatchOut(
+            results=[RecommendationOut.model_validate(r, from_attributes=True) for r in results]
+        )
 
     @app.post("/impute", response_model=ImputationOut)
     async def impute(body: ImputeRequest, request: Request) -> ImputationOut:
@@ -556,7 +586,7 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(400, f"model {s.metadata.model!r} does not impute side fields")
         s.check_history(body.history)
         result = await s.run(s.rec.impute, body.history, body.vectors)
-        return ImputationOut.model_validate(result.to_dict())
+        return ImputationOut.model_validate(result, from_attributes=True)
 
     @app.get("/items/{item_id:path}", response_model=ItemOut)
     async def item(item_id: str, request: Request) -> ItemOut:
