@@ -78,6 +78,31 @@ def test_multi_metrics_hand_computed() -> None:
     torch.testing.assert_close(m["f1"], torch.tensor([0.5, 0.0, 6 / 7]))
     for k in ("precision@k", "recall@k", "f1@k"):
         torch.testing.assert_close(m[k], torch.tensor([0.5, 1.0, 1.0]))
+    # with no constant value the informative F1s are the F1s
+    torch.testing.assert_close(m["inf_f1"], m["f1"])
+    torch.testing.assert_close(m["inf_f1@k"], m["f1@k"])
+
+
+def test_multi_metrics_without_the_value_every_item_has() -> None:
+    """Value 2 is in every item's set (a root category): predicting it is free. The
+    informative F1s leave it out of predictions and truths; a cell whose set is only the
+    constant value has no informative F1 (NaN)."""
+    probs = torch.tensor(
+        [
+            # true {2, 3}; above 0.5: {2} -> F1 2/3; without 2: true {3}, predicted {} -> 0;
+            # top-1 of {3, 4, 5}: 4 -> 0
+            [0.0, 0.0, 0.99, 0.3, 0.4, 0.1],
+            # true {2, 5}; above 0.5: {2, 5} -> F1 1; without 2: {5} vs {5} -> 1; top-1: 5 -> 1
+            [0.0, 0.0, 0.99, 0.2, 0.3, 0.6],
+            # true {2}: only the constant value
+            [0.0, 0.0, 0.99, 0.2, 0.3, 0.6],
+        ]
+    )
+    truth = torch.tensor([[2, 3], [2, 5], [2, 0]])
+    m = multi_metrics(probs, truth, threshold=0.5, constant=torch.tensor([2]))
+    torch.testing.assert_close(m["f1"], torch.tensor([2 / 3, 1.0, 2 / 3]))
+    assert m["inf_f1"][:2].tolist() == [0.0, 1.0] and m["inf_f1@k"][:2].tolist() == [0.0, 1.0]
+    assert m["inf_f1"][2].isnan() and m["inf_f1@k"][2].isnan()
 
 
 def test_text_metrics_hand_computed() -> None:

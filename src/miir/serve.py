@@ -486,7 +486,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, str(exc))
 
 
-
 # ---------------------------------------------------------------------- the app
 
 

@@ -55,7 +55,10 @@ from miir.models.fields import ItemCatalogue
 SCOPES = ("history", "target", "all")
 #: metrics of each field kind, in table order
 METRICS: dict[FieldKind, tuple[str, ...]] = {
-    FieldKind.MULTI_CATEGORICAL: ("precision", "recall", "f1", "precision@k", "recall@k", "f1@k"),
+    FieldKind.MULTI_CATEGORICAL: (
+        *("precision", "recall", "f1", "precision@k", "recall@k", "f1@k"),
+        *("inf_f1", "inf_f1@k"),  # without the values every item has
+    ),
     FieldKind.CATEGORICAL: ("accuracy", "top5_accuracy"),
     FieldKind.NUMERIC: ("accuracy",),
     FieldKind.TEXT: ("mse", "nearest_hit"),
@@ -103,10 +106,24 @@ def _prf(hits: Tensor, n_pred: Tensor, n_true: Tensor) -> tuple[Tensor, Tensor, 
     return precision, recall, f1
 
 
-def multi_metrics(probs: Tensor, truth: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
+def _top_k_hits(p: Tensor, true_hot: Tensor, n_true: Tensor) -> Tensor:
+    """Per cell, how many of the top-k values (k = ``n_true``) are true."""
+    order = p.argsort(dim=1, descending=True, stable=True)  # (M, V + 2)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(p.shape[1]).expand_as(order))
+    return (true_hot & (ranks < n_true[:, None])).sum(1).float()
+
+
+def multi_metrics(
+    probs: Tensor, truth: Tensor, threshold: float = 0.5, constant: Tensor | None = None
+) -> dict[str, Tensor]:
     """(M, V + 2) independent probabilities, (M, K) true value ids (0-padded, at least one
     real) -> per-cell precision, recall, F1 of the values with probability > ``threshold``,
-    and of the top-k values (k = true set size: ``precision@k`` = ``recall@k`` = ``f1@k``)."""
+    and of the top-k values (k = true set size: ``precision@k`` = ``recall@k`` = ``f1@k``).
+
+    ``inf_f1`` and ``inf_f1@k``: the same F1s over the informative values only, without the
+    ``constant`` value ids (those every catalogue item has, such as Amazon's root category
+    "Beauty": predicting them is free, and they lift precision to 1 for any imputer); NaN
+    for a cell whose true set is only constant values (left out of the means)."""
     p = _real_values(probs)
     true_hot = torch.zeros_like(p, dtype=torch.bool)  # (M, V + 2)
     true_hot.scatter_(1, truth.long(), truth >= FIRST_VALUE_ID)
@@ -114,19 +131,21 @@ def multi_metrics(probs: Tensor, truth: Tensor, threshold: float = 0.5) -> dict[
     pred = p > threshold  # (M, V + 2)
     hits = (pred & true_hot).sum(1).float()
     precision, recall, f1 = _prf(hits, pred.sum(1).float(), n_true)
-    # top-k with k = |true set| per cell: rank every value once, keep ranks below k
-    order = p.argsort(dim=1, descending=True, stable=True)  # (M, V + 2)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(p.shape[1]).expand_as(order))
-    top_hits = (true_hot & (ranks < n_true[:, None])).sum(1).float()
-    pk, rk, fk = _prf(top_hits, n_true, n_true)
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "precision@k": pk,
-        "recall@k": rk,
-        "f1@k": fk,
-    }
+    pk, rk, fk = _prf(*(_top_k_hits(p, true_hot, n_true), n_true, n_true))
+    out = {"precision": precision, "recall": recall, "f1": f1}
+    out |= {"precision@k": pk, "recall@k": rk, "f1@k": fk}
+    keep = torch.ones(p.shape[1], dtype=torch.bool)  # (V + 2,)
+    if constant is not None and len(constant):
+        keep[constant.long()] = False
+    p_inf, true_inf = p * keep, true_hot & keep
+    n_inf = true_inf.sum(1).float()
+    pred_inf = pred & keep
+    _, _, f1_inf = _prf((pred_inf & true_inf).sum(1).float(), pred_inf.sum(1).float(), n_inf)
+    _, _, fk_inf = _prf(_top_k_hits(p_inf, true_inf, n_inf), n_inf, n_inf)
+    scored = n_inf > 0
+    out["inf_f1"] = torch.where(scored, f1_inf, torch.nan)
+    out["inf_f1@k"] = torch.where(scored, fk_inf, torch.nan)
+    return out
 
 
 def text_metrics(
@@ -416,6 +435,13 @@ class _Truth:
             text_of = np.full(len(values), -1, dtype=np.int64)
             text_of[rows] = inverse.ravel()
             self.text_of = torch.from_numpy(text_of)
+        self.constant = torch.zeros(0, dtype=torch.long)
+        if fd.kind == FieldKind.MULTI_CATEGORICAL:
+            # the values every item with a known set has (Amazon's root category)
+            rows = np.flatnonzero(np.asarray(fd.truth_present))
+            ids, counts = np.unique(values[rows], return_counts=True)
+            every = ids[(ids >= FIRST_VALUE_ID) & (counts == len(rows))] if len(rows) else ids[:0]
+            self.constant = torch.from_numpy(every.astype(np.int64))
 
     def metrics(self, pred: Tensor, items: Tensor, threshold: float) -> dict[str, Tensor]:
         """Per-cell metrics of predictions (M, ...) for the true values of ``items`` (M,)."""
@@ -423,7 +449,7 @@ class _Truth:
         if self.kind == FieldKind.TEXT:
             return text_metrics(pred, truth, self.catalogue, self.text_of[items])
         if self.kind == FieldKind.MULTI_CATEGORICAL:
-            return multi_metrics(pred, truth, threshold)
+            return multi_metrics(pred, truth, threshold, self.constant)
         if self.kind == FieldKind.NUMERIC:
             return numeric_metrics(pred, truth)
         return categorical_metrics(pred, truth)
@@ -483,7 +509,9 @@ def _none(windows: Tensor) -> Tensor:
 def _means(metrics: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {"cells": int(mask.sum())}
     for k, v in metrics.items():
-        out[k] = float(v[mask].mean()) if mask.any() else None
+        kept = v[mask]
+        kept = kept[~np.isnan(kept)] if kept.dtype.kind == "f" else kept  # NaN: not scorable
+        out[k] = float(kept.mean()) if len(kept) else None
     return out
 
 
