@@ -12,8 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from miir.benchmark import (
+    Cell,
+    ClaimSpec,
     ensure_artifact,
     grid_cases,
+    judge_claim,
     load_grid,
     parse_only,
     plan,
@@ -77,7 +80,7 @@ def bench(grid: Path, dirs: dict[str, Path], **kwargs: object):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"modls": []}, "unknown key 'modls'; allowed: cache, data, model, models"),
+        ({"modls": []}, "unknown key 'modls'; allowed: cache, claims, data, model, models"),
         ({"models": [{"name": "sasrec", "trian": {}}]}, "unknown key 'models[0].trian'"),
         ({"settings": {"given": {"discrad": 0.5}}}, "unknown key 'settings.given.discrad'"),
         ({"data": {"p": {"source": "x", "artifacts": {"given": "y"}}}}, "either 'source'"),
@@ -87,6 +90,11 @@ def bench(grid: Path, dirs: dict[str, Path], **kwargs: object):
         ({"data": {"p": {"source": "x", "prepare": {"negatives": 5}}}}, "unknown option"),
         ({"data": {"p": {"source": "x", "prepare": {"discard": 0.5}}}}, "comes from the settings"),
         ({"models": [{"name": "sasrec", "settings": ["D"]}]}, "models[0] names unknown setting"),
+        (
+            {"claims": [{"text": "x", "better": "sasrec", "worse": "FDSA"}]},
+            "claims[0].worse: 'FDSA' is not a model of the grid (SASRec)",
+        ),
+        ({"claims": [{"text": "x", "better": "a", "worse": "b", "metric": "AUC"}]}, "'AUC'"),
     ],
 )
 def test_grid_errors_name_the_key_and_file(tmp_path, change, expected) -> None:
@@ -433,3 +441,44 @@ def test_a_model_trains_on_data_another_run_imputed(
     assert bench(path, dirs).trained == 1  # only the plain FDSA was left
     with pytest.raises(ConfigError, match="not an earlier model"):
         load_grid(write_grid(tmp_path / "bad.yaml", {**grid, "models": grid["models"][::-1]}))
+
+
+class _ClaimTable:
+    """What :func:`judge_claim` reads of a case table: cells (in %) and per-user metrics."""
+
+    def __init__(self, cells: dict[str, list[float]], users: dict[str, np.ndarray]) -> None:
+        self.cells, self.users = cells, users
+
+    def cell(self, label: str, protocol: str, metric: str) -> Cell:
+        return Cell(self.cells.get(label, []))
+
+    def per_user(self, label: str, protocol: str, metric: str) -> np.ndarray | None:
+        return self.users.get(label)
+
+
+def test_claims_are_held_only_beyond_the_noise_and_the_seed_spread() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(4000)
+    claim = ClaimSpec(text="A beats B", better="A", worse="B")
+
+    def judge(cells: dict[str, list[float]], shift: float) -> dict:
+        users = {"A": base + shift + rng.normal(0, 0.01, 4000), "B": base}
+        return judge_claim(_ClaimTable(cells, users), claim, "full", noise=0.0021)
+
+    # one seed a side: ahead by 0.01, significant -> held; behind -> not held
+    held = judge({"A": [5.0], "B": [4.0]}, 0.01)
+    assert held["verdict"] == "held" and held["diff"] == pytest.approx(0.01)
+    assert held["p"] < 1e-6 and held["floor"] == 0.0021 and held["seeds"] == (1, 1)
+    assert judge({"A": [4.0], "B": [5.0]}, -0.01)["verdict"] == "not held"
+    # significant over users, but inside the one-seed noise band (0.1 points < 0.21)
+    assert judge({"A": [4.1], "B": [4.0]}, 0.001)["verdict"] == "inside the noise"
+    # three seeds a side: the floor is the larger spread (0.6 points), 0.4 ahead is noise
+    spread = judge({"A": [4.4, 4.0, 4.8], "B": [4.0, 3.4, 4.6]}, 0.004)
+    assert spread["floor"] == pytest.approx(0.006) and spread["verdict"] == "inside the noise"
+    # ahead beyond the band, but the per-user test is not significant
+    flat = judge_claim(
+        _ClaimTable({"A": [5.0], "B": [4.0]}, {"A": rng.random(50), "B": rng.random(50)}),
+        claim, "full", noise=0.0021,
+    )  # fmt: skip
+    assert flat["p"] > 0.05 and flat["verdict"] == "inside the noise"
+    assert judge({"A": [5.0]}, 0.01)["verdict"] == "not run"

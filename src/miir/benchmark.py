@@ -51,6 +51,14 @@ two-sided t-test over users. Choices, stated again in every table's notes:
   seed picked), then ``scipy.stats.ttest_rel``; p < 0.05 is marked ``*`` whatever the sign,
   and p is not corrected for the number of rows tested;
 - a negative Impr. is shown as it is.
+
+The grid's ``claims`` (the paper's, such as "MIIR beats MIIR-M") are judged under each case's
+table, per protocol, on one metric (NDCG@10 unless named): the difference of the two columns'
+means, the same paired test, and a verdict: ``held`` or ``not held`` when p < 0.05 and the
+difference is beyond a floor (the larger seed standard deviation when both sides have two or
+more seeds, else the grid's ``noise``, 0.0021 by default: two runs of one objective land up to
+that far apart in full NDCG@10), ``inside the noise`` otherwise, ``not run`` when a side has no
+record. The verdicts are also in ``results.json``.
 """
 
 from __future__ import annotations
@@ -198,6 +206,22 @@ class ModelSpec(_Strict):
     )
 
 
+class ClaimSpec(_Strict):
+    """A claim of the paper to read off a case's table: ``better`` beats ``worse``."""
+
+    text: str = Field(min_length=1, description="The claim, in words.")
+    better: str = Field(min_length=1, description="Model label (or name) claimed better.")
+    worse: str = Field(min_length=1, description="Model label (or name) claimed worse.")
+    metric: str = Field("NDCG@10", description="Metric judged (under every protocol).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"metric {value!r}: one of {', '.join(METRICS)}")
+        return value
+
+
 class GridSpec(_Strict):
     """A benchmark grid (see the module docstring)."""
 
@@ -215,6 +239,16 @@ class GridSpec(_Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="Train options of all runs.")
     model: dict[str, Any] = Field(default_factory=dict, description="Model options of all models.")
     models: list[ModelSpec] = Field(min_length=1, description="Models, in column order.")
+    claims: list[ClaimSpec] = Field(
+        default_factory=list, description="The paper's claims, judged under each case's table."
+    )
+    noise: float = Field(
+        0.0021,
+        ge=0,
+        description="Absolute difference of a claim's metric inside which it is noise when a "
+        "side has one seed (two runs of one objective: up to 0.0021 full NDCG@10); with two "
+        "or more seeds on both sides, the larger seed standard deviation.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -388,7 +422,28 @@ def load_grid(path: str | Path) -> Grid:
         except ValidationError as exc:
             where = f"{path}: data.{name}.prepare"
             raise ConfigError(describe_validation_error(exc, PrepareConfig, where)) from None
-    return Grid(spec, path)
+    grid = Grid(spec, path)
+    if spec.claims:
+        columns = grid_labels(grid)
+        for i, claim in enumerate(spec.claims):
+            for side in ("better", "worse"):
+                if _claim_label(getattr(claim, side), columns) is None:
+                    known = ", ".join(label for label, _ in columns)
+                    raise ConfigError(
+                        f"{path}: claims[{i}].{side}: {getattr(claim, side)!r} is not a model "
+                        f"of the grid ({known})"
+                    )
+    return grid
+
+
+def _claim_label(name: str, columns: list[tuple[str, str]]) -> str | None:
+    """The column label a claim names: a label, else a registry name with one column."""
+    wanted = name.lower()
+    by_label = [label for label, _ in columns if label.lower() == wanted]
+    if by_label:
+        return by_label[0]
+    by_model = [label for label, model in columns if model == wanted]
+    return by_model[0] if len(by_model) == 1 else None
 
 
 # ------------------------------------------------------------------------------ planning
@@ -569,11 +624,10 @@ def _display_label(name: str, model_config: Any) -> str:
     return get_entry(name).cls.__name__
 
 
-def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
-    """Every run of the grid (data set x setting x model x seed, in grid order), with its
-    configs resolved and validated and its key where its artifact exists."""
+def _resolve_models(grid: Grid) -> tuple[list[tuple[Any, str, str, Any]], dict[int, int]]:
+    """Each model of the grid as (spec, registry name, column label, model config), and the
+    index of each ``imputed_by`` model's imputer."""
     from miir.models import REGISTRY, model_config
-    from miir.training.train import train_config
 
     spec, file = grid.spec, grid.path
     unknown = [m.name for m in spec.models if m.name.lower() not in REGISTRY]
@@ -582,11 +636,6 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
             f"{file}: unknown model(s) {', '.join(repr(u) for u in unknown)}; registered "
             f"models: {', '.join(REGISTRY)}"
         )
-    cases = grid_cases(grid) if cases is None else cases
-    checksums = {c.path: artifact_checksums(c.path) for c in cases}
-    for case in cases:
-        if checksums[case.path] is not None:
-            check_artifact(case)  # an artifact prepared otherwise is an error, not a reuse
     labels: list[str] = []
     resolved = []
     imputers: dict[int, int] = {}  # model index -> its imputer's index
@@ -617,6 +666,26 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
             )
         labels.append(label)
         resolved.append((m, name, label, mc))
+    return resolved, imputers
+
+
+def grid_labels(grid: Grid) -> list[tuple[str, str]]:
+    """(column label, registry name) of each model of the grid, in column order."""
+    return [(label, name) for _, name, label, _ in _resolve_models(grid)[0]]
+
+
+def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
+    """Every run of the grid (data set x setting x model x seed, in grid order), with its
+    configs resolved and validated and its key where its artifact exists."""
+    from miir.training.train import train_config
+
+    spec, file = grid.spec, grid.path
+    resolved, imputers = _resolve_models(grid)
+    cases = grid_cases(grid) if cases is None else cases
+    checksums = {c.path: artifact_checksums(c.path) for c in cases}
+    for case in cases:
+        if checksums[case.path] is not None:
+            check_artifact(case)  # an artifact prepared otherwise is an error, not a reuse
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
     for case in cases:
@@ -1217,6 +1286,72 @@ class CaseTable:
         return out
 
 
+def judge_claim(table: CaseTable, claim: ClaimSpec, protocol: str, noise: float) -> dict[str, Any]:
+    """One claim under one protocol of one case: the difference of the two columns' means
+    (absolute, ``better`` minus ``worse``), the paired t-test's p over the test users (each
+    side's per-user metric averaged over its seeds), the noise floor, and the verdict:
+    ``held`` (ahead by more than the floor, p < 0.05), ``not held`` (behind by more than the
+    floor, p < 0.05), ``inside the noise``, or ``not run`` (a side without records)."""
+    better, worse = claim.better, claim.worse  # column labels (see write_report)
+    out: dict[str, Any] = {
+        "claim": claim.text, "better": better, "worse": worse, "protocol": protocol,
+        "metric": claim.metric, "diff": None, "p": None, "floor": None, "seeds": None,
+        "verdict": "not run",
+    }  # fmt: skip
+    a, b = table.cell(better, protocol, claim.metric), table.cell(worse, protocol, claim.metric)
+    if a.mean is None or b.mean is None:
+        return out
+    out["seeds"] = (a.n, b.n)
+    out["diff"] = (a.mean - b.mean) / 100  # cells are in %
+    out["floor"] = max(a.std, b.std) / 100 if a.std is not None and b.std is not None else noise
+    ua = table.per_user(better, protocol, claim.metric)
+    ub = table.per_user(worse, protocol, claim.metric)
+    if ua is not None and ub is not None and len(ua) == len(ub) and len(ua) > 1:
+        out["p"] = _paired_t(ua, ub)[1]
+    significant = out["p"] is not None and out["p"] < SIGNIFICANCE
+    if significant and out["diff"] > out["floor"]:
+        out["verdict"] = "held"
+    elif significant and out["diff"] < -out["floor"]:
+        out["verdict"] = "not held"
+    else:
+        out["verdict"] = "inside the noise"
+    return out
+
+
+def _claims_markdown(table: CaseTable, claims: list[ClaimSpec], noise: float) -> list[str]:
+    from miir.evaluation.evaluate import PROTOCOL_LABELS, PROTOCOLS
+
+    if not claims:
+        return []
+    lines = [
+        f"**The paper's claims on {table.case.title}** (difference: the claimed-better column "
+        "minus the other, absolute; held / not held: p < 0.05 and a difference beyond the "
+        f"floor, the larger seed standard deviation, or {noise:.4f} where a side has one "
+        "seed; otherwise inside the noise):",
+        "",
+        "| claim | better | worse | metric | "
+        + " | ".join(PROTOCOL_LABELS[p] for p in PROTOCOLS)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(PROTOCOLS),
+    ]
+    for claim in claims:
+        judged = [judge_claim(table, claim, p, noise) for p in PROTOCOLS]
+        texts = []
+        for j in judged:
+            if j["diff"] is None:
+                texts.append("not run")
+                continue
+            p = "–" if j["p"] is None else f"{j['p']:.1e}"
+            texts.append(f"{j['verdict']} ({j['diff']:+.4f}, p {p})")
+        first = judged[0]
+        lines.append(
+            f"| {claim.text} | {first['better']} | {first['worse']} | {claim.metric} | "
+            + " | ".join(texts)
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def _fmt_cell(cell: Cell) -> str:
     if cell.mean is None:
         return "–"
@@ -1396,8 +1531,17 @@ def write_report(
         + ".",
         "",
     ]
+    columns = list(dict.fromkeys((r.label, r.model) for r in runs))
+    claims = [
+        c.model_copy(
+            update={side: _claim_label(getattr(c, side), columns) or getattr(c, side)
+                    for side in ("better", "worse")}
+        )
+        for c in grid.spec.claims
+    ]  # fmt: skip
     for table in tables:
         lines += [*_case_markdown(table), ""]
+        lines += _claims_markdown(table, claims, grid.spec.noise)
     if missing:
         lines += [
             f"Not run yet ({len(missing)}): "
@@ -1452,7 +1596,16 @@ def write_report(
                 row["p"] = "" if imp["p"] is None else imp["p"]
                 wide.append(row)
         summary_tables.append(
-            {"data": table.case.data, "setting": table.case.setting, "target": table.target}
+            {
+                "data": table.case.data,
+                "setting": table.case.setting,
+                "target": table.target,
+                "claims": [
+                    judge_claim(table, claim, protocol, grid.spec.noise)
+                    for claim in claims
+                    for protocol in PROTOCOLS
+                ],
+            }
         )
     files = [out / "results.md", out / "results.csv", out / "runs.csv", out / "results.json"]
     atomic_write_text(files[0], "\n".join(lines))
