@@ -30,6 +30,7 @@ from miir.evaluation.imputation import (
     evaluate_imputation,
     multi_metrics,
     numeric_metrics,
+    paired_cells,
     sequence_windows,
     text_metrics,
 )
@@ -385,3 +386,22 @@ def test_lrmm_sees_no_sequence_so_it_cannot_impute_from_it(planted_discard_artif
     assert miir["target"]["accuracy"] > 0.9
     assert lrmm["target"]["accuracy"] < mf["target"]["accuracy"] + 0.15, (lrmm, mf)
     assert lrmm["history"]["accuracy"] < miir["history"]["accuracy"] - 0.4
+
+
+def test_paired_cells_match_cells_by_user_and_distance() -> None:
+    """Two imputers' cells are paired by (user row, distance), whatever their order; cells
+    only one scored and NaN values are left out; a consistent gain is significant."""
+    rng = np.random.default_rng(0)
+    n = 200
+    rows, dist = np.repeat(np.arange(100), 2), np.tile([0, 3], 100)
+    base = rng.random(n)
+    a = (rows, dist, {"accuracy": base + 0.1 + rng.normal(0, 0.01, n)})
+    order = rng.permutation(n)[: n - 10]  # b scored 190 of the cells, in another order
+    b_vals = base[order].copy()
+    b_vals[0] = np.nan
+    b = (rows[order], dist[order], {"accuracy": b_vals})
+    out = paired_cells(a, b)["accuracy"]
+    assert out["cells"] == n - 11
+    assert out["diff"] == pytest.approx(0.1, abs=0.005) and out["p"] < 1e-10
+    same = paired_cells(a, a)["accuracy"]
+    assert same["diff"] == 0 and same["p"] == 1.0

@@ -547,11 +547,13 @@ def evaluate_imputation(
     threshold: float = 0.5,
     batch_size: int = 256,
     max_users: int | None = None,
+    cells: bool = False,
 ) -> dict[str, Any]:
     """Score ``imputer`` on the discard-hidden cells of the ``stage`` sequences (see the module
     docstring); returns a JSON-able dict: per field and metric for history, target and all
     cells, cell counts, and the per-position breakdown. ``max_users``: only the first users
-    (smoke runs)."""
+    (smoke runs). ``cells``: also ``"cells"``, field -> (user row, distance, metric -> value)
+    arrays per cell (not JSON: for paired comparisons, :func:`paired_cells`)."""
     require_ground_truth(artifact)
     users = np.arange(min(max_users, artifact.n_users)) if max_users else None
     started = time.perf_counter()
@@ -564,7 +566,7 @@ def evaluate_imputation(
         batch_size=batch_size,
         users=users,
     )
-    return {
+    out = {
         "imputer": imputer.name,
         "artifact": {
             "path": str(artifact.path),
@@ -578,6 +580,48 @@ def evaluate_imputation(
         **summarize(records),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if cells:
+        out["cells"] = {name: rec.arrays() for name, rec in records.items()}
+    return out
+
+
+def paired_cells(
+    a: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
+    b: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
+) -> dict[str, dict[str, Any]]:
+    """Two imputers' per-cell results of one field (``cells`` of :func:`evaluate_imputation`)
+    compared on the cells both scored (same user row and distance from the window's end):
+    metric -> mean of a, mean of b, their difference and the paired two-sided t-test's p
+    (cells where either value is NaN are left out)."""
+    from scipy import stats
+
+    def keyed(x: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> dict[tuple, int]:
+        return {(int(r), int(d)): i for i, (r, d) in enumerate(zip(x[0], x[1], strict=True))}
+
+    ka, kb = keyed(a), keyed(b)
+    shared = [k for k in ka if k in kb]
+    ia = np.array([ka[k] for k in shared], dtype=np.int64)
+    ib = np.array([kb[k] for k in shared], dtype=np.int64)
+    out: dict[str, dict[str, Any]] = {}
+    for metric, va in a[2].items():
+        x, y = va[ia], b[2][metric][ib]
+        ok = ~(np.isnan(x) | np.isnan(y))
+        x, y = x[ok], y[ok]
+        p = None
+        if len(x) > 1:
+            diff = x - y
+            if np.all(diff == diff[0]):  # no spread: the test is undefined
+                p = 1.0 if diff[0] == 0 else 0.0
+            else:
+                p = float(stats.ttest_rel(x, y).pvalue)
+        out[metric] = {
+            "cells": len(x),
+            "a": float(x.mean()) if len(x) else None,
+            "b": float(y.mean()) if len(y) else None,
+            "diff": float((x - y).mean()) if len(x) else None,
+            "p": p,
+        }
+    return out
 
 
 # ---------------------------------------------------------------------- a run folder
