@@ -125,12 +125,33 @@ def test_bad_yaml_and_bad_only(tmp_path) -> None:
     path.write_text("models: [sasrec\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_grid(path)
-    with pytest.raises(ConfigError, match="KEY one of model, data, setting, seed"):
+    with pytest.raises(ConfigError, match="KEY one of model, label, data, setting, seed"):
         parse_only(["modle=sasrec"])
     assert parse_only(["model=sasrec,MIIR", "seed=1"]) == {
         "model": {"sasrec", "miir"},
         "seed": {"1"},
     }
+
+
+def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:
+    """``model=`` matches a registry name or a label: ``model=MIIR`` selects every column
+    built from ``miir``; ``label=`` matches the column label alone."""
+    from miir.benchmark import grid_labels, selected
+
+    grid = load_grid(Path(__file__).resolve().parents[1] / "bench" / "grids" / "beauty.yaml")
+    assert ("MIIR (bidirectional)", "miir") in grid_labels(grid)  # no artifact needed
+
+    class Run:
+        def __init__(self, label: str, model: str) -> None:
+            self.label, self.model, self.data, self.setting, self.seed = label, model, "b", "D", 1
+
+    columns = [Run(label, model) for label, model in grid_labels(grid)]
+    by_model = [r.label for r in columns if selected(r, parse_only(["model=MIIR"]))]
+    by_label = [r.label for r in columns if selected(r, parse_only(["label=MIIR"]))]
+    assert by_model == ["MIIR", "MIIR (bidirectional)", "MIIR (previous recipe)"]
+    assert by_label == ["MIIR"]
+    nova = [r.label for r in columns if selected(r, parse_only(["label=nova"]))]
+    assert nova == ["NOVA"]  # not NOVA+LRMM, which model=nova also selects
 
 
 # ------------------------------------------------------------------------------ keys

@@ -129,7 +129,7 @@ def _keyed(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ONLY_KEYS = ("model", "data", "setting", "seed")
+ONLY_KEYS = ("model", "label", "data", "setting", "seed")
 SIGNIFICANCE = 0.05
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -754,7 +754,8 @@ def parse_only(filters: Iterable[str]) -> dict[str, set[str]]:
 def selected(run: PlannedRun, only: dict[str, set[str]]) -> bool:
     """Whether ``run`` passes the filters: any value of a key, every key."""
     values = {
-        "model": {run.model.lower(), run.label.lower()},
+        "model": {run.model.lower(), run.label.lower()},  # a registry name or a column label
+        "label": {run.label.lower()},  # the column label only ("MIIR", not its labelled kin)
         "data": {run.data.lower()},
         "setting": {run.setting.lower()},
         "seed": {str(run.seed)},

@@ -474,7 +474,7 @@ def benchmark(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Train only these runs: model=NAME, data=NAME, setting=NAME or seed=N "
+            help="Train only these runs: model=NAME, label=LABEL, data=NAME, setting=NAME or seed=N "
             "(repeatable; values of one key: any, different keys: all; tables cover the grid)."
         ),
     ] = None,
