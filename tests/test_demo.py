@@ -193,3 +193,32 @@ def test_falls_back_to_movielens_with_a_hint(tmp_path: Path) -> None:
     assert found == tmp_path / "ml-100k"
     assert "'Beauty' data" in said[0] and f"not in {tmp_path}" in said[0]
     assert "--data FOLDER" in said[0] and "Falling back to MovieLens 100K" in said[1]
+
+
+def test_recorded_runs_of_one_label_with_other_settings_are_not_averaged() -> None:
+    """Three seeds of the default MIIR and one bidirectional MIIR run are two columns, the
+    one the demo trains named as the default recipe, the other by what differs."""
+    from miir.demo import _mean_runs, _name_configs
+
+    default = {"causal": True, "dropout": 0.1}
+    other = {"causal": False, "dropout": 0.1}
+
+    def rec(ndcg: float) -> dict:
+        test = {p: {m: ndcg for m in ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")}
+                for p in ("sampled", "full", "full_masked")}  # fmt: skip
+        return {"test": test, "epochs_run": 3}
+
+    groups = {
+        ("MIIR", json.dumps(default, sort_keys=True)): [rec(0.04), rec(0.05), rec(0.06)],
+        ("MIIR", json.dumps(other, sort_keys=True)): [rec(0.01)],
+        ("SASRec", json.dumps({"dropout": 0.5})): [rec(0.02)],
+    }
+    named = _mean_runs(_name_configs(groups, default))
+    assert set(named) == {"MIIR (default recipe)", "MIIR (other settings: causal)", "SASRec"}
+    assert named["MIIR (default recipe)"]["seeds"] == 3
+    assert named["MIIR (default recipe)"]["test"]["full"]["NDCG@10"] == pytest.approx(0.05)
+    assert named["MIIR (other settings: causal)"]["test"]["full"]["NDCG@10"] == 0.01
+    # without the demo's config: the label's config with the most runs keeps the plain name
+    assert set(_name_configs(groups, None)) == {
+        "MIIR", "MIIR (other settings: causal)", "SASRec"
+    }  # fmt: skip

@@ -329,7 +329,13 @@ class Baselines:
     other_discard: float | None = None
 
 
-def load_baselines(results_dir: Path, artifact: Artifact) -> Baselines:
+def load_baselines(
+    results_dir: Path, artifact: Artifact, own: dict[str, Any] | None = None
+) -> Baselines:
+    """Records on this artifact's cases, one column per label and model configuration: runs
+    of one label with different settings (the default MIIR beside the paper's bidirectional
+    form) are never averaged together; see :func:`_name_configs`. ``own``: the demo run's
+    model config, whose label's matching records are named "(default recipe)"."""
     import hashlib
 
     from miir.evaluation.compare import cases_checksum
@@ -354,8 +360,41 @@ def load_baselines(results_dir: Path, artifact: Artifact) -> Baselines:
             continue
         if not same:
             other_discard = float(rec.get("discard") or 0.0)
-        groups[same].setdefault(rec.get("label") or rec.get("variant", "?"), []).append(rec)
-    return Baselines(_mean_runs(groups[True]), _mean_runs(groups[False]), other_discard)
+        label = rec.get("label") or rec.get("variant", "?")
+        config = json.dumps(rec.get("model_config") or {}, sort_keys=True)
+        groups[same].setdefault((label, config), []).append(rec)
+    return Baselines(
+        _mean_runs(_name_configs(groups[True], own)),
+        _mean_runs(_name_configs(groups[False], own)),
+        other_discard,
+    )
+
+
+def _name_configs(
+    groups: dict[tuple[str, str], list[dict[str, Any]]], own: dict[str, Any] | None
+) -> dict[str, list[dict[str, Any]]]:
+    """(label, model config) groups -> display label -> records. A label with one config keeps
+    its name; with several, the one equal to ``own`` (the demo's MIIR) is "(default recipe)"
+    and each other names up to three settings where it differs from it (or, without ``own``,
+    from the label's config with the most runs)."""
+    by_label: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    for (label, config), recs in groups.items():
+        by_label.setdefault(label, []).append((json.loads(config), recs))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for label, configs in by_label.items():
+        if len(configs) == 1:
+            out[label] = configs[0][1]
+            continue
+        mine = own if own is not None and any(c == own for c, _ in configs) else None
+        ref = mine if mine is not None else max(configs, key=lambda c: len(c[1]))[0]
+        for config, recs in configs:
+            if config == ref:
+                out[f"{label} (default recipe)" if mine is not None else label] = recs
+                continue
+            keys = sorted(k for k in set(config) | set(ref) if config.get(k) != ref.get(k))
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            out[f"{label} (other settings: {shown})"] = recs
+    return out
 
 
 def _mean_runs(groups: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -640,7 +679,11 @@ def _head(
 def _metrics_part(
     opts: DemoOptions, artifact: Artifact, results: dict[str, Any], folder: Path
 ) -> list[str]:
-    base = load_baselines(opts.results_dir, artifact)
+    try:  # the demo run's model config: its own label's records are matched to it
+        own = json.loads((opts.out / "run.json").read_text(encoding="utf-8"))["model_config"]
+    except (OSError, ValueError, KeyError):
+        own = None
+    base = load_baselines(opts.results_dir, artifact, own)
     rows = [(f"**this demo** (MIIR, --epochs {opts.epochs})", results)]
     rows += [(_label(k, v), v) for k, v in base.same.items()]
     other = [(f"{_label(k, v)} [discard {base.other_discard}]", v) for k, v in base.other.items()]
