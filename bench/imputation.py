@@ -86,12 +86,14 @@ def pair_results(rows: list[dict]) -> list[dict]:
     from miir.evaluation.imputation import paired_cells
 
     pairs = []
-    for a in rows:
+    for i, a in enumerate(rows):
         if a["kind"] != "model":
             continue
-        for b in rows:
+        for j, b in enumerate(rows):
             if b is a or b["artifact"]["path"] != a["artifact"]["path"]:
                 continue
+            if b["kind"] == "model" and j < i:
+                continue  # each pair of models once, in the order given
             fields = {
                 name: paired_cells(a["cells"][name], b["cells"][name])
                 for name in a["cells"]
@@ -103,6 +105,11 @@ def pair_results(rows: list[dict]) -> list[dict]:
     for r in rows:
         r.pop("cells", None)
     return pairs
+
+
+def _digits(metric: str) -> int:
+    """Decimals shown: MSE per dimension is about 2e-3, its differences far smaller."""
+    return 6 if metric in LOWER_IS_BETTER else 4
 
 
 def _verdict(metric: str, diff: float | None, p: float | None) -> str:
@@ -135,7 +142,7 @@ def pairs_markdown(record: dict, artifact_path: str) -> list[str]:
                 cells.append("–")
                 continue
             star = "*" if c["p"] is not None and c["p"] < 0.05 else ""
-            cells.append(f"{c['diff']:+.4f}{star}")
+            cells.append(f"{c['diff']:+.{_digits(m)}f}{star}")
         lines.append(f"| {pr['a']} | {pr['b']} | " + " | ".join(cells) + " |")
     lines.append("")
     claims = [p for p in pairs if p["a"].startswith("MIIR") and p["b"].startswith("LRMM")]
@@ -160,7 +167,7 @@ def pairs_markdown(record: dict, artifact_path: str) -> list[str]:
                 p_text = "–" if c["p"] is None else f"{c['p']:.1e}"
                 lines.append(
                     f"| {pr['a']} | {pr['b']} | {f} {m} | {paper} | {ours} "
-                    f"({c['diff']:+.4f}, p {p_text}) | {held} |"
+                    f"({c['diff']:+.{_digits(m)}f}, p {p_text}) | {held} |"
                 )
         lines.append("")
     return lines

@@ -69,7 +69,8 @@ def imputation_table(
             cells = []
             for name, m in columns:
                 v = r["fields"].get(name, {}).get(scope, {}).get(m)
-                cells.append("–" if v is None else f"{v:.4f}")
+                digits = 6 if m == "mse" else 4  # MSE per dimension: about 2e-3
+                cells.append("–" if v is None else f"{v:.{digits}f}")
             counts = "/".join(
                 str(r["fields"][n][scope]["cells"]) for n in fields if n in r["fields"]
             )
