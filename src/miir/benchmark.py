@@ -485,6 +485,9 @@ class PlannedRun:
     key: str | None = None  # None until the artifact exists
     #: the run whose imputations fill this run's data (a grid model's ``imputed_by``)
     imputer: PlannedRun | None = None
+    #: an earlier run that is the same computation (an ID-only model on another setting of the
+    #: same cases): this run shares its record instead of training
+    twin: PlannedRun | None = None
 
     def describe(self) -> str:
         name = self.model if self.imputer is None else self.label
@@ -725,6 +728,19 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
                         )
                     seen[run.key] = run.describe()
                 runs.append(run)
+    # An ID-only model reads nothing the discard changes: on another setting with the same
+    # users, sequences, split and negatives (cases checksum) its run is the same computation
+    # (SASRec's Beauty D seeds reproduced the given ones bit for bit), so it shares the first
+    # such run's record instead of training again.
+    first: dict[tuple[str, str], PlannedRun] = {}
+    for run in runs:
+        sums = checksums.get(run.case.path)
+        side_aware = "fields" in type(run.model_config).model_fields
+        if run.imputer is not None or sums is None or side_aware:
+            continue
+        twin = first.setdefault((run.config_sha, sums[0]), run)
+        if twin is not run:
+            run.twin = twin
     return runs
 
 
@@ -787,7 +803,10 @@ class RecordStore:
         """The record of ``run``: by key; where the artifact is absent (no key), the newest
         record with the same configs on the same data set and setting."""
         if run.key is not None:
-            return self.by_key.get(run.key)
+            record = self.by_key.get(run.key)
+            if record is None and run.twin is not None:
+                return self.find(run.twin)  # the same computation, recorded under its key
+            return record
         same = [
             r
             for r in self.by_key.values()
@@ -1110,6 +1129,10 @@ def run_benchmark(
             f"{len(todo)} to run{' (--only)' if filters else ''}"
         )
         for i, run in enumerate(todo, 1):
+            if run.twin is not None and store.find(run) is not None:
+                echo(f"[{i}/{len(todo)}] {run.describe()} · the same run as on "
+                     f"{run.twin.case.title}, recorded: shared")  # fmt: skip
+                continue
             if run.imputer is not None:
                 summary.trained += ensure_imputed(run, runs_root, store, command, grid, echo)
                 if store.find(run) is not None:
@@ -1135,7 +1158,10 @@ def _dry_run(
     finished = [rec for r in runs if (rec := store.find(r)) is not None]
     todo = []
     for i, run in enumerate(chosen, 1):
-        if store.find(run) is not None:
+        found = store.find(run)
+        if found is not None and found.get("key") != run.key:
+            state = f"recorded (shared: the same run on {run.twin.case.title if run.twin else '?'})"
+        elif found is not None:
             state = "recorded"
         elif run.key is None and run.imputer is not None:
             state = f"to run (on data that {run.imputer.label}, seed {run.imputer.seed}, imputes)"
@@ -1149,7 +1175,7 @@ def _dry_run(
         else:
             state = "to run"
             todo.append(run)
-        est = "" if state == "recorded" else f" · est. {format_duration(estimate(run, finished))}"
+        est = "" if found is not None else f" · est. {format_duration(estimate(run, finished))}"
         echo(f"[{i}/{len(chosen)}] {run.describe()} · key {run.key or '?'} · {state}{est}")
     echo(
         f"{len(chosen)} runs selected of {len(runs)}: {len(chosen) - len(todo)} recorded, "
@@ -1436,7 +1462,13 @@ def _runs_rows(runs: list[PlannedRun], store: RecordStore) -> list[dict[str, Any
                 "wall_seconds": round(rec["wall_seconds"], 1) if rec else "",
                 "resumed": rec.get("resumed", False) if rec else "",
                 "commit": (rec.get("commit") or "")[:10] if rec else "",
-                "status": "recorded" if rec else "not run",
+                "status": (
+                    "not run"
+                    if rec is None
+                    else "recorded"
+                    if rec.get("key") == run.key
+                    else f"shared with {run.twin.setting if run.twin else '?'}"
+                ),
             }
         )
     return rows
@@ -1564,7 +1596,8 @@ def write_report(
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for row in runs_rows:
-        wall = format_duration(row["wall_seconds"]) if row["status"] == "recorded" else "not run"
+        wall = {"recorded": format_duration(row["wall_seconds"] or None), "not run": "not run"}
+        wall = wall.get(row["status"], f"({row['status']})")
         resumed = "yes" if row["resumed"] is True else ""
         lines.append(
             f"| {row['key'][:10]} | {row['model']} | {row['data']} | {row['setting']} | "
