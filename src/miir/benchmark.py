@@ -59,6 +59,11 @@ difference is beyond a floor (the larger seed standard deviation when both sides
 more seeds, else the grid's ``noise``, 0.0021 by default: two runs of one objective land up to
 that far apart in full NDCG@10), ``inside the noise`` otherwise, ``not run`` when a side has no
 record. The verdicts are also in ``results.json``.
+
+A model that reads item ids only (no ``fields`` in its config) computes the same thing on
+every setting of one data set's cases (same users, sequences, split and negatives: the
+artifacts' cases checksum), so its runs after the first share the first one's record
+(``PlannedRun.twin``) instead of training again.
 """
 
 from __future__ import annotations
