@@ -1210,20 +1210,6 @@ class Cell:
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
 
 
-def _paired_t(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Two-sided paired t-test (t, p); degenerate cases as in
-    :func:`miir.evaluation.metrics.paired_significance`."""
-    from scipy import stats
-
-    diff = a - b  # (N,)
-    if np.all(diff == diff[0]):
-        if diff[0] == 0:
-            return 0.0, 1.0
-        return math.copysign(math.inf, float(diff[0])), 0.0
-    result = stats.ttest_rel(a, b, alternative="two-sided")
-    return float(result.statistic), float(result.pvalue)
-
-
 class CaseTable:
     """The comparison table of one case: models' test metrics, the target, the baselines."""
 
@@ -1311,11 +1297,21 @@ class CaseTable:
             return out
         # rounded, so that equal means (up to float summation) read +0.00, not -0.00
         out["impr"] = round((t_mean - b_mean) / b_mean * 100, 9) + 0.0 if b_mean > 0 else None
-        a = self.per_user(self.target, protocol, metric)
-        b = self.per_user(base, protocol, metric)
-        if a is not None and b is not None and len(a) == len(b) and len(a) > 1:
-            out["t"], out["p"] = _paired_t(a, b)
+        out["t"], out["p"] = _paired_users(self, self.target, base, protocol, metric)
         return out
+
+
+def _paired_users(
+    table: CaseTable, a: str, b: str, protocol: str, metric: str
+) -> tuple[float | None, float | None]:
+    """(t, p) of the paired test over the test users between two columns (each column's
+    per-user metric averaged over its seeds first); (None, None) without per-user ranks."""
+    from miir.evaluation.metrics import paired_t
+
+    ua, ub = table.per_user(a, protocol, metric), table.per_user(b, protocol, metric)
+    if ua is None or ub is None or len(ua) != len(ub) or len(ua) < 2:
+        return None, None
+    return paired_t(ua, ub)
 
 
 def judge_claim(table: CaseTable, claim: ClaimSpec, protocol: str, noise: float) -> dict[str, Any]:
@@ -1336,10 +1332,7 @@ def judge_claim(table: CaseTable, claim: ClaimSpec, protocol: str, noise: float)
     out["seeds"] = (a.n, b.n)
     out["diff"] = (a.mean - b.mean) / 100  # cells are in %
     out["floor"] = max(a.std, b.std) / 100 if a.std is not None and b.std is not None else noise
-    ua = table.per_user(better, protocol, claim.metric)
-    ub = table.per_user(worse, protocol, claim.metric)
-    if ua is not None and ub is not None and len(ua) == len(ub) and len(ua) > 1:
-        out["p"] = _paired_t(ua, ub)[1]
+    out["p"] = _paired_users(table, better, worse, protocol, claim.metric)[1]
     significant = out["p"] is not None and out["p"] < SIGNIFICANCE
     if significant and out["diff"] > out["floor"]:
         out["verdict"] = "held"

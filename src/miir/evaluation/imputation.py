@@ -593,7 +593,7 @@ def paired_cells(
     compared on the cells both scored (same user row and distance from the window's end):
     metric -> mean of a, mean of b, their difference and the paired two-sided t-test's p
     (cells where either value is NaN are left out)."""
-    from scipy import stats
+    from miir.evaluation.metrics import paired_t
 
     def keyed(x: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> dict[tuple, int]:
         return {(int(r), int(d)): i for i, (r, d) in enumerate(zip(x[0], x[1], strict=True))}
@@ -607,13 +607,7 @@ def paired_cells(
         x, y = va[ia], b[2][metric][ib]
         ok = ~(np.isnan(x) | np.isnan(y))
         x, y = x[ok], y[ok]
-        p = None
-        if len(x) > 1:
-            diff = x - y
-            if np.all(diff == diff[0]):  # no spread: the test is undefined
-                p = 1.0 if diff[0] == 0 else 0.0
-            else:
-                p = float(stats.ttest_rel(x, y).pvalue)
+        p = paired_t(x, y)[1] if len(x) > 1 else None
         out[metric] = {
             "cells": len(x),
             "a": float(x.mean()) if len(x) else None,

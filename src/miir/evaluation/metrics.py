@@ -343,8 +343,6 @@ def paired_significance(
         ValueError: when the two rank tensors differ in length, hold fewer than 2 users, or the
             metric is unknown.
     """
-    from scipy import stats
-
     key = _metric_key(metric, k)
     ranks_a, ranks_b = _check_ranks(ranks_a), _check_ranks(ranks_b)
     if ranks_a.numel() != ranks_b.numel():
@@ -358,11 +356,20 @@ def paired_significance(
     ks = (int(key.partition("@")[2]),) if "@" in key else (1,)
     a = per_user_metrics(ranks_a.cpu(), ks)[key].numpy()  # (N,)
     b = per_user_metrics(ranks_b.cpu(), ks)[key].numpy()  # (N,)
+    t, p = paired_t(a, b)
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "t": t, "p": p, "n": n}
+
+
+def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sided paired t-test (t, p) of two (N,) arrays of per-case values, N >= 2.
+    Degenerate cases without scipy: identical values give ``t = 0, p = 1``, a constant
+    non-zero difference ``t = ±inf, p = 0``."""
+    from scipy import stats
+
     diff = a - b  # (N,)
     if np.all(diff == diff[0]):
-        t = 0.0 if diff[0] == 0 else math.copysign(math.inf, float(diff[0]))
-        p = 1.0 if diff[0] == 0 else 0.0
-    else:
-        result = stats.ttest_rel(a, b, alternative="two-sided")
-        t, p = float(result.statistic), float(result.pvalue)
-    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "t": t, "p": p, "n": n}
+        if diff[0] == 0:
+            return 0.0, 1.0
+        return math.copysign(math.inf, float(diff[0])), 0.0
+    result = stats.ttest_rel(a, b, alternative="two-sided")
+    return float(result.statistic), float(result.pvalue)
