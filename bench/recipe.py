@@ -146,6 +146,13 @@ ARMS: dict[str, tuple[dict, dict]] = {
     # on top of causal + next-item: the next-item loss weighted up, and a lighter MII mask
     "recipe-causal-next-w3": ({**DEFAULT, "next_item_weight": 3.0}, {}),
     "recipe-causal-next-mask-0.3": ({**DEFAULT, "mask_prob": 0.3}, {}),
+    # on top of the default: the next-item loss on an unmasked pass (at inference the history
+    # is never masked; in the default's one pass, MII hides about half of its fields)
+    "default-clean-next": ({**DEFAULT, "next_item_clean": True}, {}),
+    "default-clean-next-40": (
+        {**DEFAULT, "next_item_clean": True},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

@@ -507,3 +507,26 @@ def test_claims_are_held_only_beyond_the_noise_and_the_seed_spread() -> None:
     )  # fmt: skip
     assert flat["p"] > 0.05 and flat["verdict"] == "inside the noise"
     assert judge({"A": [5.0]}, 0.01)["verdict"] == "not run"
+
+
+def test_recorded_runs_keep_their_keys() -> None:
+    """Every committed record's key recomputes from its own configs: an option added to a
+    config must enter ``KEY_NEUTRAL`` at the value that reproduces the old behaviour, or
+    every recorded run of that model silently turns into "to run". (Options a record lacks
+    predate it and were at their neutral value.)"""
+    from miir.benchmark import KEY_NEUTRAL, run_key
+    from miir.models import get_entry
+    from miir.training.train import TrainConfig
+
+    def parse(cls: type, values: dict) -> object:
+        neutral = {k: v for k, v in KEY_NEUTRAL.items() if k in cls.model_fields}
+        return cls(**{**neutral, **values})
+
+    records = sorted((Path(__file__).resolve().parents[1] / "bench/results/runs").glob("*.json"))
+    assert records, "no committed benchmark records"
+    for path in records:
+        r = json.loads(path.read_text())
+        model = parse(get_entry(r["model"]).cls.Config, r["model_config"])
+        train = parse(TrainConfig, r["train_config"])
+        sums = r["artifact"]["cases_sha256"], r["artifact"]["manifest_sha256"]
+        assert run_key(r["model"], model, train, *sums) == r["key"], path.name

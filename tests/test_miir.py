@@ -312,3 +312,23 @@ def test_one_pass_scores_and_imputes_as_the_two_passes(name: str, causal: bool) 
         assert torch.allclose(p * real, expected[name_] * real, atol=1e-5), name_
     with pytest.raises(ValueError, match="at most 5"):
         model.score_and_impute(torch.ones(1, 6, dtype=torch.long) * 3)
+
+
+def test_clean_next_item_loss_reads_the_unmasked_window() -> None:
+    """``next_item_clean``: the next-item loss is that of the unmasked window, whatever the MII
+    mask hides; without it the mask changes the next-item loss (so the test can fail)."""
+    items = batch()
+    present = make_model().present(items)
+    masks = [
+        mii_mask(present, 0.5, 0.2, generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    ]
+    none = mii_mask(present, 1e-9)  # hides (almost surely) nothing
+    assert not none.hidden.any()
+    clean = make_model(next_item_clean=True)
+    parts = [clean.masked_loss(items, m)[1] for m in masks]
+    expected = clean.masked_loss(items, none)[1]["next_item"]
+    assert all(torch.allclose(p["next_item"], expected) for p in parts)
+    assert not torch.allclose(parts[0]["item_id"], parts[1]["item_id"])  # MII still masked
+    one_pass = make_model()
+    a, b = (one_pass.masked_loss(items, m)[1]["next_item"] for m in masks)
+    assert not torch.allclose(a, b)

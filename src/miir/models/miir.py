@@ -174,6 +174,12 @@ class MIIRConfig(SideInfoConfig):
         "state. 0: off (the appended query item scores, as in the paper). Defaults to 0 "
         "when causal is set false.",
     )
+    next_item_clean: bool = Field(
+        False,
+        description="The next-item loss reads a second, unmasked pass over the window (the "
+        "input it meets at inference: every given field visible) instead of the MII pass, "
+        "whose masks hide half the fields; costs a forward and backward pass per step.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -502,6 +508,8 @@ class MIIR(SequenceModel):
         n_items = batch.items_per_sequence()  # (S,)
         weights = {**self.config.field_weights}
         if self.next_proj is not None:  # the scoring head, trained in every stage
+            if self.config.next_item_clean:
+                out = self(items, torch.zeros_like(masked.hidden), packing)
             per_field["next_item"] = self.next_item_losses(items, out, batch)
             weights["next_item"] = self.config.next_item_weight
         total = sum(weights.get(name, 1.0) * v for name, v in per_field.items()) / n_items  # (S,)
