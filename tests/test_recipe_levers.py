@@ -171,3 +171,36 @@ def test_next_item_loss_needs_causal_keeps_packing_exact_and_learns_a_planted_su
     with torch.no_grad():
         top = model.score(history).argmax(-1)
     assert (top == chains[:16, 5]).float().mean() > 0.8
+
+
+def test_clean_next_item_keeps_packing_exact_learns_and_needs_a_next_item_loss() -> None:
+    """``next_item_clean``: the next-item loss from an unmasked pass keeps packed rows exact and
+    learns a planted successor; without a next-item loss (bidirectional, weight 0) it is off,
+    so those configs (and their recorded runs' keys) do not change with its default."""
+    from miir.models import model_config
+
+    assert model_config("miir", {"causal": False}).next_item_clean is False
+    assert model_config("miir", {"next_item_weight": 0.0}).next_item_clean is False
+    assert model_config("miir", {"next_item_clean": True}).next_item_clean is True
+    model = miir(causal=True, next_item_weight=1.0, next_item_clean=True)
+    items = random_windows(7, 6, seed=5, min_len=2)
+    # the masks of packed and padded rows differ (drawn over different shapes); the clean
+    # next-item loss does not depend on them, so it is the same on both layouts
+    _, packed = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+    _, padded = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(1))
+    assert torch.allclose(packed["next_item"], padded["next_item"], atol=1e-5)
+
+    torch.manual_seed(0)
+    model = miir(causal=True, next_item_weight=1.0, next_item_clean=True, dropout=0.0)
+    starts = torch.randint(2, N_ITEMS + 2 - 6, (64,))
+    chains = starts[:, None] + torch.arange(6)[None]  # (64, 6): i, i + 1, ...
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(100):
+        loss, _ = model.loss(make_batch(chains, "packed", 6), torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        top = model.score(chains[:16, :5]).argmax(-1)
+    assert (top == chains[:16, 5]).float().mean() > 0.8

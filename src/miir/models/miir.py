@@ -192,6 +192,11 @@ class MIIRConfig(SideInfoConfig):
                 causal = causal.strip().lower() not in ("false", "0", "no", "off")
             if not causal:
                 data = {**data, "next_item_weight": 0.0}
+        # without a next-item loss there is no clean pass to run (and none to key a run by)
+        if isinstance(data, dict) and "next_item_clean" not in data:
+            weight = data.get("next_item_weight", cls.model_fields["next_item_weight"].default)
+            if float(weight) == 0.0:
+                data = {**data, "next_item_clean": False}
         return data
 
     @model_validator(mode="after")
