@@ -55,6 +55,11 @@ class Packing:
         return out
 
 
+#: packed batches have a multiple of this many rows (the last ones empty), so that a step's
+#: matrix shapes take one of a few sizes (see ``miir.models.miir.SELECT_BLOCK``); 1: off
+ROW_BLOCK = 4
+
+
 def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Packing]:
     """Pack the right-aligned windows of a batch into as few rows of the same width as
     first-fit decreasing finds: (B, n) item ids -> (R, n) item ids and their :class:`Packing`.
@@ -76,7 +81,7 @@ def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Pac
             free.append(n)
         row_of[w], col_of[w] = r, n - free[r]
         free[r] -= length
-    R = max(len(free), 1)
+    R = -(-max(len(free), 1) // ROW_BLOCK) * ROW_BLOCK  # empty rows up to a block
     lens = torch.tensor(lengths, dtype=torch.long)
     w_of_item = torch.repeat_interleave(torch.arange(B), lens)  # (I,) window of each item
     starts = torch.cumsum(lens, 0) - lens

@@ -249,6 +249,28 @@ class SideInputs:
         return SideInputs(pad(self.present), {k: pad(v) for k, v in self.values.items()})
 
 
+#: training losses gather their supervised positions in blocks of this many (the last block
+#: filled with repeats weighted 0), so a step's loss matmuls take one of a few shapes: oneDNN
+#: keeps a primitive per shape, and a new size at every step grew training memory by about
+#: 10 MB a step, to 2.6 GB (bench/results/memory.md); 1 turns the blocks off
+SELECT_BLOCK = 64
+
+
+def gather_positions(sel: Tensor, block: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, n) bool -> row and column of each True entry, repeated up to a multiple of
+    ``block`` (default :data:`SELECT_BLOCK`), and a weight per entry (1, or 0 for a repeat)."""
+    block = SELECT_BLOCK if block is None else block
+    idx = sel.reshape(-1).nonzero().squeeze(1)
+    M = idx.numel()
+    pad = (-M) % block if M else 0
+    weight = torch.ones(M + pad, device=sel.device)
+    if pad:
+        weight[M:] = 0.0
+        idx = torch.cat([idx, idx[:1].expand(pad)])
+    n = sel.shape[-1]
+    return idx // n, idx % n, weight
+
+
 VARIANTS: dict[str, dict[str, object]] = {
     "miir": {},
     "miir-r": {"objective": "rec"},
@@ -451,9 +473,10 @@ class MIIR(SequenceModel):
         losses: dict[str, Tensor] = {}
         sel = targets[..., 0]  # (B, n)
         if sel.any():
-            logits = out[..., 0, :][sel] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
-            ce = F.cross_entropy(logits.float(), items[sel] - FIRST_VALUE_ID, reduction="none")
-            losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[sel], ce)
+            b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
+            logits = out[b, t, 0] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
+            ce = F.cross_entropy(logits.float(), items[b, t] - FIRST_VALUE_ID, reduction="none")
+            losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[b, t], ce * w)
         else:
             losses[ID_FIELD] = out.new_zeros(S).float()
         for j, f in enumerate(self.fields, start=1):
@@ -461,8 +484,9 @@ class MIIR(SequenceModel):
             if not sel.any():
                 losses[f.name] = out.new_zeros(S).float()
                 continue
-            per = self.encoder.loss(f.name, out[..., j, :][sel], items[sel])  # (M,): Eq. 10-12
-            losses[f.name] = torch.zeros(S, device=items.device).index_add(0, owner[sel], per)
+            b, t, w = gather_positions(sel)
+            per = self.encoder.loss(f.name, out[b, t, j], items[b, t])  # (M,): Eq. 10-12
+            losses[f.name] = torch.zeros(S, device=items.device).index_add(0, owner[b, t], per * w)
         return losses
 
     def draw_mask(
@@ -528,12 +552,11 @@ class MIIR(SequenceModel):
         pair &= owner[:, :-1] == owner[:, 1:]  # packed rows: the same window
         losses = out.new_zeros(batch.n_seqs).float()
         if pair.any():
-            h = self.next_proj(out[:, :-1, 0][pair])  # (M, e)
+            b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
+            h = self.next_proj(out[b, t, 0])  # (M, e)
             logits = h @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
-            ce = F.cross_entropy(
-                logits.float(), items[:, 1:][pair] - FIRST_VALUE_ID, reduction="none"
-            )
-            losses = losses.index_add(0, owner[:, :-1][pair], ce)
+            ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
+            losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
 
     # ------------------------------------------------------------------ inference
