@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def main() -> None:
             print(f"bf16={bf16} blocked={blocked}: {got}", flush=True)
     timed = timing(args.data, args.rounds, args.time_steps)
     info = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         **git_state(),
         "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
