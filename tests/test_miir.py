@@ -336,3 +336,19 @@ def test_clean_next_item_loss_reads_the_unmasked_window() -> None:
     one_pass = make_model(next_item_clean=False)
     a, b = (one_pass.masked_loss(items, m)[1]["next_item"] for m in masks)
     assert not torch.allclose(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(1, 70), st.integers(0, 2**31 - 1))
+def test_gather_positions_blocks_the_true_entries(B: int, n: int, block: int, seed: int) -> None:
+    """The weighted entries are exactly the True ones, in order; repeats fill a block and weigh
+    nothing."""
+    from miir.models.miir import gather_positions
+
+    sel = torch.rand(B, n, generator=torch.Generator().manual_seed(seed)) < 0.4
+    b, t, w = gather_positions(sel, block)
+    M = int(sel.sum())
+    assert len(b) == len(t) == len(w) and (len(w) % block == 0 if M else len(w) == 0)
+    assert w[:M].eq(1).all() and w[M:].eq(0).all()
+    assert sel[b, t].all()
+    assert torch.stack([b[:M], t[:M]], 1).tolist() == sel.nonzero().tolist()

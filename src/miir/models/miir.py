@@ -252,7 +252,7 @@ class SideInputs:
 #: training losses gather their supervised positions in blocks of this many (the last block
 #: filled with repeats weighted 0), so a step's loss matmuls take one of a few shapes: oneDNN
 #: keeps a primitive per shape, and a new size at every step grew training memory by about
-#: 10 MB a step, to 2.6 GB (bench/results/memory.md); 1 turns the blocks off
+#: 10 MB a step, to 2.6 GB (bench/results/shapes.md); 1 turns the blocks off
 SELECT_BLOCK = 64
 
 
