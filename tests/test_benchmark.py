@@ -148,7 +148,12 @@ def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:
     columns = [Run(label, model) for label, model in grid_labels(grid)]
     by_model = [r.label for r in columns if selected(r, parse_only(["model=MIIR"]))]
     by_label = [r.label for r in columns if selected(r, parse_only(["label=MIIR"]))]
-    assert by_model == ["MIIR", "MIIR (bidirectional)", "MIIR (previous recipe)"]
+    assert by_model == [
+        "MIIR",
+        "MIIR (bidirectional)",
+        "MIIR (clean next-item)",
+        "MIIR (previous recipe)",
+    ]
     assert by_label == ["MIIR"]
     nova = [r.label for r in columns if selected(r, parse_only(["label=nova"]))]
     assert nova == ["NOVA"]  # not NOVA+LRMM, which model=nova also selects
@@ -393,13 +398,15 @@ def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
     names = [m.name for m in beauty.spec.models]
-    assert names[:9] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 3
+    assert names[:10] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 4
     # the default MIIR and, for reference, the bidirectional form of the same recipe (also on
-    # the discard data: Table 11 compares how the two attentions impute) and the recipe before
-    # issue 9 (given data only), both pinned to the paper's attention
-    bidirectional, previous = beauty.spec.models[7:9]
+    # the discard data: Table 11 compares how the two attentions impute), the default with the
+    # clean next-item pass (issue 9's lever, given data only) and the recipe before issue 9
+    # (given data only), the first and the last pinned to the paper's attention
+    bidirectional, clean, previous = beauty.spec.models[7:10]
     assert bidirectional.settings == ["given", "D"] and previous.settings == ["given"]
     assert bidirectional.model["causal"] is False and previous.model["causal"] is False
+    assert clean.settings == ["given"] and clean.model["next_item_clean"] is True
     # issue 10: RFS, LRMM, the two +LRMM models and the six MIIR variants, every one planned
     assert {"fdsa-rfs", "nova-rfs", "lrmm", "miir-r", "miir-f", "miir-m", "miir-r-m",
             "sparse-miir", "sparse-miir-r"} <= set(names)  # fmt: skip
@@ -408,7 +415,11 @@ def test_shipped_grids_are_valid() -> None:
     assert {"FDSA+LRMM", "NOVA+LRMM", "FDSA+RFS", "Sparse-MIIR-R", "MIIR-R-M"} <= labels
     assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
     sports = load_grid(root / "sports.yaml")
-    assert [m.name for m in sports.spec.models] == names  # the same recipe, unchanged
+    # the same recipe, unchanged (the clean next-item lever was measured on Beauty only)
+    lever = [m for m in beauty.spec.models if m.label == "MIIR (clean next-item)"]
+    assert [m.name for m in sports.spec.models] == [
+        m.name for m in beauty.spec.models if m not in lever
+    ]
     assert [c.path.name for c in grid_cases(sports)] == ["sports", "sports-d"]
     smoke = load_grid(root / "smoke.yaml")
     assert smoke.spec.train["max_epochs"] == 1
