@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -37,43 +38,62 @@ ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ["categories", "brand", "title"]
 CHECKPOINTS = (1, 50, 100, 200, 300, 500)
 
+
+def setup(data: str):
+    """The default MIIR over ``data`` in training mode, its training windows, Adam, and the
+    generator that draws the batches (the same for the memory runs and the timing)."""
+    import torch
+
+    from miir.data.artifact import Artifact
+    from miir.models import model_config
+    from miir.runtime import keep_freed_memory
+    from miir.training.data import training_windows
+    from miir.training.train import build_model
+
+    keep_freed_memory()
+    art = Artifact(data)
+    torch.manual_seed(0)
+    model = build_model(art, model_config("miir", {"fields": FIELDS}), "miir").train()
+    windows = training_windows(art, model.config.max_len)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, windows, opt, torch.Generator().manual_seed(0)
+
+
+def train_step(model, opt, windows, idx, seed: int, bf16: bool) -> None:
+    """One packed training step on the windows ``idx`` with the masks of ``seed``."""
+    import torch
+
+    from miir.models.batch import make_batch
+
+    batch = make_batch(windows[idx], "packed", model.config.max_len)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = model.loss(batch, torch.Generator().manual_seed(seed))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 CHILD = r"""
-import json, sys, time, torch
+import json, sys, torch
 torch.set_num_threads(1)
-from miir.runtime import keep_freed_memory
-keep_freed_memory()
+sys.path.insert(0, BENCH)
 import miir.models.batch as mb, miir.models.miir as mm
-from miir.data.artifact import Artifact
-from miir.models import model_config
-from miir.models.batch import make_batch
-from miir.training.data import training_windows
-from miir.training.train import build_model
+from bench_shapes import CHECKPOINTS, setup, train_step
 data, steps, blocked, bf16 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 if not blocked:
     mm.SELECT_BLOCK, mb.ROW_BLOCK = 1, 1
 def mem():
     d = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
     return {k: int(v.split()[0]) / 1024 for k, v in d.items()}
-art = Artifact(data)
-torch.manual_seed(0)
-model = build_model(art, model_config("miir", {"fields": FIELDS}), "miir").train()
-windows = training_windows(art, model.config.max_len)
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-g = torch.Generator().manual_seed(0)
+model, windows, opt, g = setup(data)
 out = {"start": mem()["VmRSS"]}
 for step in range(1, steps + 1):
-    batch = make_batch(windows[torch.randint(len(windows), (128,), generator=g)], "packed",
-                       model.config.max_len)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(step))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    train_step(model, opt, windows, torch.randint(len(windows), (128,), generator=g), step, bf16)
     if step in CHECKPOINTS:
         out[str(step)] = mem()["VmRSS"]
 out["peak"] = mem()["VmHWM"]
 print("RESULT " + json.dumps(out))
-""".replace("FIELDS", repr(FIELDS)).replace("CHECKPOINTS", repr(CHECKPOINTS))
+""".replace("BENCH", repr(str(ROOT / "bench")))
 
 
 def memory_run(data: str, steps: int, blocked: bool, bf16: bool) -> dict[str, float]:
@@ -83,7 +103,7 @@ def memory_run(data: str, steps: int, blocked: bool, bf16: bool) -> dict[str, fl
         text=True,
         cwd=ROOT,
         check=False,
-        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -96,20 +116,8 @@ def timing(data: str, rounds: int, steps: int) -> dict[str, object]:
 
     import miir.models.batch as mb
     import miir.models.miir as mm
-    from miir.data.artifact import Artifact
-    from miir.models import model_config
-    from miir.models.batch import make_batch
-    from miir.runtime import keep_freed_memory
-    from miir.training.data import training_windows
-    from miir.training.train import build_model
 
-    keep_freed_memory()
-    art = Artifact(data)
-    torch.manual_seed(0)
-    model = build_model(art, model_config("miir", {"fields": FIELDS}), "miir").train()
-    windows = training_windows(art, model.config.max_len)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
+    model, windows, opt, g = setup(data)
     picks = [torch.randint(len(windows), (128,), generator=g) for _ in range(steps)]
     blocks = {"blocked": (mm.SELECT_BLOCK, mb.ROW_BLOCK), "unblocked": (1, 1)}
 
@@ -117,12 +125,7 @@ def timing(data: str, rounds: int, steps: int) -> dict[str, object]:
         mm.SELECT_BLOCK, mb.ROW_BLOCK = blocks[form]
         t0 = time.perf_counter()
         for i, idx in enumerate(picks):
-            batch = make_batch(windows[idx], "packed", model.config.max_len)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, _ = model.loss(batch, torch.Generator().manual_seed(i))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, windows, idx, i, bf16=True)
         return (time.perf_counter() - t0) / steps
 
     for form in blocks:  # warm-up: every shape of these batches met once

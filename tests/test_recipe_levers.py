@@ -24,6 +24,25 @@ def miir(**kw):
     return model
 
 
+def successor_accuracy(steps: int, **options) -> float:
+    """Train a MIIR (``options``, no dropout) on windows where item i is always followed by
+    item i + 1; the share of 16 histories whose top-scored next item is that successor."""
+    torch.manual_seed(0)
+    model = miir(dropout=0.0, **options)
+    starts = torch.randint(2, N_ITEMS + 2 - 6, (64,))
+    chains = starts[:, None] + torch.arange(6)[None]  # (64, 6): i, i + 1, ...
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        loss, _ = model.loss(make_batch(chains, "packed", 6), torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        top = model.score(chains[:16, :5]).argmax(-1)
+    return (top == chains[:16, 5]).float().mean().item()
+
+
 def test_hide_last_items_hides_the_whole_last_item_of_each_window() -> None:
     items = random_windows(9, 6, seed=2, min_len=2)
     batch = make_batch(items, "packed", 6)
@@ -156,21 +175,7 @@ def test_next_item_loss_needs_causal_keeps_packing_exact_and_learns_a_planted_su
     padded, _ = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(0))
     assert "next_item" in parts and torch.allclose(packed, padded, atol=1e-5)
 
-    torch.manual_seed(0)
-    model = miir(causal=True, next_item_weight=1.0, dropout=0.0)
-    starts = torch.randint(2, N_ITEMS + 2 - 6, (64,))
-    chains = starts[:, None] + torch.arange(6)[None]  # (64, 6): i, i + 1, ...
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(150):
-        loss, _ = model.loss(make_batch(chains, "packed", 6), torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    history = chains[:16, :5]  # (16, 5)
-    with torch.no_grad():
-        top = model.score(history).argmax(-1)
-    assert (top == chains[:16, 5]).float().mean() > 0.8
+    assert successor_accuracy(steps=150, causal=True, next_item_weight=1.0) > 0.8
 
 
 def test_clean_next_item_keeps_packing_exact_learns_and_needs_a_next_item_loss() -> None:
@@ -190,17 +195,6 @@ def test_clean_next_item_keeps_packing_exact_learns_and_needs_a_next_item_loss()
     _, padded = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(1))
     assert torch.allclose(packed["next_item"], padded["next_item"], atol=1e-5)
 
-    torch.manual_seed(0)
-    model = miir(causal=True, next_item_weight=1.0, next_item_clean=True, dropout=0.0)
-    starts = torch.randint(2, N_ITEMS + 2 - 6, (64,))
-    chains = starts[:, None] + torch.arange(6)[None]  # (64, 6): i, i + 1, ...
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(100):
-        loss, _ = model.loss(make_batch(chains, "packed", 6), torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        top = model.score(chains[:16, :5]).argmax(-1)
-    assert (top == chains[:16, 5]).float().mean() > 0.8
+    assert (
+        successor_accuracy(steps=100, causal=True, next_item_weight=1.0, next_item_clean=True) > 0.8
+    )
