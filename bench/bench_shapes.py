@@ -77,11 +77,11 @@ CHILD = r"""
 import json, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, BENCH)
-import miir.models.batch as mb, miir.models.miir as mm
+import miir.models.batch as mb
 from bench_shapes import CHECKPOINTS, setup, train_step
 data, steps, blocked, bf16 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 if not blocked:
-    mm.SELECT_BLOCK, mb.ROW_BLOCK = 1, 1
+    mb.SELECT_BLOCK, mb.ROW_BLOCK = 1, 1
 def mem():
     d = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
     return {k: int(v.split()[0]) / 1024 for k, v in d.items()}
@@ -115,14 +115,13 @@ def timing(data: str, rounds: int, steps: int) -> dict[str, object]:
     import torch
 
     import miir.models.batch as mb
-    import miir.models.miir as mm
 
     model, windows, opt, g = setup(data)
     picks = [torch.randint(len(windows), (128,), generator=g) for _ in range(steps)]
-    blocks = {"blocked": (mm.SELECT_BLOCK, mb.ROW_BLOCK), "unblocked": (1, 1)}
+    blocks = {"blocked": (mb.SELECT_BLOCK, mb.ROW_BLOCK), "unblocked": (1, 1)}
 
     def run(form: str) -> float:
-        mm.SELECT_BLOCK, mb.ROW_BLOCK = blocks[form]
+        mb.SELECT_BLOCK, mb.ROW_BLOCK = blocks[form]
         t0 = time.perf_counter()
         for i, idx in enumerate(picks):
             train_step(model, opt, windows, idx, i, bf16=True)
@@ -134,7 +133,7 @@ def timing(data: str, rounds: int, steps: int) -> dict[str, object]:
     for r in range(rounds):
         for form in blocks if r % 2 == 0 else reversed(list(blocks)):
             times[form].append(run(form))
-    mm.SELECT_BLOCK, mb.ROW_BLOCK = blocks["blocked"]
+    mb.SELECT_BLOCK, mb.ROW_BLOCK = blocks["blocked"]
     ratios = [b / u for b, u in zip(times["blocked"], times["unblocked"], strict=True)]
     return {
         "threads": torch.get_num_threads(),

@@ -144,6 +144,28 @@ def test_deterministic_under_a_seed(name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_blocks_do_not_change_the_loss(name: str, monkeypatch) -> None:
+    """Losses gather their positions in blocks of SELECT_BLOCK (repeats weighted 0): the same
+    loss and gradients as gathering the positions one by one."""
+    import miir.models.batch as mb
+
+    items = windows(B=7)
+    results = []
+    for block in (1, 64):
+        monkeypatch.setattr(mb, "SELECT_BLOCK", block)
+        model = small(name, seed=5)
+        model.train()
+        loss, _ = model.loss(make_batch(items, model.batch_mode, MAX_LEN), gen(2))
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))
+    (la, ga), (lb, gb) = results
+    assert torch.allclose(la, lb, atol=1e-6), (la, lb)
+    assert len(ga) == len(gb)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb, strict=True))
+
+
 def test_registry_is_one_name_space() -> None:
     assert {
         "miir",

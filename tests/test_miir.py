@@ -343,7 +343,7 @@ def test_clean_next_item_loss_reads_the_unmasked_window() -> None:
 def test_gather_positions_blocks_the_true_entries(B: int, n: int, block: int, seed: int) -> None:
     """The weighted entries are exactly the True ones, in order; repeats fill a block and weigh
     nothing."""
-    from miir.models.miir import gather_positions
+    from miir.models.batch import gather_positions
 
     sel = torch.rand(B, n, generator=torch.Generator().manual_seed(seed)) < 0.4
     b, t, w = gather_positions(sel, block)

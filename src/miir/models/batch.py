@@ -56,8 +56,30 @@ class Packing:
 
 
 #: packed batches have a multiple of this many rows (the last ones empty), so that a step's
-#: matrix shapes take one of a few sizes (see ``miir.models.miir.SELECT_BLOCK``); 1: off
+#: matrix shapes take one of a few sizes (see :data:`SELECT_BLOCK`); 1: off
 ROW_BLOCK = 4
+
+
+#: training losses gather their supervised positions in blocks of this many (the last block
+#: filled with repeats weighted 0), so a step's loss matmuls take one of a few shapes: oneDNN
+#: keeps a primitive per shape, and a new size at every step grew training memory by about
+#: 10 MB a step, to 2.6 GB (bench/results/shapes.md); 1 turns the blocks off
+SELECT_BLOCK = 64
+
+
+def gather_positions(sel: Tensor, block: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, n) bool -> row and column of each True entry, repeated up to a multiple of
+    ``block`` (default :data:`SELECT_BLOCK`), and a weight per entry (1, or 0 for a repeat)."""
+    block = SELECT_BLOCK if block is None else block
+    idx = sel.reshape(-1).nonzero().squeeze(1)
+    M = idx.numel()
+    pad = (-M) % block if M else 0
+    weight = torch.ones(M + pad, device=sel.device)
+    if pad:
+        weight[M:] = 0.0
+        idx = torch.cat([idx, idx[:1].expand(pad)])
+    n = sel.shape[-1]
+    return idx // n, idx % n, weight
 
 
 def pack_windows(items: Tensor, max_len: int | None = None) -> tuple[Tensor, Packing]:

@@ -76,7 +76,7 @@ from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import ModelConfig, SequenceModel
-from miir.models.batch import Batch, trim_left_padding
+from miir.models.batch import Batch, gather_positions, trim_left_padding
 from miir.models.fields import ID_FIELD, ItemCatalogue
 from miir.models.layers import Block, Dropout, xavier_init
 from miir.models.masking import cloze_mask, last_of_sequence
@@ -157,6 +157,23 @@ class ClozeHead(nn.Module):
         return scores
 
 
+def cloze_loss(
+    batch: Batch, logits: Tensor, b: Tensor, t: Tensor, w: Tensor, norm: str
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Full-softmax cross-entropy of the (M, N) ``logits`` at the positions (``b``, ``t``) of
+    ``batch`` (weight ``w``: 0 for a block's repeats), averaged over the positions
+    (``norm='position'``) or per sequence and then over sequences."""
+    ce = F.cross_entropy(logits.float(), batch.items[b, t] - FIRST_VALUE_ID, reduction="none") * w
+    if norm == "position":
+        loss = ce.sum() / w.sum().clamp(min=1)
+    else:
+        owner = batch.owner()[b, t]
+        per_seq = ce.new_zeros(batch.n_seqs).index_add(0, owner, ce)  # (S,)
+        counts = ce.new_zeros(batch.n_seqs).index_add(0, owner, w).clamp(min=1)  # (S,)
+        loss = (per_seq / counts).mean()
+    return loss, {ID_FIELD: loss.detach()}
+
+
 class BERT4Rec(SequenceModel):
     """BERT4Rec over item IDs (see the module docstring). Subclasses (NOVA) replace
     :meth:`encode`; the cloze loss, the head and ``score`` are shared."""
@@ -228,24 +245,20 @@ class BERT4Rec(SequenceModel):
         """The cloze loss of ``batch`` with a mask drawn from ``generator``."""
         return self.masked_loss(batch, self.draw_mask(batch, generator))
 
-    def masked_logits(self, batch: Batch, hidden: Tensor) -> Tensor:
+    def masked_logits(
+        self, batch: Batch, hidden: Tensor, at: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """(M, N) logits over the real items at the M hidden positions of ``batch`` (row-major
-        order), with the items marked in ``hidden`` (R, n) replaced by the mask token."""
+        order), with the items marked in ``hidden`` (R, n) replaced by the mask token; at the
+        (rows, columns) ``at`` instead where given (the loss's blocks of positions)."""
         h = self.encode(batch.items, hidden, self._positions(batch), batch.same_window())
-        return self.head.logits(h[hidden], self.item_emb)  # (M, N)
+        return self.head.logits(h[hidden] if at is None else h[at], self.item_emb)  # (M, N)
 
     def masked_loss(self, batch: Batch, hidden: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Full-softmax cross-entropy at the hidden positions, normalised per ``loss_norm``."""
-        logits = self.masked_logits(batch, hidden)  # (M, N)
-        target = batch.items[hidden] - FIRST_VALUE_ID  # (M,)
-        ce = F.cross_entropy(logits.float(), target, reduction="none")  # (M,)
-        if self.config.loss_norm == "position":
-            loss = ce.sum() / max(len(ce), 1)
-        else:
-            per_seq = batch.per_sequence(ce, hidden)  # (S,)
-            counts = batch.per_sequence(torch.ones_like(ce), hidden).clamp(min=1)  # (S,)
-            loss = (per_seq / counts).mean()
-        return loss, {ID_FIELD: loss.detach()}
+        b, t, w = gather_positions(hidden)  # (M,) each, M a multiple of SELECT_BLOCK
+        logits = self.masked_logits(batch, hidden, (b, t))  # (M, N)
+        return cloze_loss(batch, logits, b, t, w, self.config.loss_norm)
 
     # ------------------------------------------------------------------ inference
     def query_states(self, history: Tensor) -> Tensor:

@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import SequenceModel, SideInfoConfig
-from miir.models.batch import Batch
+from miir.models.batch import Batch, gather_positions
 from miir.models.fields import ID_FIELD, FieldEncoder, ItemCatalogue
 from miir.models.layers import Dropout, xavier_init
 from miir.models.masking import mii_mask
@@ -202,8 +202,10 @@ class LRMM(SequenceModel):
         sel = (items[:, :-1] >= FIRST_VALUE_ID) & (items[:, 1:] >= FIRST_VALUE_ID)  # (B, n-1)
         if not sel.any():
             return users.sum().float() * 0.0  # keeps the graph
-        logits = users[:, :-1][sel] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (P, N)
-        return F.cross_entropy(logits.float(), items[:, 1:][sel] - FIRST_VALUE_ID)
+        b, t, w = gather_positions(sel)  # (P,) each, P a multiple of SELECT_BLOCK
+        logits = users[b, t] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (P, N)
+        ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
+        return (ce * w).sum() / w.sum()
 
     # ------------------------------------------------------------------ the contract
     def loss(

@@ -71,7 +71,13 @@ from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
 from miir.models.base import SequenceModel, SideInfoConfig
-from miir.models.batch import Batch, Packing, pack_windows, trim_left_padding
+from miir.models.batch import (
+    Batch,
+    Packing,
+    gather_positions,
+    pack_windows,
+    trim_left_padding,
+)
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
 from miir.models.masking import Masked, hide_last_items, last_of_sequence, mii_mask, rec_mask
@@ -247,28 +253,6 @@ class SideInputs:
             return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
 
         return SideInputs(pad(self.present), {k: pad(v) for k, v in self.values.items()})
-
-
-#: training losses gather their supervised positions in blocks of this many (the last block
-#: filled with repeats weighted 0), so a step's loss matmuls take one of a few shapes: oneDNN
-#: keeps a primitive per shape, and a new size at every step grew training memory by about
-#: 10 MB a step, to 2.6 GB (bench/results/shapes.md); 1 turns the blocks off
-SELECT_BLOCK = 64
-
-
-def gather_positions(sel: Tensor, block: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(B, n) bool -> row and column of each True entry, repeated up to a multiple of
-    ``block`` (default :data:`SELECT_BLOCK`), and a weight per entry (1, or 0 for a repeat)."""
-    block = SELECT_BLOCK if block is None else block
-    idx = sel.reshape(-1).nonzero().squeeze(1)
-    M = idx.numel()
-    pad = (-M) % block if M else 0
-    weight = torch.ones(M + pad, device=sel.device)
-    if pad:
-        weight[M:] = 0.0
-        idx = torch.cat([idx, idx[:1].expand(pad)])
-    n = sel.shape[-1]
-    return idx // n, idx % n, weight
 
 
 VARIANTS: dict[str, dict[str, object]] = {

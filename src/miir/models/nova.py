@@ -69,11 +69,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from miir.data.schema import FIRST_VALUE_ID, MISSING_ID
+from miir.data.schema import MISSING_ID
 from miir.models.base import SideInfoConfig
-from miir.models.batch import Batch
-from miir.models.bert4rec import BERT4Rec, BERT4RecConfig, additive_mask
-from miir.models.fields import ID_FIELD, FieldEncoder, ItemCatalogue
+from miir.models.batch import Batch, gather_positions
+from miir.models.bert4rec import BERT4Rec, BERT4RecConfig, additive_mask, cloze_loss
+from miir.models.fields import FieldEncoder, ItemCatalogue
 from miir.models.layers import Block, dropout
 from miir.models.masking import rfs_drop
 
@@ -195,28 +195,26 @@ class NOVA(BERT4Rec):
         return self.masked_loss(batch, hidden, self.rfs_visible(batch.items, generator))
 
     def masked_logits(
-        self, batch: Batch, hidden: Tensor, side_visible: Tensor | None = None
+        self,
+        batch: Batch,
+        hidden: Tensor,
+        at: tuple[Tensor, Tensor] | None = None,
+        side_visible: Tensor | None = None,
     ) -> Tensor:
         """:meth:`BERT4Rec.masked_logits`, with ``side_visible`` (R, n, F) passed to
         :meth:`encode`."""
         positions = self._positions(batch)
         h = self.encode(batch.items, hidden, positions, batch.same_window(), side_visible)
-        return self.head.logits(h[hidden], self.item_emb)  # (M, N)
+        return self.head.logits(h[hidden] if at is None else h[at], self.item_emb)  # (M, N)
 
     def masked_loss(
         self, batch: Batch, hidden: Tensor, side_visible: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """:meth:`BERT4Rec.masked_loss` (the same normalisation), the side values restricted
         to ``side_visible`` (R, n, F) where given (RFS)."""
-        logits = self.masked_logits(batch, hidden, side_visible)  # (M, N)
-        ce = F.cross_entropy(logits.float(), batch.items[hidden] - FIRST_VALUE_ID, reduction="none")
-        if self.config.loss_norm == "position":
-            loss = ce.sum() / max(len(ce), 1)
-        else:
-            per_seq = batch.per_sequence(ce, hidden)  # (S,)
-            counts = batch.per_sequence(torch.ones_like(ce), hidden).clamp(min=1)  # (S,)
-            loss = (per_seq / counts).mean()
-        return loss, {ID_FIELD: loss.detach()}
+        b, t, w = gather_positions(hidden)  # (M,) each, M a multiple of SELECT_BLOCK
+        logits = self.masked_logits(batch, hidden, (b, t), side_visible)  # (M, N)
+        return cloze_loss(batch, logits, b, t, w, self.config.loss_norm)
 
     def encode(
         self,

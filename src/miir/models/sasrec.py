@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID
 from miir.models.base import ModelConfig, SequenceModel
-from miir.models.batch import Batch, trim_left_padding
+from miir.models.batch import Batch, gather_positions, trim_left_padding
 from miir.models.fields import ID_FIELD, ItemCatalogue
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
 
@@ -177,8 +177,10 @@ def next_item_loss(
     if not sel.any():
         zero = states.sum().float() * 0.0  # keeps the graph (and DDP) happy
         return zero, {ID_FIELD: zero.detach()}
-    logits = states[:, :-1][sel] @ item_weight[FIRST_VALUE_ID:].T  # (M, N)
-    loss = F.cross_entropy(logits.float(), targets[sel] - FIRST_VALUE_ID)
+    b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
+    logits = states[b, t] @ item_weight[FIRST_VALUE_ID:].T  # (M, N)
+    ce = F.cross_entropy(logits.float(), targets[b, t] - FIRST_VALUE_ID, reduction="none")
+    loss = (ce * w).sum() / w.sum()
     return loss, {ID_FIELD: loss.detach()}
 
 
