@@ -156,6 +156,24 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "next_item_clean": True},
         {"max_epochs": 40, "patience": 8},
     ),
+    # diagnostics (issue 9): where the gap to SASRec lies. The default with no side field
+    # (DFSA over item IDs alone: SASRec's input with MIIR's layers, masks and losses), and the
+    # default in SASRec's shape (2 layers, 2 heads, pre-LN, dropout 0.5), each to convergence
+    "default-id-only-40": ({**DEFAULT, "fields": []}, {"max_epochs": 40, "patience": 8}),
+    "default-sasrec-shape-60": (
+        {**DEFAULT, "n_layers": 2, "n_heads": 2, "norm_first": True, "dropout": 0.5},
+        {"max_epochs": 60, "patience": 10},
+    ),
+    # SASRec's objective alone on DFSA: the next-item loss on the unmasked pass, every MII
+    # field loss weighted 0 (is MII what holds the curve, or the layers?)
+    "default-clean-no-mii": (
+        {
+            **DEFAULT,
+            "next_item_clean": True,
+            "field_weights": {"item_id": 0.0, "categories": 0.0, "brand": 0.0, "title": 0.0},
+        },
+        {},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
