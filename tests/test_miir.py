@@ -338,6 +338,26 @@ def test_clean_next_item_loss_reads_the_unmasked_window() -> None:
     assert not torch.allclose(a, b)
 
 
+def test_clean_next_item_alone_skips_the_masked_pass() -> None:
+    """With every MII loss weighted 0 and the next-item loss on the clean pass, the masked
+    pass is not run: one forward pass, the same loss as computing and weighting it away."""
+    items = batch()
+    mask = mii_mask(
+        make_model().present(items), 0.5, 0.2, generator=torch.Generator().manual_seed(3)
+    )
+    zero = {name: 0.0 for name in ("item_id", *(f.name for f in FIELDS))}
+    alone = make_model(next_item_clean=True, field_weights=zero)
+    calls = []
+    alone.register_forward_hook(lambda *_: calls.append(1))
+    loss, parts = alone.masked_loss(items, mask)
+    assert len(calls) == 1
+    assert all(float(v) == 0.0 for k, v in parts.items() if k != "next_item")
+    both = make_model(next_item_clean=True)  # same seed: same weights; the masked pass runs
+    expected = both.masked_loss(items, mask)[1]
+    assert expected["item_id"] > 0
+    assert torch.allclose(loss, expected["next_item"])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 9), st.integers(1, 70), st.integers(0, 2**31 - 1))
 def test_gather_positions_blocks_the_true_entries(B: int, n: int, block: int, seed: int) -> None:

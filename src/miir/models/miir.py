@@ -514,14 +514,20 @@ class MIIR(SequenceModel):
         """Eq. 13 (or Eq. 14 when only ID targets are set): returns the loss and per-field means.
         Per sequence (a row, or a window of packed rows), the masked-field losses are summed
         and divided by the number of items; the loss is the mean over sequences."""
-        out = self(items, masked.hidden, packing)  # (B, n, F, e)
         batch = Batch(items, packing)
         owner, n_seqs = batch.owner(), batch.n_seqs
-        per_field = self.field_losses(items, out, masked.targets, owner, n_seqs)
-        n_items = batch.items_per_sequence()  # (S,)
         weights = {**self.config.field_weights}
+        names = [ID_FIELD, *(f.name for f in self.fields)]
+        clean = self.next_proj is not None and self.config.next_item_clean
+        if clean and all(weights.get(name, 1.0) == 0 for name in names):
+            # every MII loss weighted 0: the masked pass would only be logged (as zeros)
+            per_field = {name: torch.zeros(n_seqs, device=items.device) for name in names}
+        else:
+            out = self(items, masked.hidden, packing)  # (B, n, F, e)
+            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs)
+        n_items = batch.items_per_sequence()  # (S,)
         if self.next_proj is not None:  # the scoring head, trained in every stage
-            if self.config.next_item_clean:
+            if clean:
                 out = self(items, torch.zeros_like(masked.hidden), packing)
             per_field["next_item"] = self.next_item_losses(items, out, batch)
             weights["next_item"] = self.config.next_item_weight
