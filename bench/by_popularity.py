@@ -1,0 +1,183 @@
+"""Where a model wins or loses: test NDCG@10 and HR@10 per bucket of the target's popularity
+(its occurrences in the training part of the sequences) and of the history length, for
+recorded runs, under the three protocols. Reads only committed per-user ranks
+(``bench/results/runs/<key>.ranks.npz`` or ``bench/results/recipe/<name>.ranks.npz``) and the
+artifact: nothing is trained or scored again.
+
+    python bench/by_popularity.py --data artifacts/beauty --name beauty \\
+        SASRec=bench/results/runs/232a9bac26fd6872.ranks.npz MIIR=bench/results/runs/0ce2d...
+
+Written to ``bench/results/by_popularity/NAME.{json,md}`` with the command, commit, machine
+and date. Buckets are quantiles of the test users (equal counts, up to ties); each bucket's
+paired t-test compares every model with the first one named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "by_popularity"
+PROTOCOLS = ("sampled", "full", "full_masked")
+
+
+def training_counts(artifact) -> np.ndarray:
+    """(N + 2,) occurrences of each item id in the training part of every sequence (all but
+    the last two items, the validation and test targets)."""
+    offsets, flat = artifact.offsets, artifact.flat_items
+    counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
+    lengths = np.diff(offsets)
+    keep = np.ones(len(flat), dtype=bool)
+    keep[offsets[1:] - 1] = False  # the test target
+    keep[offsets[1:] - 2] = False  # the validation target
+    np.add.at(counts, flat[keep], 1)
+    assert (lengths >= 3).all(), "every sequence has a training part"
+    return counts
+
+
+def buckets(values: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
+    """(U,) values -> (U,) bucket index 0..k-1 by quantiles (k <= n: tied quantiles merge),
+    and a label per bucket. A bucket runs from its lower edge to the next one (excluded); the
+    last one to the largest value."""
+    lower = np.unique(np.quantile(values, np.linspace(0, 1, n + 1)[:-1]))
+    index = np.searchsorted(lower, values, side="right") - 1
+    top = float(values.max())
+    labels = [f"{lo:g}-<{hi:g}" for lo, hi in itertools.pairwise(lower)]
+    labels.append(f"{lower[-1]:g}-{top:g}")
+    return index, labels
+
+
+def ndcg10(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def breakdown(runs: dict[str, dict], index: np.ndarray, labels: list[str]) -> list[dict]:
+    from miir.evaluation.metrics import paired_t
+
+    first = next(iter(runs))
+    rows = []
+    for protocol in PROTOCOLS:
+        for b, label in enumerate(labels):
+            sel = index == b
+            row = {"protocol": protocol, "bucket": label, "users": int(sel.sum()), "models": {}}
+            base = ndcg10(runs[first][protocol][sel])
+            for name, ranks in runs.items():
+                r = ranks[protocol][sel]
+                nd = ndcg10(r)
+                _, p = paired_t(nd, base) if name != first else (0.0, 1.0)
+                row["models"][name] = {
+                    "NDCG@10": float(nd.mean()),
+                    "HR@10": float((r <= 10).mean()),
+                    "diff_vs_first": float(nd.mean() - base.mean()),
+                    "p_vs_first": float(p),
+                }
+            rows.append(row)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    names = result["models"]
+    first = names[0]
+    out = [
+        f"# Where the models win or lose: {result['name']}",
+        "",
+        f"- command: `{result['command']}`",
+        f"- commit: {result['commit']}; date: {result['date']}; machine: {result['machine']}",
+        f"- artifact: `{result['data']}`; {result['users']:,} test users",
+        "- runs: " + ", ".join(f"{n} (`{p}`)" for n, p in result["runs"].items()),
+        "",
+        "Test NDCG@10 per bucket of users (quantiles, equal counts up to ties). In brackets: the "
+        f"difference to {first}, `*` where the paired t-test over the bucket's users gives "
+        "p < 0.05.",
+    ]
+    for key, title in (
+        ("by_target_popularity", "target popularity (training occurrences of the test target)"),
+        ("by_history_length", "history length (items before the test target)"),
+    ):
+        out += ["", f"## By {title}", ""]
+        for protocol in PROTOCOLS:
+            rows = [r for r in result[key] if r["protocol"] == protocol]
+            out += [
+                f"**{protocol}**",
+                "",
+                "| bucket | users | " + " | ".join(names) + " |",
+                "|---|---:|" + "---:|" * len(names),
+            ]
+            for r in rows:
+                cells = []
+                for n in names:
+                    m = r["models"][n]
+                    cell = f"{m['NDCG@10']:.4f}"
+                    if n != first:
+                        star = "*" if m["p_vs_first"] < 0.05 else ""
+                        cell += f" ({m['diff_vs_first']:+.4f}{star})"
+                    cells.append(cell)
+                out.append(f"| {r['bucket']} | {r['users']:,} | " + " | ".join(cells) + " |")
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="LABEL=PATH.ranks.npz; the first is the reference")
+    ap.add_argument("--data", type=Path, default=ROOT / "artifacts" / "beauty")
+    ap.add_argument("--name", default="beauty")
+    ap.add_argument("--buckets", type=int, default=4)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from miir.benchmark import git_commit
+    from miir.data.artifact import Artifact
+
+    artifact = Artifact(args.data)
+    targets, _ = artifact.split("test")
+    offsets = artifact.offsets
+    assert np.array_equal(targets, artifact.flat_items[offsets[1:] - 1]), "test = last item"
+    counts = training_counts(artifact)
+    history = np.diff(offsets) - 1
+    paths, runs = {}, {}
+    for spec in args.runs:
+        label, _, path = spec.partition("=")
+        z = np.load(path)
+        if len(z["full"]) != len(targets):
+            sys.exit(
+                f"{path}: {len(z['full'])} users, the artifact's test split has {len(targets)}"
+            )
+        paths[label], runs[label] = path, {p: z[p] for p in PROTOCOLS}
+    c = git_commit()
+    result = {
+        "name": args.name,
+        "command": "python bench/by_popularity.py " + " ".join(sys.argv[1:]),
+        "commit": (c["commit"] or "unknown")[:10] + (" (dirty)" if c["dirty"] else ""),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "data": str(args.data),
+        "users": len(targets),
+        "models": list(runs),
+        "runs": paths,
+    }
+    index, labels = buckets(counts[targets].astype(float), args.buckets)
+    result["by_target_popularity"] = breakdown(runs, index, labels)
+    index, labels = buckets(history.astype(float), args.buckets)
+    result["by_history_length"] = breakdown(runs, index, labels)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (
+        ("json", json.dumps(result, indent=1) + "\n"),
+        ("md", markdown(result)),
+    ):
+        tmp = OUT / f".{args.name}.{suffix}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(OUT / f"{args.name}.{suffix}")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
