@@ -174,6 +174,25 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {},
     ),
+    "default-clean-no-mii-40": (
+        {
+            **DEFAULT,
+            "next_item_clean": True,
+            "field_weights": {"item_id": 0.0, "categories": 0.0, "brand": 0.0, "title": 0.0},
+        },
+        {"max_epochs": 40, "patience": 8},
+    ),
+    # the MII losses kept for the side fields only (imputation), the item-ID cloze loss (a
+    # second softmax over every item, weight 3 in the default) off; with the next-item loss on
+    # the MII pass (one pass) or on a clean pass
+    "default-side-mii-40": (
+        {**DEFAULT, "field_weights": {"item_id": 0.0}},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    "default-clean-side-mii-40": (
+        {**DEFAULT, "next_item_clean": True, "field_weights": {"item_id": 0.0}},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

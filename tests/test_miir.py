@@ -338,6 +338,21 @@ def test_clean_next_item_loss_reads_the_unmasked_window() -> None:
     assert not torch.allclose(a, b)
 
 
+def test_a_field_weighted_zero_is_not_computed_and_the_loss_is_unchanged() -> None:
+    items = batch()
+    mask = mii_mask(
+        make_model().present(items), 0.5, 0.2, generator=torch.Generator().manual_seed(4)
+    )
+    full = make_model()  # every field weighted (item_id: 3 by default)
+    _, parts = full.masked_loss(items, mask)
+    assert parts["item_id"] > 0 and parts["brand"] > 0
+    no_id = make_model(field_weights={"item_id": 0.0, "brand": 0.0})
+    loss, skipped = no_id.masked_loss(items, mask)
+    assert float(skipped["item_id"]) == 0.0 and float(skipped["brand"]) == 0.0
+    expected = sum(v for k, v in parts.items() if k not in ("item_id", "brand"))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
 def test_clean_next_item_alone_skips_the_masked_pass() -> None:
     """With every MII loss weighted 0 and the next-item loss on the clean pass, the masked
     pass is not run: one forward pass, the same loss as computing and weighting it away."""

@@ -449,14 +449,21 @@ class MIIR(SequenceModel):
 
     # ------------------------------------------------------------------ losses (Eq. 11-14)
     def field_losses(
-        self, items: Tensor, out: Tensor, targets: Tensor, owner: Tensor, n_seqs: int
+        self,
+        items: Tensor,
+        out: Tensor,
+        targets: Tensor,
+        owner: Tensor,
+        n_seqs: int,
+        skip: frozenset[str] = frozenset(),
     ) -> dict[str, Tensor]:
         """Per-sequence loss sums of each field on the supervised positions: name -> (S,).
-        ``owner`` (B, n): the sequence (0 .. S - 1) each position belongs to."""
+        ``owner`` (B, n): the sequence (0 .. S - 1) each position belongs to. The fields in
+        ``skip`` (weighted 0) are not computed: zeros."""
         S = n_seqs
         losses: dict[str, Tensor] = {}
         sel = targets[..., 0]  # (B, n)
-        if sel.any():
+        if sel.any() and ID_FIELD not in skip:
             b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
             logits = out[b, t, 0] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
             ce = F.cross_entropy(logits.float(), items[b, t] - FIRST_VALUE_ID, reduction="none")
@@ -465,7 +472,7 @@ class MIIR(SequenceModel):
             losses[ID_FIELD] = out.new_zeros(S).float()
         for j, f in enumerate(self.fields, start=1):
             sel = targets[..., j]  # (B, n)
-            if not sel.any():
+            if not sel.any() or f.name in skip:
                 losses[f.name] = out.new_zeros(S).float()
                 continue
             b, t, w = gather_positions(sel)
@@ -524,7 +531,8 @@ class MIIR(SequenceModel):
             per_field = {name: torch.zeros(n_seqs, device=items.device) for name in names}
         else:
             out = self(items, masked.hidden, packing)  # (B, n, F, e)
-            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs)
+            skip = frozenset(name for name in names if weights.get(name, 1.0) == 0)
+            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs, skip)
         n_items = batch.items_per_sequence()  # (S,)
         if self.next_proj is not None:  # the scoring head, trained in every stage
             if clean:
