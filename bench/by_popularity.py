@@ -56,27 +56,35 @@ def buckets(values: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
     return index, labels
 
 
-def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
-
-
 def breakdown(runs: dict[str, dict], index: np.ndarray, labels: list[str]) -> list[dict]:
-    from miir.evaluation.metrics import paired_t
+    """Per protocol and bucket: every run's NDCG@10 and HR@10 over the bucket's users, and
+    the paired t-test of its NDCG@10 against the first run's."""
+    import torch
+
+    from miir.evaluation.metrics import paired_t, per_user_metrics
 
     first = next(iter(runs))
     rows = []
     for protocol in PROTOCOLS:
+        users = {  # per-user values, once per run
+            name: {
+                k: v.numpy()
+                for k, v in per_user_metrics(
+                    torch.as_tensor(np.ascontiguousarray(ranks[protocol])), (10,)
+                ).items()
+            }
+            for name, ranks in runs.items()
+        }
         for b, label in enumerate(labels):
             sel = index == b
             row = {"protocol": protocol, "bucket": label, "users": int(sel.sum()), "models": {}}
-            base = ndcg10(runs[first][protocol][sel])
-            for name, ranks in runs.items():
-                r = ranks[protocol][sel]
-                nd = ndcg10(r)
+            base = users[first]["NDCG@10"][sel]
+            for name, m in users.items():
+                nd = m["NDCG@10"][sel]
                 _, p = paired_t(nd, base) if name != first else (0.0, 1.0)
                 row["models"][name] = {
                     "NDCG@10": float(nd.mean()),
-                    "HR@10": float((r <= 10).mean()),
+                    "HR@10": float(m["HR@10"][sel].mean()),
                     "diff_vs_first": float(nd.mean() - base.mean()),
                     "p_vs_first": float(p),
                 }

@@ -41,6 +41,16 @@ def test_buckets_split_at_quantiles_and_keep_every_value() -> None:
     assert labels == ["1-<5", "5-5"] and set(index[:60]) == {0} and set(index[60:]) == {1}
 
 
-def test_ndcg_at_10_from_one_based_ranks() -> None:
+def test_breakdown_reads_one_based_ranks_per_bucket() -> None:
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parents[1] / "src"))
     bp = load()
-    assert np.allclose(bp.ndcg10(np.array([1, 3, 10, 11])), [1.0, 0.5, 1 / np.log2(11), 0.0])
+    ranks = np.array([1, 3, 10, 11])
+    runs = {"a": {p: ranks for p in bp.PROTOCOLS}, "b": {p: ranks[::-1] for p in bp.PROTOCOLS}}
+    rows = bp.breakdown(runs, np.array([0, 0, 1, 1]), ["low", "high"])
+    full = {r["bucket"]: r["models"] for r in rows if r["protocol"] == "full"}
+    assert np.isclose(full["low"]["a"]["NDCG@10"], (1.0 + 0.5) / 2)
+    assert np.isclose(full["high"]["a"]["NDCG@10"], (1 / np.log2(11) + 0.0) / 2)
+    assert full["low"]["a"]["HR@10"] == 1.0 and full["high"]["a"]["HR@10"] == 0.5
+    assert np.isclose(full["low"]["b"]["diff_vs_first"], 1 / np.log2(11) / 2 - 0.75)
