@@ -166,14 +166,6 @@ ARMS: dict[str, tuple[dict, dict]] = {
     ),
     # SASRec's objective alone on DFSA: the next-item loss on the unmasked pass, every MII
     # field loss weighted 0 (is MII what holds the curve, or the layers?)
-    "default-clean-no-mii": (
-        {
-            **DEFAULT,
-            "next_item_clean": True,
-            "field_weights": {"item_id": 0.0, "categories": 0.0, "brand": 0.0, "title": 0.0},
-        },
-        {},
-    ),
     "default-clean-no-mii-40": (
         {
             **DEFAULT,
