@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,8 +128,9 @@ def rec(miir_run: Path) -> Recommender:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(miir_run: Path) -> Iterator[ServerThread]:  # noqa: F811
-    # a long wait: the 32 concurrent requests of a burst surely meet in batches
-    config = ServeConfig(worker_threads=2, micro_batch=16, max_wait_ms=40, batch_threads=2)
+    # a long wait: the 32 concurrent requests of a burst surely meet in batches, even on a
+    # loaded two-core machine
+    config = ServeConfig(worker_threads=2, micro_batch=16, max_wait_ms=150, batch_threads=2)
     app = create_app(lambda: Recommender.load(miir_run, text_encoder=colour_text), config)
     with ServerThread(app) as s:
         yield s
@@ -139,10 +141,15 @@ def _service(server: ServerThread) -> Service:
 
 
 def _burst(server: ServerThread, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
-    """POST /recommend each body from its own client, all at the same time."""
+    """POST /recommend each body from its own client, all at the same time: every client
+    first opens its connection (GET /health), then all wait at a barrier and send together,
+    so that a slow machine's thread start-up does not spread the burst over many waits."""
+    ready = threading.Barrier(len(bodies))
 
     def ask(body: dict[str, Any]) -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.get("/health").status_code == 200
+            ready.wait(timeout=60)
             return client.post("/recommend", json=body)
 
     with ThreadPoolExecutor(len(bodies)) as pool:
