@@ -5,7 +5,7 @@ recorded runs, under the three protocols. Reads only committed per-user ranks
 artifact: nothing is trained or scored again.
 
     python bench/by_popularity.py --data artifacts/beauty --name beauty \\
-        SASRec=bench/results/runs/232a9bac26fd6872.ranks.npz MIIR=bench/results/runs/0ce2d...
+        SASRec=bench/results/runs/dd16e40cbfa1e8a1.ranks.npz MIIR=bench/results/runs/1a4f3f086d14542b.ranks.npz
 
 Written to ``bench/results/by_popularity/NAME.{json,md}`` with the command, commit, machine
 and date. Buckets are quantiles of the test users (equal counts, up to ties); each bucket's

@@ -301,7 +301,7 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
 
 #: the grid's records of the same data and split (bench/grids/beauty.yaml)
 GRID_RECORDS = ROOT / "bench" / "results" / "runs"
-PREVIOUS_RECIPE_KEY = "483a240a0193fefe"  # MIIR before issue 9: Xavier, equal loss weights
+PREVIOUS_RECIPE_KEY = "2b00b6d933991f9e"  # MIIR before issue 9: Xavier, equal loss weights
 #: published anchors on amazon-beauty (../shared/ANCHORS.md): protocol -> (HR@10, NDCG@10)
 ANCHORS = {
     "sampled": ("S3-Rec, authors' repository re-run", 0.5687, 0.3816),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +200,43 @@ def test_key_follows_configs_not_grid_order(
     limited = keys(models=["sasrec", {"name": "miir", "settings": ["given"]}])
     assert {k for k in limited if k[0] == "miir"} == {k for k in base if k[:2] == ("miir", "given")}
     assert all(limited[k] == base[k] for k in limited)
+
+
+def _side_files(manifest: dict) -> list[str]:
+    text = {f["name"] for f in manifest["schema"]["fields"] if f["kind"] == "text"}
+    return [
+        k
+        for k in manifest["files"]
+        if k.startswith("items/") and k.split("/")[1].split(".")[0] not in text
+    ]
+
+
+def test_the_same_data_prepared_on_another_machine_keeps_its_keys(
+    tmp_path, planted_artifact, planted_discard_artifact
+) -> None:
+    """Records survive a re-prepare elsewhere: other library versions in the manifest leave
+    the keys alone; a changed data file does not."""
+    given, discard = tmp_path / "given", tmp_path / "discard"
+    shutil.copytree(planted_artifact, given)
+    shutil.copytree(planted_discard_artifact, discard)
+    grid = write_grid(tmp_path / "g.yaml", planted_grid(given, discard))
+
+    def keys() -> list[str | None]:
+        return [r.key for r in plan(load_grid(grid))]
+
+    def edit(path: Path, change: Callable[[dict], None]) -> None:
+        manifest = json.loads((path / "manifest.json").read_text())
+        change(manifest)
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+    base = keys()
+    edit(given, lambda m: m["versions"].update(torch="9.9.9", numpy="0.0.1"))
+    assert keys() == base
+    # a side field's values (not a case file: the cases checksum alone would not see it)
+    edit(discard, lambda m: m["files"].update({next(iter(_side_files(m))): "0" * 64}))
+    moved = keys()
+    assert moved[: len(base) // 2] == base[: len(base) // 2]  # the given runs: same
+    assert not set(moved[len(base) // 2 :]) & set(base)  # the discard runs: new keys
 
 
 # ------------------------------------------------------------------------------ running
@@ -539,5 +578,5 @@ def test_recorded_runs_keep_their_keys() -> None:
         r = json.loads(path.read_text())
         model = parse(get_entry(r["model"]).cls.Config, r["model_config"])
         train = parse(TrainConfig, r["train_config"])
-        sums = r["artifact"]["cases_sha256"], r["artifact"]["manifest_sha256"]
+        sums = r["artifact"]["cases_sha256"], r["artifact"]["identity_sha256"]
         assert run_key(r["model"], model, train, *sums) == r["key"], path.name

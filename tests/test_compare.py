@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from miir.cli import app
 from miir.errors import ConfigError
-from miir.evaluation.compare import cases_checksum, compare_runs, load_ranks
+from miir.evaluation.compare import cases_checksum, compare_runs, identity_checksum, load_ranks
 from miir.evaluation.metrics import metrics_from_ranks
 
 runner = CliRunner()
@@ -87,6 +87,49 @@ def test_refusals_name_the_problem(tmp_path: Path, two_runs) -> None:
         compare_runs(a, a, metrics=("XX@3",))
     with pytest.raises(ConfigError, match="unknown stage"):
         compare_runs(a, a, stage="train")
+
+
+def test_identity_ignores_the_machine_and_nothing_else() -> None:
+    """The same data prepared elsewhere (other library versions, text embeddings whose last
+    bits differ) has the same identity; any other file, option or source does not."""
+    manifest = {
+        "name": "toy",
+        "config": {"discard": 0.5, "seed": 42},
+        "sources": {"items.jsonl": {"sha256": "src"}},
+        "schema": {"fields": [{"name": "title", "kind": "text"}, {"name": "brand"}]},
+        "versions": {"torch": "2.13.0", "polars": "2.1.0"},
+        "files": {
+            "sequences/items.npy": "s",
+            "items/title.values.npy": "emb",
+            "items/title.present.npy": "tp",
+            "items/brand.values.npy": "b",
+            "truth/title.values.npy": "temb",
+            "truth/brand.values.npy": "tb",
+        },
+    }
+    key = identity_checksum(manifest)
+
+    def changed(path: tuple[str, ...], value: object) -> str:
+        other = json.loads(json.dumps(manifest))
+        node = other
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        return identity_checksum(other)
+
+    assert changed(("versions", "torch"), "2.14.0") == key
+    assert changed(("files", "items/title.values.npy"), "emb2") == key
+    assert changed(("files", "truth/title.values.npy"), "temb2") == key
+    for path in [
+        ("files", "items/title.present.npy"),  # which titles the discard hid
+        ("files", "items/brand.values.npy"),
+        ("files", "truth/brand.values.npy"),
+        ("files", "sequences/items.npy"),
+        ("config", "seed"),
+        ("sources", "items.jsonl"),
+        ("name",),
+    ]:
+        assert changed(path, "other") != key, path
 
 
 def test_cases_checksum_ignores_side_fields_only() -> None:

@@ -28,8 +28,10 @@ registry when the grid is planned (``miir models`` lists them).
 
 **Runs and records.** A run is keyed by a hash of its model name, its resolved model config,
 its train config (seed included; ``progress`` left out, it changes no result) and the
-checksums of its artifact (evaluation cases and manifest); the miir version is not part of the
-key. A finished run is recorded at once as ``<records>/<key>.json`` (metrics of validation and
+checksums of its artifact (its evaluation cases, and its identity: the manifest without the
+library versions and the text embeddings' checksums, so that the same data prepared on another
+machine keeps its records); the miir version is not part of the key. A finished run is
+recorded at once as ``<records>/<key>.json`` (metrics of validation and
 test under every protocol, best epochs, epochs run, wall time, command, commit, machine) with
 its per-user test ranks in ``<records>/<key>.ranks.npz``, both written atomically. A rerun of
 the grid skips recorded runs; a run killed midway resumes from its run folder
@@ -562,29 +564,29 @@ def _keyed_payload(model: str, model_config: Any, train_config: Any) -> dict[str
 
 
 def run_key(
-    model: str, model_config: Any, train_config: Any, cases_sha256: str, manifest_sha256: str
+    model: str, model_config: Any, train_config: Any, cases_sha256: str, identity_sha256: str
 ) -> str:
     """The key of a run: a hash of the model name, its resolved model config, its train config
-    (seed included; display-only options left out) and the artifact's cases and manifest
-    checksums (the miir version is not part of it)."""
+    (seed included; display-only options left out) and the artifact's cases and identity
+    checksums (:func:`~miir.evaluation.compare.identity_checksum`: the same prepare options on
+    the same sources, wherever prepared; the miir version is not part of it)."""
     payload = _keyed_payload(model, model_config, train_config)
-    payload.update(cases_sha256=cases_sha256, manifest_sha256=manifest_sha256)
+    payload.update(cases_sha256=cases_sha256, identity_sha256=identity_sha256)
     return _sha(payload)[:16]
 
 
 def artifact_checksums(path: Path) -> tuple[str, str] | None:
-    """(cases checksum, manifest checksum) of the artifact at ``path``; None if absent."""
-    from miir.evaluation.compare import cases_checksum
+    """(cases checksum, identity checksum) of the artifact at ``path``; None if absent."""
+    from miir.evaluation.compare import cases_checksum, identity_checksum
 
     manifest = path / "manifest.json"
     if not manifest.is_file():
         return None
-    raw = manifest.read_bytes()
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(manifest.read_bytes())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{manifest}: not valid JSON ({exc})") from None
-    return cases_checksum(parsed), hashlib.sha256(raw).hexdigest()
+    return cases_checksum(parsed), identity_checksum(parsed)
 
 
 def check_artifact(case: Case) -> None:
@@ -894,6 +896,15 @@ def read_curve(run_dir: Path, stages: Iterable[str]) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _artifact_info(info: dict[str, Any] | None, run: PlannedRun) -> dict[str, Any] | None:
+    """The run's artifact record, with the identity checksum of its key (a run folder written
+    before the identity existed lacks it)."""
+    if info is None or "identity_sha256" in info or run.data_path is None:
+        return info
+    sums = artifact_checksums(run.data_path)
+    return info if sums is None else {**info, "identity_sha256": sums[1]}
+
+
 def _record(
     run: PlannedRun,
     results: dict[str, Any],
@@ -920,7 +931,7 @@ def _record(
         "seed": run.seed,
         "model_config": run.model_config.model_dump(mode="json"),
         "train_config": run.train_config.model_dump(mode="json"),
-        "artifact": results.get("run", {}).get("artifact"),
+        "artifact": _artifact_info(results.get("run", {}).get("artifact"), run),
         "imputed_by": run.imputer.key if run.imputer is not None else None,
         "valid": results["valid"],
         "test": results["test"],

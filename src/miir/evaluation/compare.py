@@ -53,6 +53,27 @@ def cases_checksum(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
+def identity_checksum(manifest: dict[str, Any]) -> str:
+    """A checksum of what an artifact *is*: its manifest without what depends on the machine
+    that prepared it, namely the library versions and the checksums of text embeddings (floats
+    whose last bits vary with the CPU and BLAS). The same prepare options on the same source
+    files give the same identity anywhere; every other file (sequences, split, negatives,
+    vocabularies, categorical and numeric values, discard masks, truth) still counts byte for
+    byte."""
+    text = {
+        f.get("name")
+        for f in manifest.get("schema", {}).get("fields", [])
+        if f.get("kind") == "text"
+    }
+    files = {
+        k: v
+        for k, v in manifest.get("files", {}).items()
+        if not (k.endswith(".values.npy") and k.split("/")[-1][: -len(".values.npy")] in text)
+    }
+    kept = {k: v for k, v in manifest.items() if k not in ("versions", "files")}
+    return hashlib.sha256(json.dumps({**kept, "files": files}, sort_keys=True).encode()).hexdigest()
+
+
 def _cases_key(info: dict[str, Any]) -> str | None:
     artifact = info.get("artifact", {})
     if artifact.get("cases_sha256"):

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from miir.atomic import atomic_json
 from miir.data.artifact import Artifact
 from miir.errors import ConfigError
-from miir.evaluation.compare import cases_checksum
+from miir.evaluation.compare import cases_checksum, identity_checksum
 from miir.evaluation.evaluate import PROTOCOLS, evaluate_scores
 from miir.models import build_model as build_registered
 from miir.models import describe_validation_error, model_config
@@ -389,6 +389,7 @@ def train(
             "name": artifact.name,
             "manifest_sha256": manifest_sha,
             "cases_sha256": cases_checksum(artifact.manifest),
+            "identity_sha256": identity_checksum(artifact.manifest),
         },
     }
     previous = out / "run.json"
