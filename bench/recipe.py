@@ -185,6 +185,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "next_item_clean": True, "field_weights": {"item_id": 0.0}},
         {"max_epochs": 40, "patience": 8},
     ),
+    # the candidates' side fields in their scoring embedding (ID embedding + a linear map of
+    # the summed field embeddings): MIIR's deficit lies on rare targets (by_popularity)
+    "default-side-output-40": (
+        {**DEFAULT, "side_output": True},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

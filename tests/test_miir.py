@@ -17,7 +17,7 @@ from helpers import (
     small_model,
 )
 from miir.models import VARIANTS
-from miir.models.batch import ROW_BLOCK
+from miir.models.batch import ROW_BLOCK, Batch
 from miir.models.fields import ItemCatalogue
 from miir.models.miir import (
     MIIR,
@@ -292,13 +292,24 @@ def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "causal"), [("miir", True), ("miir", False), ("miir-m", True), ("sparse-miir", True)]
+    ("name", "causal", "side_output"),
+    [
+        ("miir", True, False),
+        ("miir", False, False),
+        ("miir-m", True, False),
+        ("sparse-miir", True, False),
+        ("miir", True, True),
+    ],
 )
-def test_one_pass_scores_and_imputes_as_the_two_passes(name: str, causal: bool) -> None:
+def test_one_pass_scores_and_imputes_as_the_two_passes(
+    name: str, causal: bool, side_output: bool
+) -> None:
     """``score_and_impute`` (the service's recommend-with-imputations path) equals ``score``
     and ``impute`` of the history with the query appended, on padded rows; the history's
     width is checked."""
-    model = make_model(name, causal=causal).eval()  # max_len 6
+    model = make_model(name, causal=causal, side_output=side_output).eval()  # max_len 6
+    if side_output:
+        torch.nn.init.normal_(model.side_out.weight)  # else the side part starts at zero
     history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11], [0, 0, 0, 0, 12]])
     query = torch.full((3, 1), 1)
     items = torch.cat([history, query], dim=1)
@@ -316,6 +327,47 @@ def test_one_pass_scores_and_imputes_as_the_two_passes(name: str, causal: bool) 
         assert torch.allclose(p * real, expected[name_] * real, atol=1e-5), name_
     with pytest.raises(ValueError, match="at most 5"):
         model.score_and_impute(torch.ones(1, 6, dtype=torch.long) * 3)
+
+
+def test_side_output_scores_items_by_their_id_and_their_fields(tmp_path) -> None:
+    """``side_output``: an item's output row is its ID embedding plus the linear map of the
+    sum of its observed side-field embeddings (zero at the start); every score (full,
+    candidates, the ID and next-item losses) reads that table, and it survives save/load."""
+    model = make_model(side_output=True).eval()
+    assert torch.equal(model.output_table(), model.item_emb.weight)  # zero map at the start
+    torch.nn.init.normal_(model.side_out.weight, std=0.5)
+    items = torch.arange(N_ITEMS + 2)
+    fields = model.encoder.embed(items[None])[0].sum(dim=1)  # (N + 2, e)
+    want = model.item_emb.weight + fields @ model.side_out.weight.T
+    want[:2] = model.item_emb.weight[:2]  # padding and the unknown item: no fields
+    table = model.output_table()
+    assert torch.allclose(table, want, atol=1e-6)
+    assert not torch.allclose(table, model.item_emb.weight)
+    history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11]])
+    with torch.no_grad():
+        full = model.score(history)
+        cands = torch.tensor([[5, 8, 13], [2, 3, 4]])
+        assert torch.allclose(model.score(history, cands), full.gather(1, cands), atol=1e-5)
+        h = model._scoring_state(history)
+        assert torch.allclose(full[:, 2:], h @ want[2:].T, atol=1e-5)
+    # the training losses read it: the side map and the field tables get gradients
+    model.train()
+    items_ = batch()
+    mask = mii_mask(model.present(items_), 0.5, 0.2, generator=torch.Generator().manual_seed(1))
+    model.masked_loss(items_, mask)[0].backward()
+    assert model.side_out.weight.grad.abs().sum() > 0
+    codec_grads = [p.grad for p in model.encoder.codecs.parameters() if p.grad is not None]
+    assert codec_grads and any(g.abs().sum() > 0 for g in codec_grads)
+    # the next-item loss alone reaches the side map too (its logits use the table)
+    model.zero_grad()
+    out = model(items_, torch.zeros_like(mask.hidden))
+    model.next_item_losses(items_, out, Batch(items_)).sum().backward()
+    assert model.side_out.weight.grad.abs().sum() > 0
+    model.eval()
+    save_checkpoint(model, tmp_path / "ck")
+    loaded = load_checkpoint(tmp_path / "ck")[0].eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.score(history), full, equal_nan=True)
 
 
 def test_clean_next_item_loss_reads_the_unmasked_window() -> None:

@@ -187,6 +187,15 @@ class MIIRConfig(SideInfoConfig):
         "whose masks hide half the fields; costs a forward and backward pass per step.",
     )
 
+    side_output: bool = Field(
+        False,
+        description="Score candidates by their item ID embedding plus a learnt linear map "
+        "(zero at the start) of the sum of their side-field embeddings (the input tables, "
+        "every given field), in the item-ID loss, the next-item loss and at inference: rare "
+        "items borrow the fields they share with frequent ones (issue 9: MIIR's deficit to "
+        "SASRec lies on rare targets).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _bidirectional_drops_next_item(cls, data: object) -> object:
@@ -292,6 +301,7 @@ class MIIR(SequenceModel):
         )
         self.final_norm = nn.LayerNorm(e) if config.norm_first else None
         self.next_proj = nn.Linear(e, e) if config.next_item_weight > 0 else None
+        self.side_out = nn.Linear(e, e, bias=False) if config.side_output and self.fields else None
         self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
             self.register_buffer(
@@ -324,6 +334,8 @@ class MIIR(SequenceModel):
             for m in self.modules():
                 if isinstance(m, nn.Embedding):
                     nn.init.normal_(m.weight, std=0.02)
+        if self.side_out is not None:
+            nn.init.zeros_(self.side_out.weight)  # starts as the ID-only output table
 
     def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
         """Load the observed side information of every item (rows = item ids)."""
@@ -334,6 +346,19 @@ class MIIR(SequenceModel):
         item = torch.arange(n).repeat_interleave(n_fields)  # (T,)
         field = torch.arange(n_fields).repeat(n)  # (T,)
         return (item[:, None] == item[None, :]) | (field[:, None] == field[None, :])  # (T, T)
+
+    def output_table(self) -> Tensor:
+        """(N + 2, e): the embedding each item is scored by (rows 0 and 1: padding and the
+        unknown item): its ID embedding, plus with ``side_output`` the linear map of the sum
+        of its side-field embeddings (the catalogue's observed fields, missing ones as the
+        missing-value embedding)."""
+        table = self.item_emb.weight
+        if self.side_out is None:
+            return table
+        items = torch.arange(table.shape[0], device=table.device)[None]  # (1, N + 2)
+        side = self.encoder.embed(items)  # (1, N + 2, F_side, e): the observed fields
+        extra = self.side_out(side[0].sum(dim=1))  # (N + 2, e)
+        return table + extra * (items[0] >= FIRST_VALUE_ID)[:, None]
 
     # ------------------------------------------------------------------ forward
     def side_inputs(self, items: Tensor) -> SideInputs:
@@ -456,16 +481,20 @@ class MIIR(SequenceModel):
         owner: Tensor,
         n_seqs: int,
         skip: frozenset[str] = frozenset(),
+        table: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-sequence loss sums of each field on the supervised positions: name -> (S,).
         ``owner`` (B, n): the sequence (0 .. S - 1) each position belongs to. The fields in
-        ``skip`` (weighted 0) are not computed: zeros."""
+        ``skip`` (weighted 0) are not computed: zeros. ``table``: the output table (default
+        :meth:`output_table`)."""
         S = n_seqs
         losses: dict[str, Tensor] = {}
         sel = targets[..., 0]  # (B, n)
         if sel.any() and ID_FIELD not in skip:
             b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
-            logits = out[b, t, 0] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
+            if table is None:
+                table = self.output_table()
+            logits = out[b, t, 0] @ table[FIRST_VALUE_ID:].T  # (M, N)
             ce = F.cross_entropy(logits.float(), items[b, t] - FIRST_VALUE_ID, reduction="none")
             losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[b, t], ce * w)
         else:
@@ -526,25 +555,29 @@ class MIIR(SequenceModel):
         weights = {**self.config.field_weights}
         names = [ID_FIELD, *(f.name for f in self.fields)]
         clean = self.next_proj is not None and self.config.next_item_clean
+        table = self.output_table()  # (N + 2, e): once per step, shared by both ID losses
         if clean and all(weights.get(name, 1.0) == 0 for name in names):
             # every MII loss weighted 0: the masked pass would only be logged (as zeros)
             per_field = {name: torch.zeros(n_seqs, device=items.device) for name in names}
         else:
             out = self(items, masked.hidden, packing)  # (B, n, F, e)
             skip = frozenset(name for name in names if weights.get(name, 1.0) == 0)
-            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs, skip)
+            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs, skip, table)
         n_items = batch.items_per_sequence()  # (S,)
         if self.next_proj is not None:  # the scoring head, trained in every stage
             if clean:
                 out = self(items, torch.zeros_like(masked.hidden), packing)
-            per_field["next_item"] = self.next_item_losses(items, out, batch)
+            per_field["next_item"] = self.next_item_losses(items, out, batch, table)
             weights["next_item"] = self.config.next_item_weight
         total = sum(weights.get(name, 1.0) * v for name, v in per_field.items()) / n_items  # (S,)
         return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
 
-    def next_item_losses(self, items: Tensor, out: Tensor, batch: Batch) -> Tensor:
+    def next_item_losses(
+        self, items: Tensor, out: Tensor, batch: Batch, table: Tensor | None = None
+    ) -> Tensor:
         """Per-sequence sums of the next-item loss (causal models): the ID state of every item
-        with a successor in its window predicts that successor, whatever the masks hid."""
+        with a successor in its window predicts that successor, whatever the masks hid.
+        ``table``: the output table (default :meth:`output_table`)."""
         owner = batch.owner()  # (B, n)
         pair = (items[:, :-1] >= FIRST_VALUE_ID) & (items[:, 1:] >= FIRST_VALUE_ID)  # (B, n - 1)
         pair &= owner[:, :-1] == owner[:, 1:]  # packed rows: the same window
@@ -552,7 +585,9 @@ class MIIR(SequenceModel):
         if pair.any():
             b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
             h = self.next_proj(out[b, t, 0])  # (M, e)
-            logits = h @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (M, N)
+            if table is None:
+                table = self.output_table()
+            logits = h @ table[FIRST_VALUE_ID:].T  # (M, N)
             ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
             losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
@@ -659,9 +694,10 @@ class MIIR(SequenceModel):
 
     def _rank(self, h: Tensor, candidates: Tensor | None) -> Tensor:
         """(B, e) query states -> scores over the catalogue or over ``candidates``."""
+        table = self.output_table()  # (N + 2, e)
         if candidates is not None:
-            return torch.einsum("be,bce->bc", h, self.item_emb(candidates)).float()  # (B, C)
-        scores = (h @ self.item_emb.weight.T).float()  # (B, N + 2)
+            return torch.einsum("be,bce->bc", h, table[candidates]).float()  # (B, C)
+        scores = (h @ table.T).float()  # (B, N + 2)
         scores[:, :FIRST_VALUE_ID] = -math.inf
         return scores
 
