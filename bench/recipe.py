@@ -307,6 +307,7 @@ def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> 
 
 #: the grid's records of the same data and split (bench/grids/beauty.yaml)
 GRID_RECORDS = ROOT / "bench" / "results" / "runs"
+DEFAULT_ARM = "recipe-causal-next-40"  # the defaults of `miir train` (MIIRConfig), to convergence
 PREVIOUS_RECIPE_KEY = "2b00b6d933991f9e"  # MIIR before issue 9: Xavier, equal loss weights
 #: published anchors on amazon-beauty (../shared/ANCHORS.md): protocol -> (HR@10, NDCG@10)
 ANCHORS = {
@@ -340,19 +341,26 @@ def comparison() -> list[str]:
     anchors, as ratios; paired t-tests over users for seed 1."""
     from miir.evaluation.metrics import paired_significance
 
-    recipe = [r for r in _load() if r["arm"] == "recipe" and r["kind"] == "full" and r.get("test")]
+    def arm(name: str) -> list[dict]:
+        return [r for r in _load() if r["arm"] == name and r["kind"] == "full" and r.get("test")]
+
+    recipe = arm(DEFAULT_ARM)
     grid = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(GRID_RECORDS.glob("*.json"))]
-    sasrec = [
-        g
-        for g in grid
-        if g["model"] == "sasrec" and g["data"] == "beauty" and g["setting"] == "given"
-    ]
+    sasrec = sorted(
+        (
+            g
+            for g in grid
+            if g["model"] == "sasrec" and g["data"] == "beauty" and g["setting"] == "given"
+        ),
+        key=lambda g: g["seed"],
+    )
     previous = [g for g in grid if g["key"] == PREVIOUS_RECIPE_KEY]
     if not recipe:
         return []
     rows = [
         ("MIIR, default recipe", recipe),
         ("our SASRec", sasrec),
+        ("MIIR, the default before causal + next-item (arm 'recipe')", arm("recipe")),
         ("MIIR, previous recipe", previous),
     ]
     out = [
@@ -392,8 +400,14 @@ def comparison() -> list[str]:
         out += ["", "Paired two-sided t-tests over users, seed 1 against seed 1 (NDCG@10):", ""]
         for label, rs in rows[1:]:
             ref = next((r for r in rs if r["seed"] == 1), None)
-            path = GRID_RECORDS / f"{ref['key']}.ranks.npz" if ref else None
-            if path is None or not path.exists():
+            if ref is None:
+                continue
+            path = (
+                GRID_RECORDS / f"{ref['key']}.ranks.npz"
+                if "key" in ref
+                else RECORDS / f"{ref['arm']}-s1-full.ranks.npz"
+            )
+            if not path.exists():
                 continue
             b = _ranks(path)
             tests = [paired_significance(a[p], b[p], "NDCG@10") for p in PROTOCOLS]
