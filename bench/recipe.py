@@ -191,6 +191,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "side_output": True},
         {"max_epochs": 40, "patience": 8},
     ),
+    # the next-item head reads every field token of the item (concatenated, as FDSA
+    # concatenates its item and feature streams), not the ID token alone
+    "default-item-readout-40": (
+        {**DEFAULT, "readout": "item"},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

@@ -292,23 +292,24 @@ def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "causal", "side_output"),
+    ("name", "causal", "options"),
     [
-        ("miir", True, False),
-        ("miir", False, False),
-        ("miir-m", True, False),
-        ("sparse-miir", True, False),
-        ("miir", True, True),
+        ("miir", True, {}),
+        ("miir", False, {}),
+        ("miir-m", True, {}),
+        ("sparse-miir", True, {}),
+        ("miir", True, {"side_output": True}),
+        ("miir", True, {"readout": "item"}),
     ],
 )
 def test_one_pass_scores_and_imputes_as_the_two_passes(
-    name: str, causal: bool, side_output: bool
+    name: str, causal: bool, options: dict
 ) -> None:
     """``score_and_impute`` (the service's recommend-with-imputations path) equals ``score``
     and ``impute`` of the history with the query appended, on padded rows; the history's
     width is checked."""
-    model = make_model(name, causal=causal, side_output=side_output).eval()  # max_len 6
-    if side_output:
+    model = make_model(name, causal=causal, **options).eval()  # max_len 6
+    if options.get("side_output"):
         torch.nn.init.normal_(model.side_out.weight)  # else the side part starts at zero
     history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11], [0, 0, 0, 0, 12]])
     query = torch.full((3, 1), 1)
@@ -368,6 +369,22 @@ def test_side_output_scores_items_by_their_id_and_their_fields(tmp_path) -> None
     loaded = load_checkpoint(tmp_path / "ck")[0].eval()
     with torch.no_grad():
         assert torch.allclose(loaded.score(history), full, equal_nan=True)
+
+
+def test_item_readout_reads_every_field_of_the_item() -> None:
+    """``readout='item'``: the next-item head reads the concatenated states of all of an
+    item's field tokens (its input is F * e wide); a side field's state moves the scores
+    through the head directly, not only through attention; it needs a next-item head."""
+    model = make_model(readout="item").eval()
+    e = model.config.embedding_size
+    assert model.next_proj.in_features == model.n_fields * e
+    history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11]])
+    with torch.no_grad():
+        base = model.score(history)
+        model.next_proj.weight[:, e:] = 0  # the side fields' part of the head off
+        assert not torch.allclose(model.score(history)[:, 2:], base[:, 2:])
+    with pytest.raises(ValueError, match="needs a next-item head"):
+        MIIR.Config(readout="item", causal=False)
 
 
 def test_clean_next_item_loss_reads_the_unmasked_window() -> None:

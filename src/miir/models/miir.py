@@ -187,6 +187,12 @@ class MIIRConfig(SideInfoConfig):
         "whose masks hide half the fields; costs a forward and backward pass per step.",
     )
 
+    readout: Literal["id", "item"] = Field(
+        "id",
+        description="With a next-item loss: what the next-item head reads at an item, its ID "
+        "token's state ('id') or the states of all its field tokens, concatenated ('item', "
+        "as FDSA concatenates its item and feature streams).",
+    )
     side_output: bool = Field(
         False,
         description="Score candidates by their item ID embedding plus a learnt linear map "
@@ -218,6 +224,10 @@ class MIIRConfig(SideInfoConfig):
     def _next_item_needs_causal(self) -> MIIRConfig:
         if self.next_item_weight > 0 and not self.causal:
             raise ValueError("next_item_weight > 0 needs causal=true (else item t sees t + 1)")
+        if self.readout != "id" and self.next_item_weight == 0:
+            raise ValueError(
+                f"readout={self.readout!r} needs a next-item head (next_item_weight > 0)"
+            )
         return self
 
     field_weights: dict[str, float] = Field(
@@ -300,7 +310,8 @@ class MIIR(SequenceModel):
             [block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
         )
         self.final_norm = nn.LayerNorm(e) if config.norm_first else None
-        self.next_proj = nn.Linear(e, e) if config.next_item_weight > 0 else None
+        width = e * (self.n_fields if config.readout == "item" else 1)
+        self.next_proj = nn.Linear(width, e) if config.next_item_weight > 0 else None
         self.side_out = nn.Linear(e, e, bias=False) if config.side_output and self.fields else None
         self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
@@ -584,13 +595,21 @@ class MIIR(SequenceModel):
         losses = out.new_zeros(batch.n_seqs).float()
         if pair.any():
             b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
-            h = self.next_proj(out[b, t, 0])  # (M, e)
+            h = self._next_state(out[b, t])  # (M, e)
             if table is None:
                 table = self.output_table()
             logits = h @ table[FIRST_VALUE_ID:].T  # (M, N)
             ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
             losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
+
+    def _next_state(self, tokens: Tensor) -> Tensor:
+        """(..., F, e) output states of items -> (..., e) next-item query states: the
+        projected ID token state, or (``readout='item'``) all field states, concatenated."""
+        assert self.next_proj is not None
+        if self.config.readout == "item":
+            return self.next_proj(tokens.flatten(-2))
+        return self.next_proj(tokens[..., 0, :])
 
     # ------------------------------------------------------------------ inference
     def query_states(
@@ -628,7 +647,7 @@ class MIIR(SequenceModel):
         self, history: Tensor, record: list[Tensor] | None = None, *, side: SideInputs | None = None
     ) -> Tensor:
         """(B, e): the appended query item's ID state, or (``next_item_weight`` > 0) the
-        projected ID state of the last history item (one pass either way)."""
+        next-item head on the last history item (see ``readout``; one pass either way)."""
         if self.next_proj is None:
             return self.query_states(history, record, side=side)[:, -1, 0]
         # the history sits where it sits in training, one position left of the end: a
@@ -639,7 +658,7 @@ class MIIR(SequenceModel):
             side = side.tail(trimmed.shape[1])
         hidden = torch.zeros(*trimmed.shape, self.n_fields, dtype=torch.bool, device=history.device)
         out = self(trimmed, hidden, None, record, side=side, offset=1)
-        return self.next_proj(out[:, -1, 0])
+        return self._next_state(out[:, -1])
 
     @torch.no_grad()
     def score_and_impute(
@@ -666,7 +685,7 @@ class MIIR(SequenceModel):
         if self.config.attention == "sparse":
             return self.score(history, side=side), self.impute(items, hidden, side=with_query)
         out = self(items, hidden, side=with_query)  # (B, L + 1, F, e)
-        h = out[:, -1, 0] if self.next_proj is None else self.next_proj(out[:, -2, 0])  # (B, e)
+        h = out[:, -1, 0] if self.next_proj is None else self._next_state(out[:, -2])  # (B, e)
         preds = {
             f.name: self.encoder.codecs[f.name].predict(out[..., j, :])
             for j, f in enumerate(self.fields, start=1)
