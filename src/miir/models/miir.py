@@ -586,8 +586,9 @@ class MIIR(SequenceModel):
     def next_item_losses(
         self, items: Tensor, out: Tensor, batch: Batch, table: Tensor | None = None
     ) -> Tensor:
-        """Per-sequence sums of the next-item loss (causal models): the ID state of every item
-        with a successor in its window predicts that successor, whatever the masks hid.
+        """Per-sequence sums of the next-item loss (causal models): the next-item head's state
+        (``readout``) at every item with a successor in its window predicts that successor,
+        whatever the masks hid.
         ``table``: the output table (default :meth:`output_table`)."""
         owner = batch.owner()  # (B, n)
         pair = (items[:, :-1] >= FIRST_VALUE_ID) & (items[:, 1:] >= FIRST_VALUE_ID)  # (B, n - 1)
