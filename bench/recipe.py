@@ -174,6 +174,21 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {"max_epochs": 40, "patience": 8},
     ),
+    # the same in FDSA's and SASRec's regularisation (2 layers, 2 heads, pre-LN, dropout 0.5):
+    # the next-item-only DFSA overfits from epoch 8 at dropout 0.1; is DFSA (every field in
+    # one attention) behind FDSA's two streams when both are trained and regularised alike?
+    "default-clean-no-mii-sasrec-shape-60": (
+        {
+            **DEFAULT,
+            "next_item_clean": True,
+            "field_weights": {"item_id": 0.0, "categories": 0.0, "brand": 0.0, "title": 0.0},
+            "n_layers": 2,
+            "n_heads": 2,
+            "norm_first": True,
+            "dropout": 0.5,
+        },
+        {"max_epochs": 60, "patience": 10},
+    ),
     # the MII losses kept for the side fields only (imputation), the item-ID cloze loss (a
     # second softmax over every item, weight 3 in the default) off; with the next-item loss on
     # the MII pass (one pass) or on a clean pass
