@@ -202,6 +202,25 @@ def test_key_follows_configs_not_grid_order(
     assert all(limited[k] == base[k] for k in limited)
 
 
+def test_a_field_the_artifact_lacks_is_an_error_at_planning(
+    tmp_path, planted_artifact, planted_discard_artifact
+) -> None:
+    """A model that names a side field the artifact does not have fails the plan (and so
+    ``--dry-run``), naming the model, the field and the fields there are."""
+    grid = planted_grid(
+        planted_artifact,
+        planted_discard_artifact,
+        models=["sasrec", {"name": "miir", "label": "Ours", "model": {"fields": ["title"]}}],
+    )
+    with pytest.raises(ConfigError, match=r"Ours reads field\(s\) 'title', which planted") as err:
+        plan(load_grid(write_grid(tmp_path / "g.yaml", grid)))
+    assert "its fields are [" in str(err.value) and "g.yaml" in str(err.value)
+    # the fields the artifact has plan fine
+    have = json.loads((planted_artifact / "manifest.json").read_text())["schema"]["fields"]
+    grid["models"][1]["model"]["fields"] = [have[0]["name"]]
+    assert plan(load_grid(write_grid(tmp_path / "g.yaml", grid)))
+
+
 def _side_files(manifest: dict) -> list[str]:
     text = {f["name"] for f in manifest["schema"]["fields"] if f["kind"] == "text"}
     return [

@@ -608,6 +608,23 @@ def check_artifact(case: Case) -> None:
         )
 
 
+def check_fields(case: Case, resolved: list[tuple[Any, str, str, Any]], file: Path) -> None:
+    """Every side field a model of the grid names must be in the case's artifact: an error at
+    planning (``--dry-run`` included), naming the model and the fields there are, not at the
+    start of that model's training."""
+    manifest = json.loads((case.path / "manifest.json").read_text(encoding="utf-8"))
+    have = [f["name"] for f in manifest.get("schema", {}).get("fields", [])]
+    for m, _, label, mc in resolved:
+        if m.settings is not None and case.setting not in m.settings:
+            continue
+        unknown = [f for f in getattr(mc, "fields", None) or () if f not in have]
+        if unknown:
+            raise ConfigError(
+                f"{file}: {label} reads field(s) {', '.join(map(repr, unknown))}, which "
+                f"{case.title} ({case.path}) does not have; its fields are {have}"
+            )
+
+
 def ensure_artifact(case: Case, echo: Echo) -> None:
     """Prepare the case's artifact from its source once; reuse an existing one."""
     if (case.path / "manifest.json").is_file():
@@ -699,6 +716,7 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
     for case in cases:
         if checksums[case.path] is not None:
             check_artifact(case)  # an artifact prepared otherwise is an error, not a reuse
+            check_fields(case, resolved, file)
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
     for case in cases:
