@@ -362,8 +362,10 @@ def comparison() -> list[str]:
     anchors, as ratios; paired t-tests over users for seed 1."""
     from miir.evaluation.metrics import paired_significance
 
+    records = _load()
+
     def arm(name: str) -> list[dict]:
-        return [r for r in _load() if r["arm"] == name and r["kind"] == "full" and r.get("test")]
+        return [r for r in records if r["arm"] == name and r["kind"] == "full" and r.get("test")]
 
     recipe = arm(DEFAULT_ARM)
     grid = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(GRID_RECORDS.glob("*.json"))]
