@@ -5,7 +5,8 @@
     python bench/bench_serve.py RUN --batching both     # micro-batching on vs off, alternating
 
 The server runs on the given run folder (read only) in a subprocess (``miir serve``, access
-log off). An asyncio httpx client then keeps ``--concurrency`` requests in flight:
+log off). An asyncio client (``--client``: a lean HTTP/1.1 one by default, or httpx)
+then keeps ``--concurrency`` requests in flight:
 
 1. ``single``: ``--requests`` POST /recommend (k=10) over random catalogue histories of
    1..history_len+5 items (some are cut), one in ten malformed (an unknown id, an empty
@@ -83,34 +84,48 @@ def machine() -> dict[str, Any]:
     }
 
 
-def memory_mib(pid: int) -> dict[str, float | None]:
-    """Resident (VmRSS) and peak resident (VmHWM) memory of ``pid``: psutil if installed,
-    else /proc/<pid>/status."""
-    try:
-        import psutil  # type: ignore[import-not-found]
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (/proc/<pid>/task/*/children): with ``--workers N`` the
+    server is a supervisor and N worker processes."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
-        info = psutil.Process(pid).memory_info()
-        return {"rss_mib": info.rss / 2**20, "peak_mib": None}
-    except ImportError:
-        pass
+
+def memory_mib(pid: int) -> dict[str, float | None]:
+    """Resident (VmRSS) and peak resident (VmHWM) memory of ``pid`` and its descendants,
+    summed (/proc/<pid>/status; None elsewhere)."""
     out: dict[str, float | None] = {"rss_mib": None, "peak_mib": None}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mib" if key == "VmRSS" else "peak_mib"] = int(value.split()[0]) / 1024
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    name = "rss_mib" if key == "VmRSS" else "peak_mib"
+                    out[name] = (out[name] or 0.0) + int(value.split()[0]) / 1024
     return out
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat; NaN elsewhere): on a
-    loaded machine, the CPU a request costs is steadier than its latency."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of ``pid`` and its descendants so far (/proc/<pid>/stat;
+    NaN elsewhere): on a loaded machine, the CPU a request costs is steadier than its
+    latency."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            if p == pid:
+                return float("nan")
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # ---------------------------------------------------------------------- the server
@@ -130,7 +145,7 @@ def start_server(
         sys.executable, "-m", "miir.cli", "serve", "--run", str(args.run), "--port", str(port),
         "--workers-threads", str(args.workers_threads), "--torch-threads", str(args.torch_threads),
         "--micro-batch", str(args.micro_batch), "--max-wait-ms", str(args.max_wait_ms),
-        "--batch-threads", str(args.batch_threads),
+        "--batch-threads", str(args.batch_threads), "--workers", str(args.workers),
         "--batching" if batching else "--no-batching", "--no-access-log",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
@@ -201,18 +216,72 @@ class Requests:
 Round = tuple[list[float], dict[str, int], float, int]  # latencies, counts, seconds, planned
 
 
+class RawConnection:
+    """A lean HTTP/1.1 client of one keep-alive connection (asyncio streams): the load
+    generator shares the server's two cores, and httpx spent 1.3 ms of CPU per request
+    (more than half the server's), which the server's latency then paid for. It sends a
+    pre-encoded JSON body and reads a ``Content-Length`` answer (every answer of the service
+    has one); a closed connection is reopened on the next request."""
+
+    def __init__(self, url: str) -> None:
+        parts = httpx.URL(url)
+        self.host, self.port = parts.host, parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        """POST ``body`` to ``path``: the status code (the answer's body is read, not kept)."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            self.writer.write(head + body)
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = dict(
+                (k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])
+            )
+            if "content-length" not in headers:
+                raise OSError(f"an answer without Content-Length: {lines[0]}")
+            await self.reader.readexactly(int(headers["content-length"]))
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            await self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
 async def run_phase(
     url: str,
     path: str,
     bodies: list[tuple[dict[str, Any], bool]],
     concurrency: int,
     time_limit: float,
+    client: str = "raw",
 ) -> Round:
     """Send ``bodies`` (body, is_valid) with ``concurrency`` in flight: the latencies of the
-    200s, the counts per status class, the seconds taken and the requests planned."""
+    200s, the counts per status class, the seconds taken and the requests planned. The
+    bodies are encoded before the clock starts; ``client``: ``raw`` (:class:`RawConnection`)
+    or ``httpx``."""
+    if client == "raw":
+        return await _run_raw(url, path, bodies, concurrency, time_limit)
     latencies: list[float] = []
     counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0, "transport_errors": 0, "wrong_class": 0}
-    queue = iter(bodies)
+    encoded = [(json.dumps(body).encode(), valid) for body, valid in bodies]
+    queue = iter(encoded)
     # one client of one connection per worker: a shared pool of 32 connections costs the
     # client more CPU per request (it scans its connections on every event) than the server;
     # plain HTTP on loopback: no certificates to load (verify=False)
@@ -226,7 +295,9 @@ async def run_phase(
                 return
             t0 = time.perf_counter()
             try:
-                res = await client.post(path, json=body)
+                res = await client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
             except httpx.HTTPError:
                 counts["transport_errors"] += 1
                 continue
@@ -246,6 +317,43 @@ async def run_phase(
             for _ in range(concurrency)
         ]
         await asyncio.gather(*(worker(client) for client in clients))
+    return latencies, counts, time.perf_counter() - started, len(bodies)
+
+
+async def _run_raw(
+    url: str,
+    path: str,
+    bodies: list[tuple[dict[str, Any], bool]],
+    concurrency: int,
+    time_limit: float,
+) -> Round:
+    """:func:`run_phase` with :class:`RawConnection` clients, one per worker."""
+    latencies: list[float] = []
+    counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0, "transport_errors": 0, "wrong_class": 0}
+    queue = iter([(json.dumps(body).encode(), valid) for body, valid in bodies])
+    started = time.perf_counter()
+    deadline = started + time_limit
+
+    async def worker(conn: RawConnection) -> None:
+        for body, valid in queue:
+            if time.perf_counter() > deadline:
+                break
+            t0 = time.perf_counter()
+            try:
+                status = await conn.post(path, body)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                counts["transport_errors"] += 1
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            cls = f"{status // 100}xx"
+            counts[cls if cls in counts else "other"] += 1
+            if status == 200:
+                latencies.append(ms)
+            if (status == 200) != valid or (not valid and cls != "4xx"):
+                counts["wrong_class"] += 1
+        await conn.close()
+
+    await asyncio.gather(*(worker(RawConnection(url)) for _ in range(concurrency)))
     return latencies, counts, time.perf_counter() - started, len(bodies)
 
 
@@ -303,12 +411,14 @@ def markdown(rec: dict[str, Any]) -> str:
         f"load average before the run {m['load_avg']}, after {rec['load_avg_after']}.",
         f"Model: {rec['model']['variant']} on {rec['model']['dataset']}, "
         f"{rec['model']['n_items']:,} items, history {rec['model']['history_len']}; run "
-        f"`{rec['run']}`. Server: {s['workers_threads']} scoring thread(s), "
+        f"`{rec['run']}`. Server: {s.get('workers', 1)} process(es), "
+        f"{s['workers_threads']} scoring thread(s), "
         f"{s['torch_threads']} torch thread(s) each; {configs} (micro-batches of at most "
         f"{s['micro_batch']} requests, waiting at most {s['max_wait_ms']} ms, "
         f"{s.get('batch_threads', 1)} batch(es) at a time); HTTP parser "
         f"{'httptools' if s['httptools'] else 'h11 (pure Python)'}, event loop "
-        f"{'uvloop' if s['uvloop'] else 'asyncio'}; the client runs on the same machine.",
+        f"{'uvloop' if s['uvloop'] else 'asyncio'}; the client "
+        f"({s.get('client', 'httpx')}) runs on the same machine.",
         "",
         "| phase | rounds | requests | concurrency | req/s | p50 ms | p95 ms | p99 ms | max ms | "
         "2xx | 4xx | 5xx | wrong class | CPU ms/request: server, client |",
@@ -355,7 +465,7 @@ def markdown(rec: dict[str, Any]) -> str:
         f"{t['rss_growth_mib']:+.0f} MiB.",
         "",
         "Single requests: POST /recommend, k=10"
-        + (" with imputed fields (two model passes)" if s["imputations"] else ", no imputations")
+        + (" with imputed fields (one model pass)" if s["imputations"] else ", no imputations")
         + ", random catalogue histories of 1 to "
         "history_len+5 items, one in ten malformed (each must be a 4xx). Batches: POST "
         "/recommend/batch of 64 valid histories. Latencies are of the 200 answers, measured "
@@ -373,6 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-concurrency", type=int, default=4, help="Batches in flight.")
     ap.add_argument("--time-limit", type=float, default=600, help="Seconds per phase, at most.")
     ap.add_argument("--workers-threads", type=int, default=2, help="Server scoring threads.")
+    ap.add_argument("--workers", type=int, default=2, help="Server processes (one per core).")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch threads per call.")
     ap.add_argument(
         "--batching",
@@ -390,7 +501,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--imputations",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Single requests ask for MIIR's imputed fields (the default; a second pass).",
+        help="Single requests ask for MIIR's imputed fields (the default).",
+    )
+    ap.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="The load generator: a lean HTTP/1.1 keep-alive client (default) or httpx.",
     )
     ap.add_argument("--smoke", action="store_true", help="2,000 requests, 20 batches; labelled.")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -430,7 +547,7 @@ def measure(
             limit = args.time_limit / args.rounds
             before, client_before = cpu_seconds(proc.pid), time.process_time()
             rounds[b].append(asyncio.run(run_phase(url, "/recommend", part, args.concurrency,
-                                                   limit)))  # fmt: skip
+                                                   limit, args.client)))  # fmt: skip
             cpu[b] += cpu_seconds(proc.pid) - before
             client_cpu[b] += time.process_time() - client_before
             rss_by_round[b].append(memory_mib(proc.pid)["rss_mib"])
@@ -445,7 +562,9 @@ def measure(
         memory[label[b]]["after_single"] = memory_mib(proc.pid)
     url = first[1]
     batch = asyncio.run(
-        run_phase(url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit)
+        run_phase(
+            url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit, args.client
+        )
     )
     phases["batch64"] = summary([batch], args.batch_concurrency)
     for b, (proc, _) in servers.items():
@@ -500,6 +619,8 @@ def main(argv: list[str] | None = None) -> None:
             "micro_batch": args.micro_batch,
             "max_wait_ms": args.max_wait_ms,
             "batch_threads": args.batch_threads,
+            "workers": args.workers,
+            "client": args.client,
             **{m: importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop")},
         },
         "phases": phases,

@@ -330,6 +330,50 @@ def test_one_pass_scores_and_imputes_as_the_two_passes(
         model.score_and_impute(torch.ones(1, 6, dtype=torch.long) * 3)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("miir", {}),
+        ("miir", {"causal": False}),
+        ("miir", {"norm_first": True}),
+        ("miir-m", {}),
+        ("sparse-miir", {}),
+        ("miir", {"readout": "item"}),
+        ("miir", {"n_layers": 1}),
+    ],
+)
+def test_the_compact_inference_pass_equals_the_full_pass(name: str, options: dict) -> None:
+    """``read`` (the serving path): the layers skip padding and the last layer computes only
+    the tokens read; those states equal the full pass's, every other state is zero; the
+    scores and the wanted predictions of ``score_and_impute`` equal the full ones."""
+    model = make_model(name, **options).eval()  # max_len 6
+    history = torch.tensor([[3, 4, 5, 6, 7], [0, 0, 9, 10, 11], [0, 0, 0, 0, 12]])
+    items = torch.cat([history, torch.full((3, 1), 1)], dim=1)  # (3, 6)
+    hidden = torch.zeros(*items.shape, model.n_fields, dtype=torch.bool)
+    hidden[:, -1] = True
+    read = torch.rand(*hidden.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    with torch.no_grad():
+        full = model(items, hidden)
+        compact = model(items, hidden, read=read)
+        real = read & (items != 0)[..., None]
+        assert torch.allclose(compact[real], full[real], atol=1e-5)
+        assert not compact[~real].any()
+        wanted = read[..., 1:].clone()
+        wanted[:, -1] = True  # the query item's fields, as a server asks
+        scores, preds = model.score_and_impute(history, wanted=wanted)
+        all_scores, all_preds = model.score_and_impute(history)
+    finite = torch.isfinite(all_scores)
+    assert torch.equal(finite, torch.isfinite(scores))
+    assert torch.allclose(scores[finite], all_scores[finite], atol=1e-5)
+    for j, (field, p) in enumerate(preds.items()):
+        at = wanted[..., j] & (items != 0)
+        assert torch.allclose(p[at], all_preds[field][at], atol=1e-5), field
+        if name != "sparse-miir":  # sparse attention runs its two full passes
+            assert not p[~wanted[..., j]].any(), field
+    with pytest.raises(ValueError, match="inference"):
+        model.train()(items, hidden, read=read)
+
+
 def test_side_output_scores_items_by_their_id_and_their_fields(tmp_path) -> None:
     """``side_output``: an item's output row is its ID embedding plus the linear map of the
     sum of its observed side-field embeddings (zero at the start); every score (full,

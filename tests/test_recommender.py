@@ -24,7 +24,7 @@ from miir.data.prepare import PrepareConfig, prepare
 from miir.data.raw import RawDataset
 from miir.data.schema import FieldKind, FieldSpec, Schema
 from miir.errors import DataError, MiirError
-from miir.inference import InlineItemsNotSupported, UnknownItemError
+from miir.inference import InlineItemsNotSupported, TextIndex, UnknownItemError
 from miir.models import REGISTRY
 from miir.models.base import Imputer
 from miir.models.miir import SideInputs
@@ -205,6 +205,17 @@ def test_recommend_excludes_seen_items_unless_asked(miir: Recommender) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+def test_display_fields_are_built_once_and_handed_out_as_copies(miir: Recommender) -> None:
+    top = miir.recommend(walk(2, 0, 6), k=3).items[0]
+    item = miir.artifact_.item_ids([top.item])[0]
+    assert top.fields == miir.codebook_.display(miir.tables_, item) and top.fields
+    for shown in top.fields.values():
+        if isinstance(shown, list):
+            shown.append("changed by a caller")
+    top.fields["new"] = 1
+    assert miir.display(item) == miir.codebook_.display(miir.tables_, item)
+
+
 def test_unknown_item_ids_are_named(miir: Recommender, sasrec: Recommender) -> None:
     for rec in (miir, sasrec):
         with pytest.raises(UnknownItemError, match=r"'nope'.*'gone'") as err:
@@ -303,6 +314,25 @@ def test_impute_gives_human_form_values_with_probabilities(
     assert json.loads(json.dumps(result.to_dict()))["next_item"]["fields"]["color"]
     with pytest.raises(MiirError, match="'sasrec' does not impute"):
         sasrec.impute(["i000"])
+
+
+def test_text_index_through_the_head_equals_the_direct_product() -> None:
+    """The nearest-text search in the text head's input space (e products per catalogue text
+    instead of D) gives the direct cosine similarities, and so the same nearest texts; a
+    vector off the head's range takes the direct product."""
+    g = torch.Generator().manual_seed(0)
+    D, e, M = 24, 6, 50
+    unit = torch.nn.functional.normalize(torch.randn(M, D, generator=g), dim=1)
+    w, b = torch.randn(D, e, generator=g), torch.randn(D, generator=g)
+    index, direct = TextIndex(torch.arange(M) + 2, unit, (w, b)), TextIndex(torch.arange(M), unit)
+    assert index.head is not None and direct.head is None
+    preds = torch.randn(7, e, generator=g) @ w.T + b  # (7, D): what the head predicts
+    preds[3] = torch.randn(D, generator=g)  # a vector from elsewhere
+    want = torch.nn.functional.normalize(preds, dim=1) @ unit.T
+    for got in (index.similarities(preds), direct.similarities(preds)):
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.equal(torch.topk(got, 3, dim=1).indices, torch.topk(want, 3, dim=1).indices)
+    assert TextIndex(torch.arange(M), unit, (torch.randn(D, D), b)).head is None  # e >= D
 
 
 # ---------------------------------------------------------------------- miir recommend

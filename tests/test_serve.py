@@ -7,8 +7,12 @@ cut histories, concurrent requests, and a server that survives malformed and fai
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -316,3 +320,41 @@ def test_a_model_without_side_inputs_refuses_records_and_imputation(tmp_path: Pa
 def test_cli_serve_names_a_wrong_run_folder(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["serve", "--run", str(tmp_path / "nothing")])
     assert res.exit_code != 0 and "nothing" in res.output and "best/model.json" in res.output
+
+
+def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -> None:  # noqa: F811
+    """``miir serve --workers 2``: two processes share the port (each loads the run from the
+    environment :func:`~miir.serve.serve` sets), and each answers what the facade answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "miir.cli", "serve", "--run", str(miir_run), "--port",
+           str(port), "--workers", "2", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the server did not answer /health in 120 s"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        history = walk(1, 0, 5)
+        want = rec.recommend(history, k=5)
+        for _ in range(6):  # fresh connections: the kernel hands them to either process
+            with httpx.Client(base_url=url, timeout=30) as client:
+                res = client.post("/recommend", json={"history": history, "k": 5})
+            assert res.status_code == 200, res.text
+            got = res.json()
+            assert [i["item"] for i in got["items"]] == [i.item for i in want.items]
+            assert scores(got["items"]) == pytest.approx([i.score for i in want.items], abs=1e-5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert out.count("Application startup complete") == 2, out

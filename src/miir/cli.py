@@ -652,6 +652,14 @@ def serve(
         int, typer.Option(min=1, help="Coalesced batches scored at the same time.")
     ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port, each with its own model copy (about one "
+            "per core: one process answers on about one core).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve a run over HTTP (FastAPI + uvicorn): /recommend, /impute, /recommend/batch,
     /items/{id}, /health, /metadata; OpenAPI docs at /docs."""
@@ -664,7 +672,7 @@ def serve(
         batch_threads=batch_threads,
     )  # fmt: skip
     try:
-        serve_run(run, host, port, config, access_log=access_log)
+        serve_run(run, host, port, config, access_log=access_log, workers=workers)
     except MiirError as exc:
         _fail(exc)
 

@@ -61,6 +61,7 @@ from miir.inference import (
     Resolved,
     ScoredItem,
     TextEncoder,
+    TextIndex,
     describe_rows,
     model_inputs,
     numeric_edges_from_labels,
@@ -194,6 +195,17 @@ class Recommender:
         # text tables must be built once, not once per racing request
         self._lazy_lock = threading.Lock()
         self._text_ready = False  # a given encoder may load lazily too (TextEncoder)
+        self._displays: dict[int, dict[str, Any]] = {}  # item id -> display fields, on use
+
+    def display(self, item: int) -> dict[str, Any]:
+        """The display fields of catalogue item id ``item`` (see
+        :meth:`~miir.inference.Codebook.display`), built once per item and copied per call
+        (a recommendation shows ten of them: building them each time cost as much as
+        describing the imputations)."""
+        shown = self._displays.get(item)
+        if shown is None:
+            shown = self._displays[item] = self.codebook_.display(self.tables_, item)
+        return {k: list(v) if isinstance(v, list) else v for k, v in shown.items()}
 
     @staticmethod
     def _find_artifact(meta: dict[str, Any]) -> Artifact | None:
@@ -333,10 +345,14 @@ class Recommender:
         items, side = model_inputs(resolved, self.model_, self._encode_text, self.device)
         extra = {} if side is None else {"side": side}
         impute = imputations and isinstance(self.model_, Imputer)
-        preds = None
+        preds = missing = None
         if impute and hasattr(self.model_, "score_and_impute"):
-            # one pass for the scores and the imputations (MIIR: the same tokens either way)
-            scores, preds = self.model_.score_and_impute(items, **extra)
+            # one pass for the scores and the imputations (MIIR: the same tokens either way),
+            # computing only the missing fields' predictions
+            missing = self._missing(resolved, items, side)
+            scores, preds = self.model_.score_and_impute(
+                items, wanted=missing.to(items.device), **extra
+            )
         else:
             scores = self.model_.score(items, **extra)
         scores = scores.float()  # (B, N + 2)
@@ -345,14 +361,14 @@ class Recommender:
             for b, r in enumerate(resolved):
                 scores[b, r.seen] = -torch.inf
         top = torch.topk(scores, min(k, scores.shape[1] - FIRST_VALUE_ID), dim=1)
-        imputed = self._impute(resolved, False, items, side, preds) if impute else None
+        imputed = self._impute(resolved, False, items, side, preds, missing) if impute else None
         out = []
         for b, r in enumerate(resolved):
             ranked = [
                 ScoredItem(
                     self.codebook_.item_names[int(i)],
                     float(s),
-                    self.codebook_.display(self.tables_, int(i)) if display else {},
+                    self.display(int(i)) if display else {},
                 )
                 for s, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True)
                 if s > -torch.inf
@@ -369,30 +385,28 @@ class Recommender:
         items: torch.Tensor | None = None,
         side: Any = None,
         preds: dict[str, torch.Tensor] | None = None,
+        missing: torch.Tensor | None = None,
     ) -> list[tuple[list[ItemImputation], ItemImputation]]:
         """Per history: the imputed missing fields of its items, and the next item's fields,
         from one pass over the history with the all-missing query item appended (or from
-        ``preds``, that pass's predictions when the scoring pass computed them)."""
+        ``preds``, that pass's predictions when the scoring pass computed them, with the
+        ``missing`` mask it was given)."""
         net = self.model_
         if items is None:
             items, side = model_inputs(resolved, net, self._encode_text, self.device)
+        if missing is None:
+            missing = self._missing(resolved, items, side)
         B, L = items.shape
-        query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
-        items = torch.cat([items, query], dim=1)  # (B, L + 1)
-        side = side.with_query() if side is not None else None
-        n_fields = 1 + len(self.codebook_.fields)  # the ID, then the side fields
-        hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=items.device)
-        hidden[:, -1] = True  # the query item: every field is to be imputed
-        extra = {} if side is None else {"side": side}
         if preds is None:
+            query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
+            items = torch.cat([items, query], dim=1)  # (B, L + 1)
+            side = side.with_query() if side is not None else None
+            n_fields = 1 + len(self.codebook_.fields)  # the ID, then the side fields
+            hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=items.device)
+            hidden[:, -1] = True  # the query item: every field is to be imputed
+            extra = {} if side is None else {"side": side}
             preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
         preds = {name: p.float().cpu() for name, p in preds.items()}
-        present = net.present(items) if side is None else net.present(items, side)  # (B, L+1, F)
-        real = torch.zeros(B, L + 1, dtype=torch.bool)  # (B, L + 1): not padding
-        for b, r in enumerate(resolved):
-            real[b, L - len(r.ids) :] = True  # the history items and the query
-        missing = ~present[:, :, 1:].bool().cpu() & real[:, :, None]  # (B, L + 1, F), not the ID
-        missing[:, L] = True  # the query item: every field
         described = self._describe(missing, preds, vectors)
         out = []
         for b, r in enumerate(resolved):
@@ -404,6 +418,21 @@ class Recommender:
             ]
             out.append((history, ItemImputation(len(r.ids), None, described.get((b, L), {}))))
         return out
+
+    def _missing(self, resolved: list[Resolved], items: torch.Tensor, side: Any) -> torch.Tensor:
+        """(B, L + 1, F) bool on the CPU: the side fields to impute of ``[history, query]``,
+        those missing in the history items (not padding) and every field of the query."""
+        B, L = items.shape
+        query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
+        full = torch.cat([items, query], dim=1)  # (B, L + 1)
+        net = self.model_
+        present = net.present(full) if side is None else net.present(full, side.with_query())
+        real = torch.zeros(B, L + 1, dtype=torch.bool)  # (B, L + 1): not padding
+        for b, r in enumerate(resolved):
+            real[b, L - len(r.ids) :] = True  # the history items and the query
+        missing = ~present[:, :, 1:].bool().cpu() & real[:, :, None]  # (B, L + 1, F), not the ID
+        missing[:, L] = True  # the query item: every field
+        return missing
 
     def _describe(
         self, missing: torch.Tensor, preds: dict[str, torch.Tensor], vectors: bool
@@ -426,26 +455,38 @@ class Recommender:
                 out.setdefault((b, j), {})[info.name] = described
         return out
 
-    def _text_tables(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _text_tables(self) -> dict[str, TextIndex]:
         """Per text field: the item ids whose text is present and their unit text vectors,
-        from the model's item tables (built once)."""
+        from the model's item tables (built once), searched through the model's text head
+        where it has one (see :class:`~miir.inference.TextIndex`)."""
         if hasattr(self, "text_tables_"):
             return self.text_tables_
         with self._lazy_lock:
             if hasattr(self, "text_tables_"):  # built by a concurrent request meanwhile
                 return self.text_tables_
-            tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            tables: dict[str, TextIndex] = {}
             t = self.tables_
             for f in t.fields:
                 if f.kind == FieldKind.TEXT and f.name in t.values:
                     rows = np.flatnonzero(t.present[f.name])
                     vecs = torch.from_numpy(np.asarray(t.values[f.name][rows], dtype=np.float32))
-                    tables[f.name] = (
+                    tables[f.name] = TextIndex(
                         torch.from_numpy(rows),
                         torch.nn.functional.normalize(vecs, dim=1),
+                        self._text_head(f.name),
                     )
             self.text_tables_ = tables
         return self.text_tables_
+
+    def _text_head(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (W, b) of the affine map behind the model's predicted vectors of text field
+        ``name``, when it has one (MIIR's text codec: a linear layer)."""
+        codecs = getattr(getattr(self.model_, "encoder", None), "codecs", None)
+        codec = codecs[name] if codecs is not None and name in codecs else None
+        out = getattr(codec, "out", None)
+        if isinstance(out, torch.nn.Linear) and out.bias is not None:
+            return out.weight, out.bias
+        return None
 
     def __repr__(self) -> str:
         fitted = (

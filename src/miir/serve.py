@@ -33,12 +33,14 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -47,7 +49,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -221,6 +223,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # ---------------------------------------------------------------------- the loaded model
 
 
+def encode(model: type[BaseModel], result: Any) -> bytes:
+    """The JSON body of ``result`` (dataclasses, read by attribute: no deep copy) as the
+    response model ``model`` types it. The routes return it as it is: FastAPI would otherwise
+    dump the model, validate it again and encode it (about 0.4 ms per recommendation, on the
+    event loop); here it is one validation and one serialisation, in the worker thread."""
+    return model.model_validate(result, from_attributes=True).model_dump_json().encode()
+
+
+class JSONBytes(Response):
+    """An already encoded JSON body (see :func:`encode`)."""
+
+    media_type = "application/json"
+
+
 class Service:
     """The loaded recommender and what the endpoints need of it, built once at startup."""
 
@@ -245,10 +261,22 @@ class Service:
 
     def _score_batch(
         self, histories: list[Any], k: int, exclude_seen: bool, imputations: bool
-    ) -> list[Any]:
+    ) -> list[bytes]:
         """One pass over a coalesced batch (already in a worker thread, inference mode):
-        ``recommend_batch`` gives each history what ``recommend`` would."""
-        return self.rec.recommend_batch(histories, k, exclude_seen, imputations=imputations)
+        ``recommend_batch`` gives each history what ``recommend`` would; each answer's JSON
+        body is encoded here too, off the event loop."""
+        results = self.rec.recommend_batch(histories, k, exclude_seen, imputations=imputations)
+        return [encode(RecommendationOut, r) for r in results]
+
+    def recommend_one(
+        self, history: list[Any], k: int, exclude_seen: bool, imputations: bool
+    ) -> bytes:
+        """One history alone (inline items, or no batching): the JSON body of the answer."""
+        if imputations:
+            result = self.rec.recommend(history, k, exclude_seen)
+        else:  # the same items and scores, one model pass
+            result = self.rec.recommend_batch([history], k, exclude_seen, imputations=False)[0]
+        return encode(RecommendationOut, result)
 
     def batchable(self, history: list[Any]) -> bool:
         """Whether ``history`` may be coalesced: it resolves (an unknown id or a malformed
@@ -314,7 +342,7 @@ class Service:
         index = self.rec.codebook_.item_index.get(item_id)
         if index is None:
             raise HTTPException(404, f"unknown item id {item_id!r} (not in the model's catalogue)")
-        return ItemOut(item=item_id, fields=self.rec.codebook_.display(self.rec.tables_, index))
+        return ItemOut(item=item_id, fields=self.rec.display(index))
 
     def _metadata(self) -> MetadataOut:
         rec, meta = self.rec, self.rec.meta_
@@ -511,6 +539,11 @@ def create_app(
         service = Service(await anyio.to_thread.run_sync(load), config)
         first = service.rec.item_ids[:1]
         await service.run(service.rec.recommend, first, 1)  # warm-up: first request is not slow
+        # the loaded model, catalogue and libraries are millions of long-lived objects: a full
+        # collection walked them every second or two under load and stalled a whole micro-
+        # batch for ~190 ms (p99 244 ms -> 88 ms with them frozen, bench/results/serve.md)
+        gc.collect()
+        gc.freeze()
         app.state.service = service
         log.info("serving %s (%d items)", service.metadata.variant, service.n_items)
         if service.coalescer is not None:
@@ -542,26 +575,20 @@ def _service(request: Request) -> Service:
 
 def _add_routes(app: FastAPI) -> None:
     @app.post("/recommend", response_model=RecommendationOut)
-    async def recommend(body: RecommendRequest, request: Request) -> RecommendationOut:
+    async def recommend(body: RecommendRequest, request: Request) -> Response:
         """The top-k next items for one history, and (MIIR) the imputed missing fields."""
         s = _service(request)
         s.check_k(body.k)
         s.check_history(body.history)
+        args = (body.history, body.k, body.exclude_seen, body.imputations)
         if s.coalescer is not None and s.batchable(body.history):
-            result = await s.coalescer.submit(
-                body.history, body.k, body.exclude_seen, body.imputations
-            )
-        elif body.imputations:
-            result = await s.run(s.rec.recommend, body.history, body.k, body.exclude_seen)
-        else:  # the same items and scores, one model pass
-            call = partial(s.rec.recommend_batch, imputations=False)
-            result = (await s.run(call, [body.history], body.k, body.exclude_seen))[0]
-        # the results are dataclasses: reading their attributes skips dataclasses.asdict's deep
-        # copy (about 1.1 ms -> 0.2 ms per response, on the event loop)
-        return RecommendationOut.model_validate(result, from_attributes=True)
+            answer = await s.coalescer.submit(*args)
+        else:
+            answer = await s.run(s.recommend_one, *args)
+        return JSONBytes(answer)
 
     @app.post("/recommend/batch", response_model=BatchOut)
-    async def recommend_batch(body: BatchRequest, request: Request) -> BatchOut:
+    async def recommend_batch(body: BatchRequest, request: Request) -> Response:
         """Top-k items for many histories in one model pass (at most ``max_batch``)."""
         s = _service(request)
         if len(body.histories) > s.config.max_batch:
@@ -571,21 +598,27 @@ def _add_routes(app: FastAPI) -> None:
         s.check_k(body.k)
         for i, history in enumerate(body.histories):
             s.check_history(history, where=f"history {i}, ")
-        call = partial(s.rec.recommend_batch, imputations=body.imputations)
-        results = await s.run(call, body.histories, body.k, body.exclude_seen)
-        return BatchOut(
-            results=[RecommendationOut.model_validate(r, from_attributes=True) for r in results]
-        )
+
+        def call() -> bytes:
+            results = s.rec.recommend_batch(
+                body.histories, body.k, body.exclude_seen, imputations=body.imputations
+            )
+            return encode(BatchOut, {"results": results})
+
+        return JSONBytes(await s.run(call))
 
     @app.post("/impute", response_model=ImputationOut)
-    async def impute(body: ImputeRequest, request: Request) -> ImputationOut:
+    async def impute(body: ImputeRequest, request: Request) -> Response:
         """The imputed missing fields of each history item and every field of the next item."""
         s = _service(request)
         if not s.imputes:
             raise HTTPException(400, f"model {s.metadata.model!r} does not impute side fields")
         s.check_history(body.history)
-        result = await s.run(s.rec.impute, body.history, body.vectors)
-        return ImputationOut.model_validate(result, from_attributes=True)
+
+        def call() -> bytes:
+            return encode(ImputationOut, s.rec.impute(body.history, body.vectors))
+
+        return JSONBytes(await s.run(call))
 
     @app.get("/items/{item_id:path}", response_model=ItemOut)
     async def item(item_id: str, request: Request) -> ItemOut:
@@ -603,18 +636,50 @@ def _add_routes(app: FastAPI) -> None:
         return _service(request).metadata
 
 
+#: how :func:`serve` hands the run and the config to worker processes (:func:`app_from_env`)
+ENV_RUN, ENV_CONFIG = "MIIR_SERVE_RUN", "MIIR_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``miir serve --workers N`` (uvicorn's factory): the
+    run and the config that :func:`serve` put in the environment."""
+    config = ServeConfig(**json.loads(os.environ[ENV_CONFIG]))
+    return create_app(os.environ[ENV_RUN], config)
+
+
 def serve(
     run: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     config: ServeConfig | None = None,
     access_log: bool = True,
+    workers: int = 1,
 ) -> None:
-    """Serve ``run`` with uvicorn until interrupted (``miir serve``)."""
+    """Serve ``run`` with uvicorn until interrupted (``miir serve``).
+
+    ``workers`` > 1: that many server processes share the port (uvicorn's workers), each
+    with its own copy of the model, its own event loop and micro-batcher. One process
+    parses, validates and answers in Python on one core (the GIL): on 2 cores, 2 processes
+    answered 1.5x the requests of one at 32 clients (``bench/results/serve.md``)."""
     import uvicorn
 
     from miir.recommender import checkpoint_dir
 
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     checkpoint_dir(run)  # a wrong path fails here, with its message, before uvicorn starts
-    app = create_app(run, config)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    if workers == 1:
+        app = create_app(run, config)
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+        return
+    os.environ[ENV_RUN] = str(Path(run).resolve())
+    os.environ[ENV_CONFIG] = json.dumps(dataclasses.asdict(config or ServeConfig()))
+    uvicorn.run(
+        "miir.serve:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )

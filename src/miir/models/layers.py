@@ -156,12 +156,57 @@ class Block(nn.Module):
         hidden = dropout(F.gelu(self.ff1(x)), self.p, self.training)  # (B, T, 4e)
         return self.ln2(x + dropout(self.ff2(hidden), self.p, self.training))
 
+    norm_first = False  # post-LN (:class:`PreLNBlock`: pre-LN)
+
+    def compact(
+        self,
+        x: Tensor,
+        index: Tensor,
+        shape: tuple[int, int],
+        mask: Tensor | None,
+        keep: Tensor | None = None,
+    ) -> Tensor:
+        """Inference on the real tokens only: what :meth:`forward` computes for them.
+
+        ``x`` (M, e): the states of the M tokens at the flat slots ``index`` (M,) of a
+        ``shape`` = (B, T) layout whose other slots are padding (never attended: ``mask`` holds
+        them out as keys). The per-token maps (the QKV, output and feed-forward layers, the
+        norms) run on the M rows alone; only attention sees the (B, T) layout, with zeros in the
+        padding slots. ``keep`` (K,): the rows of ``x`` whose output is wanted (the last layer
+        needs only the tokens its caller reads): attention then computes queries only at the
+        columns that hold a kept token. Default all. Returns (K, e). No dropout: call it in
+        eval mode."""
+        B, T = shape
+        E = x.shape[-1]
+        qkv = x.new_zeros(B * T, 3 * E)
+        qkv[index] = self.qkv(self.ln1(x) if self.norm_first else x)
+        q, k, v = qkv.view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
+        if keep is None:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d)
+            a = a.transpose(1, 2).reshape(B * T, E)[index]  # (M, e)
+        else:
+            # queries only at the columns that hold a kept token in some row
+            slots = index[keep]  # (K,) flat slots b * T + t
+            cols, col = torch.unique(slots % T, return_inverse=True)  # (C,), (K,)
+            if mask is not None and mask.shape[-2] != 1:
+                mask = mask[..., cols, :]  # (B, 1, C, T)
+            a = F.scaled_dot_product_attention(q[:, :, cols], k, v, attn_mask=mask)  # (B, h, C, d)
+            a = a.transpose(1, 2)[slots // T, col].reshape(len(slots), E)  # (K, e)
+            x = x[keep]
+        if self.norm_first:
+            x = x + self.proj(a)
+            return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+        x = self.ln1(x + self.proj(a))
+        return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
+
 
 class PreLNBlock(Block):
     """A pre-LN transformer layer (SASRec Section III.C): ``x + Dropout(Attn(LN(x)))``, then
     ``x + Dropout(FFN(LN(x)))``. The same parameters and fast attention/dropout as
     :class:`~miir.models.layers.Block` (it computes what ``nn.TransformerEncoderLayer(...,
     norm_first=True)`` does)."""
+
+    norm_first = True
 
     def forward(self, x: Tensor, mask: Tensor | None, record: list[Tensor] | None = None) -> Tensor:
         B, T, E = x.shape

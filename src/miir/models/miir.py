@@ -459,12 +459,19 @@ class MIIR(SequenceModel):
         *,
         side: SideInputs | None = None,
         offset: int = 0,
+        read: Tensor | None = None,
     ) -> Tensor:
         """(B, n) item ids and (B, n, F) hidden flags -> (B, n, F, e) output states (Eq. 4-7).
         With ``packing``, the rows are packed windows (see :func:`pack_windows`). With
         ``record``, each layer appends its attention weights (B, h, n * F, n * F) to it.
         With ``side``, the side fields of each position come from it, not the item tables.
-        ``offset``: unpacked rows end that many positions left of the last position."""
+        ``offset``: unpacked rows end that many positions left of the last position.
+
+        ``read`` (B, n, F) bool, inference only (eval mode, no packing, no record): the tokens
+        whose output the caller reads. Then the layers compute the real tokens only (padding
+        positions are skipped, :meth:`~miir.models.layers.Block.compact`), the last layer only
+        the tokens in ``read``; the other output states are zeros. The states read equal those
+        of the full pass (up to float rounding: the matrix products see fewer rows)."""
         present = self.present(items, side)  # (B, n, F)
         positions = packing.positions if packing is not None else None
         x = self.drop(self.embed(items, present & ~hidden, positions, side, offset))
@@ -477,11 +484,49 @@ class MIIR(SequenceModel):
         mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(
             ~allowed, float("-inf")
         )
+        if read is not None:
+            return self._compact_pass(items, h, mask, read)
         for block in self.blocks:
             h = block(h, mask, record)
         if self.final_norm is not None:
             h = self.final_norm(h)
         return h.view(B, n, Fn, e)
+
+    def _compact_pass(self, items: Tensor, h: Tensor, mask: Tensor, read: Tensor) -> Tensor:
+        """The layers of :meth:`forward` over the real tokens only (see its ``read``):
+        (B, n) items, (B, T, e) embedded tokens, the additive mask and (B, n, F) ``read`` ->
+        (B, n, F, e) states, zeros outside ``read`` and at padding."""
+        if self.training:
+            raise ValueError("the compact pass (read=...) is for inference: call eval() first")
+        B, n = items.shape
+        Fn, e = self.n_fields, h.shape[-1]
+        real = (items != 0)[..., None].expand(B, n, Fn).reshape(-1)  # (B * T,)
+        index = real.nonzero().squeeze(1)  # (M,) flat slots of the real tokens
+        keep = read.reshape(-1)[index].nonzero().squeeze(1)  # (K,) rows of the M to output
+        x = h.reshape(B * n * Fn, e)[index]  # (M, e)
+        if not self.blocks:
+            x = x[keep]
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block.compact(x, index, (B, n * Fn), mask, keep if last else None)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        out = x.new_zeros(B * n * Fn, e)
+        out[index[keep]] = x
+        return out.view(B, n, Fn, e)
+
+    def _reads(self, items: Tensor, position: int, tokens: str) -> Tensor | None:
+        """The ``read`` mask of a scoring pass: the ID token (``tokens='id'``) or every field
+        (``'item'``) at ``position`` of each row; None (the full pass) while tracing for
+        export, whose graph keeps static shapes."""
+        if torch.jit.is_tracing() or self.training:
+            return None
+        read = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
+        if tokens == "id":
+            read[:, position, 0] = True
+        else:
+            read[:, position] = True
+        return read
 
     # ------------------------------------------------------------------ losses (Eq. 11-14)
     def field_losses(
@@ -619,6 +664,7 @@ class MIIR(SequenceModel):
         record: list[Tensor] | None = None,
         *,
         side: SideInputs | None = None,
+        query_only: bool = False,
     ) -> Tensor:
         """Append the all-missing query item to right-aligned histories and run DFSA.
 
@@ -626,6 +672,7 @@ class MIIR(SequenceModel):
         item is the last position. The query's item id is 1 (unknown): nothing about the
         target is ever looked up. ``record``: see :meth:`forward`. ``side``: the history's
         side fields per position (inline items: id 1, their known fields here).
+        ``query_only``: only the query item's ID state is computed (the others are zeros).
         """
         trimmed = trim_left_padding(history)
         if side is not None:
@@ -635,7 +682,8 @@ class MIIR(SequenceModel):
         items = torch.cat([trimmed, query], dim=1)  # (B, n)
         hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
         hidden[:, -1] = True
-        return self(items, hidden, None, record, side=side)
+        read = self._reads(items, -1, "id") if query_only and record is None else None
+        return self(items, hidden, None, record, side=side, read=read)
 
     def score(
         self, history: Tensor, candidates: Tensor | None = None, *, side: SideInputs | None = None
@@ -650,7 +698,7 @@ class MIIR(SequenceModel):
         """(B, e): the appended query item's ID state, or (``next_item_weight`` > 0) the
         next-item head on the last history item (see ``readout``; one pass either way)."""
         if self.next_proj is None:
-            return self.query_states(history, record, side=side)[:, -1, 0]
+            return self.query_states(history, record, side=side, query_only=True)[:, -1, 0]
         # the history sits where it sits in training, one position left of the end: a
         # window's last position always holds its last item, which has no successor, so the
         # last position embedding never meets the next-item loss
@@ -658,12 +706,13 @@ class MIIR(SequenceModel):
         if side is not None:
             side = side.tail(trimmed.shape[1])
         hidden = torch.zeros(*trimmed.shape, self.n_fields, dtype=torch.bool, device=history.device)
-        out = self(trimmed, hidden, None, record, side=side, offset=1)
+        read = self._reads(trimmed, -1, self.config.readout) if record is None else None
+        out = self(trimmed, hidden, None, record, side=side, offset=1, read=read)
         return self._next_state(out[:, -1])
 
     @torch.no_grad()
     def score_and_impute(
-        self, history: Tensor, *, side: SideInputs | None = None
+        self, history: Tensor, *, side: SideInputs | None = None, wanted: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """:meth:`score` and :meth:`impute` of ``[history, all-missing query item]`` from one
         pass: (B, N + 2) scores and name -> (B, L + 1, ...) predictions (L = the history's
@@ -672,7 +721,12 @@ class MIIR(SequenceModel):
         history tokens cannot see the appended query, and the history sits one position left
         of the end, as in the scoring pass (``offset=1``), so the last history item's state is
         the one :meth:`score` projects. Sparse attention aligns its pattern to the row's
-        width, so there the two passes differ and this runs them both."""
+        width, so there the two passes differ and this runs them both.
+
+        ``wanted`` (B, L + 1, F - 1) bool: the side fields whose predictions the caller reads
+        (a server: the missing ones). Then only those are computed, in a pass over the real
+        tokens (see :meth:`forward`'s ``read``); the predictions elsewhere are zeros (not
+        under sparse attention, whose two passes are full ones)."""
         if history.shape[1] > self.config.max_len - 1:
             raise ValueError(
                 f"history of {history.shape[1]} items; at most {self.config.max_len - 1}"
@@ -685,12 +739,27 @@ class MIIR(SequenceModel):
         with_query = None if side is None else side.with_query()
         if self.config.attention == "sparse":
             return self.score(history, side=side), self.impute(items, hidden, side=with_query)
-        out = self(items, hidden, side=with_query)  # (B, L + 1, F, e)
+        read = None
+        if wanted is not None:
+            if self.next_proj is None:
+                read = self._reads(items, -1, "id")
+            else:
+                read = self._reads(items, -2, self.config.readout)
+            if read is not None:
+                read[..., 1:] |= wanted
+        out = self(items, hidden, side=with_query, read=read)  # (B, L + 1, F, e)
         h = out[:, -1, 0] if self.next_proj is None else self._next_state(out[:, -2])  # (B, e)
-        preds = {
-            f.name: self.encoder.codecs[f.name].predict(out[..., j, :])
-            for j, f in enumerate(self.fields, start=1)
-        }
+        preds = {}
+        for j, f in enumerate(self.fields, start=1):
+            codec = self.encoder.codecs[f.name]
+            if read is None:
+                preds[f.name] = codec.predict(out[..., j, :])
+                continue
+            at = wanted[..., j - 1]  # (B, L + 1)
+            got = codec.predict(out[..., j, :][at])  # (W, V + 2) | (W, D)
+            full = got.new_zeros(*at.shape, got.shape[-1])
+            full[at] = got
+            preds[f.name] = full
         return self._rank(h, None), preds
 
     def score_with_attention(
