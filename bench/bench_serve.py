@@ -154,8 +154,11 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        # every worker process up: connections made while one is still loading its model
+        # all go to the others, and stay there (keep-alive)
+        ready = log.read_text().count("Application startup complete") >= args.workers
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if ready and httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return proc, url
         time.sleep(0.2)
     proc.terminate()

@@ -23,12 +23,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from helpers import small_model
 from miir.cli import app as cli
 from miir.recommender import Recommender
-from miir.serve import ServeConfig, create_app
+from miir.serve import BatchOut, ImputationOut, RecommendationOut, ServeConfig, create_app
 from miir.training.checkpoint import save_checkpoint
 from test_recommender import (  # noqa: F401  (fixtures: the planted artifact and its run)
     colour,
@@ -92,6 +93,16 @@ def scores(items: list[dict[str, Any]]) -> list[float]:
     return [i["score"] for i in items]
 
 
+def typed(res: httpx.Response, model: type[BaseModel]) -> dict[str, Any]:
+    """The answer's JSON, checked to be exactly what its response model gives: the service
+    serialises its result dataclasses directly, so a field the model lacks (or a missing
+    one, or another type) must fail here, not drift from the documented schema."""
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert model.model_validate_json(res.content).model_dump(mode="json") == body
+    return body
+
+
 # ---------------------------------------------------------------------- happy paths
 
 
@@ -100,8 +111,7 @@ def test_recommend_and_batch_answer_what_the_facade_answers(
 ) -> None:
     history = ["i001", "i005", {"title": "colour 1 new thing", "tags": ["t1"], "size": 0.2}]
     res = http.post("/recommend", json={"history": history, "k": 5})
-    assert res.status_code == 200, res.text
-    body = res.json()
+    body = typed(res, RecommendationOut)
     expected = rec.recommend(history, k=5).to_dict()
     assert [i["item"] for i in body["items"]] == [i["item"] for i in expected["items"]]
     assert scores(body["items"]) == pytest.approx(scores(expected["items"]), rel=1e-5)
@@ -120,15 +130,14 @@ def test_recommend_and_batch_answer_what_the_facade_answers(
 
     histories = [walk(g, g, 3 + g) for g in range(4)]
     batch = http.post("/recommend/batch", json={"histories": histories, "k": 3})
-    assert batch.status_code == 200, batch.text
-    results = batch.json()["results"]
+    results = typed(batch, BatchOut)["results"]
     for got, want in zip(results, rec.recommend_batch(histories, k=3), strict=True):
         assert [i["item"] for i in got["items"]] == [i.item for i in want.items]
         assert got["imputed"] is None  # imputations only on request in a batch
     with_imputed = http.post(
         "/recommend/batch", json={"histories": histories[:1], "k": 3, "imputations": True}
     )
-    assert with_imputed.json()["results"][0]["next_item"]["fields"]["color"]["predicted"]
+    assert typed(with_imputed, BatchOut)["results"][0]["next_item"]["fields"]["color"]["predicted"]
 
 
 def test_impute_items_health_metadata_and_docs(
@@ -138,8 +147,8 @@ def test_impute_items_health_metadata_and_docs(
 ) -> None:
     history = [f"i{i:03d}" for i in range(0, 28, 4)]
     res = http.post("/impute", json={"history": history, "vectors": True})
-    assert res.status_code == 200, res.text
-    assert res.json() == json.loads(json.dumps(rec.impute(history, vectors=True).to_dict()))
+    body = typed(res, ImputationOut)
+    assert body == json.loads(json.dumps(rec.impute(history, vectors=True).to_dict()))
 
     item = http.get("/items/i003").json()
     assert item == {
