@@ -465,7 +465,14 @@ def markdown(rec: dict[str, Any]) -> str:
         f"at 32 concurrent clients on 2 cores: {t['p99_single_ms']:.1f} ms "
         f"({'met' if t['p99_met'] else 'NOT met'}); zero 5xx: {t['total_5xx']} "
         f"({'met' if t['total_5xx'] == 0 else 'NOT met'}); memory growth over the run: "
-        f"{t['rss_growth_mib']:+.0f} MiB.",
+        f"{t['rss_growth_mib']:+.0f} MiB (start: after one warm-up request); over the last "
+        "round of each phase: "
+        + ", ".join(
+            f"{name} {v:+.0f} MiB"
+            for name, v in (t.get("rss_last_round_mib") or {}).items()
+            if v is not None
+        )
+        + ".",
         "",
         "Single requests: POST /recommend, k=10"
         + (" with imputed fields (one model pass)" if s["imputations"] else ", no imputations")
@@ -563,13 +570,17 @@ def measure(
         phases[f"single, {label[b]}" if len(servers) > 1 else "single"] = phase
     for b, (proc, _) in servers.items():
         memory[label[b]]["after_single"] = memory_mib(proc.pid)
-    url = first[1]
-    batch = asyncio.run(
-        run_phase(
-            url, "/recommend/batch", batches, args.batch_concurrency, args.time_limit, args.client
-        )
-    )
-    phases["batch64"] = summary([batch], args.batch_concurrency)
+    proc, url = first
+    batch_rounds, batch_rss = [], []
+    size = math.ceil(len(batches) / args.rounds)
+    for start in range(0, len(batches), size):  # in rounds: is memory flat from one to the next?
+        part = batches[start : start + size]
+        limit = args.time_limit / args.rounds
+        batch_rounds.append(asyncio.run(run_phase(url, "/recommend/batch", part,
+                                                  args.batch_concurrency, limit, args.client)))  # fmt: skip
+        batch_rss.append(memory_mib(proc.pid)["rss_mib"])
+    phases["batch64"] = summary(batch_rounds, args.batch_concurrency)
+    phases["batch64"]["server_rss_mib_by_round"] = batch_rss
     for b, (proc, _) in servers.items():
         memory[label[b]]["end"] = memory_mib(proc.pid)
     return meta, phases, memory
@@ -636,6 +647,12 @@ def main(argv: list[str] | None = None) -> None:
             "p99_met": p99 < P99_TARGET_MS,
             "total_5xx": sum(p["status"]["5xx"] for p in phases.values()),
             "rss_growth_mib": (rss[-1] - rss[0]) if len(rss) > 1 else float("nan"),
+            # flat once warm: the growth over the last round of each phase
+            "rss_last_round_mib": {
+                name: (r[-1] - r[-2]) if len(r) > 1 and None not in r[-2:] else None
+                for name, p in phases.items()
+                if (r := p.get("server_rss_mib_by_round"))
+            },
         },
         "note": args.note,
     }
