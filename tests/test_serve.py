@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -29,7 +30,14 @@ from typer.testing import CliRunner
 from helpers import small_model
 from miir.cli import app as cli
 from miir.recommender import Recommender
-from miir.serve import BatchOut, ImputationOut, RecommendationOut, ServeConfig, create_app
+from miir.serve import (
+    BatchOut,
+    ImputationOut,
+    RecommendationOut,
+    ServeConfig,
+    Service,
+    create_app,
+)
 from miir.training.checkpoint import save_checkpoint
 from test_recommender import (  # noqa: F401  (fixtures: the planted artifact and its run)
     colour,
@@ -367,3 +375,15 @@ def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -
             proc.kill()
             out = proc.communicate()[0]
     assert out.count("Application startup complete") == 2, out
+
+
+def test_freed_memory_is_trimmed_every_n_scoring_calls(rec: Recommender) -> None:
+    """``trim_every``: glibc's malloc_trim after every n-th scoring call (each call's result
+    unchanged), never with 0."""
+    service = Service(rec, ServeConfig(trim_every=2))
+    assert sys.platform != "linux" or service._trim is not None  # glibc here
+    trims: list[int] = []
+    service._trim = trims.append
+    answers = [anyio.run(service.run, lambda n=n: n * 10) for n in range(5)]
+    assert answers == [0, 10, 20, 30, 40] and len(trims) == 2
+    assert Service(rec, ServeConfig(trim_every=0))._trim is None
