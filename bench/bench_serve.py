@@ -146,7 +146,7 @@ def start_server(
         "--workers-threads", str(args.workers_threads), "--torch-threads", str(args.torch_threads),
         "--micro-batch", str(args.micro_batch), "--max-wait-ms", str(args.max_wait_ms),
         "--batch-threads", str(args.batch_threads), "--workers", str(args.workers),
-        "--trim-every", str(args.trim_every),
+        "--trim-seconds", str(args.trim_seconds),
         "--batching" if batching else "--no-batching", "--no-access-log",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
@@ -495,7 +495,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, default=600, help="Seconds per phase, at most.")
     ap.add_argument("--workers-threads", type=int, default=2, help="Server scoring threads.")
     ap.add_argument("--workers", type=int, default=2, help="Server processes (one per core).")
-    ap.add_argument("--trim-every", type=int, default=16, help="Server's malloc_trim period.")
+    ap.add_argument(
+        "--trim-seconds", type=float, default=1.0, help="Server's malloc_trim period (0: off)."
+    )
     ap.add_argument("--torch-threads", type=int, default=1, help="torch threads per call.")
     ap.add_argument(
         "--batching",
@@ -636,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
             "max_wait_ms": args.max_wait_ms,
             "batch_threads": args.batch_threads,
             "workers": args.workers,
-            "trim_every": args.trim_every,
+            "trim_seconds": args.trim_seconds,
             "client": args.client,
             **{m: importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop")},
         },

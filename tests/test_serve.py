@@ -377,13 +377,16 @@ def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -
     assert out.count("Application startup complete") == 2, out
 
 
-def test_freed_memory_is_trimmed_every_n_scoring_calls(rec: Recommender) -> None:
-    """``trim_every``: glibc's malloc_trim after every n-th scoring call (each call's result
-    unchanged), never with 0."""
-    service = Service(rec, ServeConfig(trim_every=2))
+def test_freed_memory_is_trimmed_at_most_once_per_period(rec: Recommender) -> None:
+    """``trim_seconds``: glibc's malloc_trim after a scoring call once the period has passed
+    since the last (each call's result unchanged), never with 0."""
+    service = Service(rec, ServeConfig(trim_seconds=1.0))
     assert sys.platform != "linux" or service._trim is not None  # glibc here
+    clock = iter([100.5, 101.2, 101.3, 101.9, 103.0])
+    service._clock, service._trimmed = lambda: next(clock), 100.0
     trims: list[int] = []
     service._trim = trims.append
     answers = [anyio.run(service.run, lambda n=n: n * 10) for n in range(5)]
-    assert answers == [0, 10, 20, 30, 40] and len(trims) == 2
-    assert Service(rec, ServeConfig(trim_every=0))._trim is None
+    assert answers == [0, 10, 20, 30, 40]
+    assert len(trims) == 2  # at 101.2 and at 103.0
+    assert Service(rec, ServeConfig(trim_seconds=0))._trim is None

@@ -652,12 +652,12 @@ def serve(
         int, typer.Option(min=1, help="Coalesced batches scored at the same time.")
     ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
-    trim_every: Annotated[
-        int,
+    trim_seconds: Annotated[
+        float,
         typer.Option(
-            min=0, help="Return freed memory to the OS every this many scoring calls (0: never)."
+            min=0, help="Return freed memory to the OS at most this often, in seconds (0: never)."
         ),
-    ] = 16,
+    ] = 1.0,
     workers: Annotated[
         int,
         typer.Option(
@@ -675,7 +675,7 @@ def serve(
     config = ServeConfig(
         max_body_bytes, max_batch, workers_threads, torch_threads,
         batching=batching, micro_batch=micro_batch, max_wait_ms=max_wait_ms,
-        batch_threads=batch_threads, trim_every=trim_every,
+        batch_threads=batch_threads, trim_seconds=trim_seconds,
     )  # fmt: skip
     try:
         serve_run(run, host, port, config, access_log=access_log, workers=workers)

@@ -38,7 +38,6 @@ import ctypes.util
 import dataclasses
 import functools
 import gc
-import itertools
 import json
 import logging
 import multiprocessing
@@ -46,6 +45,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -98,11 +98,12 @@ class ServeConfig:
     # coalesced batches scored at the same time: one leaves a core to the event loop (which
     # parses, validates and answers every request) and lets the next batch gather meanwhile
     batch_threads: int = 1
-    # hand freed memory back to the OS (glibc's malloc_trim) after every this many scoring
-    # calls; 0: never. glibc keeps what the varying tensor sizes of each batch freed: over
-    # 400 batches of 1-64 histories a process grew 329 -> 568 MiB and was still growing;
-    # trimming every 16th stayed at ~400 MiB at no measurable CPU cost (bench/results/serve.md)
-    trim_every: int = 16
+    # hand freed memory back to the OS (glibc's malloc_trim) at most once per this many
+    # seconds, after a scoring call; 0: never. glibc keeps what the varying tensor sizes of
+    # each batch freed: over 400 batches of 1-64 histories a process grew 329 -> 568 MiB and
+    # was still growing. Trimming after every 16th call held it near 400 MiB but cost 10-15%
+    # of the server's CPU under load (bench/results/serve.md); once a second costs little.
+    trim_seconds: float = 1.0
 
 
 # ---------------------------------------------------------------------- request and response models
@@ -285,8 +286,9 @@ class Service:
         self.imputes = isinstance(rec.model_, Imputer)
         self.accepts_records = rec.accepts_records
         self.metadata = self._metadata()
-        self._calls = itertools.count(1)
-        self._trim = malloc_trim() if config.trim_every > 0 else None
+        self._clock = time.monotonic
+        self._trimmed = self._clock()
+        self._trim = malloc_trim() if config.trim_seconds > 0 else None
         self.coalescer: Coalescer | None = None
         if config.batching:
             self.coalescer = Coalescer(
@@ -330,8 +332,11 @@ class Service:
         def call() -> T:
             with torch.inference_mode():
                 out = fn(*args)
-            if self._trim is not None and next(self._calls) % self.config.trim_every == 0:
-                self._trim(0)
+            if self._trim is not None:
+                now = self._clock()
+                if now - self._trimmed >= self.config.trim_seconds:
+                    self._trimmed = now  # racing threads may both trim: harmless
+                    self._trim(0)
             return out
 
         return await anyio.to_thread.run_sync(call, limiter=self.limiter)
