@@ -390,3 +390,14 @@ def test_freed_memory_is_trimmed_at_most_once_per_period(rec: Recommender) -> No
     assert answers == [0, 10, 20, 30, 40]
     assert len(trims) == 2  # at 101.2 and at 103.0
     assert Service(rec, ServeConfig(trim_seconds=0))._trim is None
+
+
+def test_a_taken_port_is_named_before_any_worker_starts(miir_run: Path) -> None:  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(
+            cli, ["serve", "--run", str(miir_run), "--port", str(port), "--workers", "2"]
+        )
+    assert res.exit_code != 0 and f"127.0.0.1:{port}" in res.output, res.output

@@ -101,8 +101,8 @@ class ServeConfig:
     # hand freed memory back to the OS (glibc's malloc_trim) at most once per this many
     # seconds, after a scoring call; 0: never. glibc keeps what the varying tensor sizes of
     # each batch freed: over 400 batches of 1-64 histories a process grew 329 -> 568 MiB and
-    # was still growing. Trimming after every 16th call held it near 400 MiB but cost 10-15%
-    # of the server's CPU under load (bench/results/serve.md); once a second costs little.
+    # was still growing. Trimming after every 16th call held it near 400 MiB but cost 5-22%
+    # of throughput under load (bench/results/serve_runs/README.md); once a second is cheap.
     trim_seconds: float = 1.0
 
 
@@ -262,9 +262,10 @@ def encode(result: Any) -> bytes:
     """The JSON body of a result dataclass (:class:`~miir.inference.Recommendation`,
     :class:`~miir.inference.Imputation`), serialised as it is. The dataclasses mirror the
     response models field for field (the tests check that every answer is exactly what its
-    response model gives), so nothing is validated on the way out: FastAPI would dump a
-    returned model, validate it again and encode it (about 0.55 ms per recommendation, on
-    the event loop); this is 0.02 ms, in the worker thread."""
+    response model gives), so nothing is validated on the way out. FastAPI would dump a
+    returned model, validate it again and encode it, on the event loop; validating the
+    dataclasses into the model and dumping it alone took 0.10 ms per recommendation (with
+    imputations), this 0.02 ms, in the worker thread."""
     return _adapter(type(result)).dump_json(result)
 
 
@@ -587,7 +588,7 @@ def create_app(
         await service.run(service.rec.recommend, first, 1)  # warm-up: first request is not slow
         # the loaded model, catalogue and libraries are millions of long-lived objects: a full
         # collection walked them every second or two under load and stalled a whole micro-
-        # batch for ~190 ms (p99 244 ms -> 88 ms with them frozen, bench/results/serve.md)
+        # batch for ~190 ms (one process, 32 clients: p99 244 ms -> 88 ms with them frozen)
         gc.collect()
         gc.freeze()
         app.state.service = service
@@ -725,8 +726,8 @@ def serve(
     the connections over them by their addresses). One process parses, validates and answers
     in Python on about one core (the GIL). uvicorn's own ``--workers`` share one socket, and
     whichever process woke first took the connections: of 32 keep-alive connections, one
-    process held all 32 in two of three tries (``bench/results/serve.md``). The supervisor
-    stops every worker on SIGINT or SIGTERM, and all of them when one exits."""
+    process held all 32 in two of three tries. The supervisor stops every worker on SIGINT or
+    SIGTERM, and all of them when one exits."""
     import uvicorn
 
     from miir.recommender import checkpoint_dir
@@ -740,7 +741,9 @@ def serve(
         return
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--workers > 1 needs SO_REUSEPORT (Linux); run one process per port")
-    # held while the workers bind: the port is checked here, and port 0 becomes a real one
+    # bound, never listening, until the end: a taken port fails here, before any worker
+    # starts, port 0 becomes a real one, and the port stays ours while the workers start
+    # (a socket that does not listen gets no connections)
     probe = _listening_socket(host, port, reuse_port=True)
     port = probe.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
@@ -763,7 +766,6 @@ def serve(
         for p in procs:
             p.start()
         log.info("serving on http://%s:%d with %d worker processes", host, port, workers)
-        probe.close()
         multiprocessing.connection.wait([p.sentinel for p in procs])  # one exits, or a signal
         if not stopping:
             stop(signal.SIGTERM, None)
