@@ -189,6 +189,10 @@ ARMS: dict[str, tuple[dict, dict]] = {
         },
         {"max_epochs": 60, "patience": 10},
     ),
+    # an ID-only causal stream beside DFSA, read by the next-item head with DFSA's state
+    # (FDSA's item stream inside MIIR): DFSA trained as FDSA stays below attention over IDs
+    # alone (default-clean-no-mii-sasrec-shape-60), and MII's masks lift it only so far
+    "default-id-stream-40": ({**DEFAULT, "id_stream": True}, {"max_epochs": 40, "patience": 8}),
     # the MII losses kept for the side fields only (imputation), the item-ID cloze loss (a
     # second softmax over every item, weight 3 in the default) off; with the next-item loss on
     # the MII pass (one pass) or on a clean pass

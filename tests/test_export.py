@@ -27,7 +27,13 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("miir", {}), ("sparse-miir", {}), ("sasrec", {}), ("miir", {"side_output": True})],
+    [
+        ("miir", {}),
+        ("sparse-miir", {}),
+        ("sasrec", {}),
+        ("miir", {"side_output": True}),
+        ("miir", {"id_stream": True}),
+    ],
 )
 def test_onnx_scores_equal_pytorch(name: str, options: dict, tmp_path) -> None:
     model = small_model(name, n_layers=2, dropout=0.1, **options).eval()

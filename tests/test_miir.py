@@ -300,6 +300,7 @@ def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> N
         ("sparse-miir", True, {}),
         ("miir", True, {"side_output": True}),
         ("miir", True, {"readout": "item"}),
+        ("miir", True, {"id_stream": True}),
     ],
 )
 def test_one_pass_scores_and_imputes_as_the_two_passes(
@@ -340,6 +341,7 @@ def test_one_pass_scores_and_imputes_as_the_two_passes(
         ("sparse-miir", {}),
         ("miir", {"readout": "item"}),
         ("miir", {"n_layers": 1}),
+        ("miir", {"id_stream": True, "norm_first": True}),
     ],
 )
 def test_the_compact_inference_pass_equals_the_full_pass(name: str, options: dict) -> None:

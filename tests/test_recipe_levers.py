@@ -198,3 +198,42 @@ def test_clean_next_item_keeps_packing_exact_learns_and_needs_a_next_item_loss()
     assert (
         successor_accuracy(steps=100, causal=True, next_item_weight=1.0, next_item_clean=True) > 0.8
     )
+
+
+def test_id_stream_reads_ids_alone_causally_keeps_packing_exact_and_learns() -> None:
+    """``id_stream``: a causal attention over the item IDs alone whose state joins DFSA's in
+    the next-item head: refused without that head; its states at an item depend on that
+    item and earlier ones only, never on side fields; packed rows give the padded loss; the
+    next-item scores depend on it; and it learns a planted successor."""
+    from miir.errors import ConfigError
+    from miir.models import model_config
+
+    with pytest.raises(ConfigError, match="id_stream needs a next-item head"):
+        model_config("miir", {"id_stream": True, "causal": False})
+    model = miir(id_stream=True).eval()
+    assert model.next_proj.in_features == 2 * model.config.embedding_size
+    items = random_windows(5, 6, seed=3, min_len=6)  # full windows
+    changed = items.clone()
+    changed[:, 4:] = torch.flip(items[:, 4:], dims=[0])  # other later items
+    with torch.no_grad():
+        a, b = model.id_states(items), model.id_states(changed)
+        assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
+        assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
+        other = miir(id_stream=True).eval()  # other side values, the same weights
+        other.load_state_dict(model.state_dict())
+        cat = random_catalogue(seed=9)
+        other.set_item_tables(cat.present, cat.values)
+        assert torch.allclose(other.id_states(items), a, atol=1e-6)  # no side field enters
+        before = model.score(items[:, :5])
+        for p in model.id_blocks.parameters():
+            p.add_(0.5)
+        assert not torch.allclose(model.score(items[:, :5]), before, atol=1e-3)
+    model = miir(id_stream=True, last_item_prob=1.0, last_item_clean=True)
+    items = random_windows(7, 6, seed=5, min_len=2)
+    packed, parts = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+    padded, _ = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(0))
+    assert "next_item" in parts and torch.allclose(packed, padded, atol=1e-5)
+    packed.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.id_blocks.parameters())
+
+    assert successor_accuracy(steps=150, id_stream=True) > 0.8

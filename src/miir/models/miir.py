@@ -193,6 +193,15 @@ class MIIRConfig(SideInfoConfig):
         "token's state ('id') or the states of all its field tokens, concatenated ('item', "
         "as FDSA concatenates its item and feature streams).",
     )
+    id_stream: bool = Field(
+        False,
+        description="With a next-item loss: a second causal self-attention stack over the "
+        "item IDs alone (SASRec's input: ID embedding and position; no side field ever "
+        "enters), as deep and wide as DFSA, whose state at an item is concatenated with "
+        "DFSA's before the next-item projection: FDSA's item stream beside its feature "
+        "stream, inside MIIR (issue 9: DFSA over every field stays below attention over IDs "
+        "alone). It reads the items as given, never MII's masks.",
+    )
     side_output: bool = Field(
         False,
         description="Score candidates by their item ID embedding plus a learnt linear map "
@@ -228,6 +237,8 @@ class MIIRConfig(SideInfoConfig):
             raise ValueError(
                 f"readout={self.readout!r} needs a next-item head (next_item_weight > 0)"
             )
+        if self.id_stream and self.next_item_weight == 0:
+            raise ValueError("id_stream needs a next-item head (next_item_weight > 0)")
         return self
 
     field_weights: dict[str, float] = Field(
@@ -311,6 +322,14 @@ class MIIR(SequenceModel):
         )
         self.final_norm = nn.LayerNorm(e) if config.norm_first else None
         width = e * (self.n_fields if config.readout == "item" else 1)
+        self.id_blocks: nn.ModuleList | None = None
+        if config.id_stream:
+            self.id_blocks = nn.ModuleList(
+                [block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
+            )
+            self.id_pos_emb = nn.Embedding(config.max_len, e)
+            self.id_norm = nn.LayerNorm(e) if config.norm_first else None
+            width += e
         self.next_proj = nn.Linear(width, e) if config.next_item_weight > 0 else None
         self.side_out = nn.Linear(e, e, bias=False) if config.side_output and self.fields else None
         self.drop = Dropout(config.dropout)
@@ -641,7 +660,8 @@ class MIIR(SequenceModel):
         losses = out.new_zeros(batch.n_seqs).float()
         if pair.any():
             b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
-            h = self._next_state(out[b, t])  # (M, e)
+            ids = self.id_states(items, batch.packing) if self.id_blocks is not None else None
+            h = self._next_state(out[b, t], ids[b, t] if ids is not None else None)  # (M, e)
             if table is None:
                 table = self.output_table()
             logits = h @ table[FIRST_VALUE_ID:].T  # (M, N)
@@ -649,13 +669,41 @@ class MIIR(SequenceModel):
             losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
 
-    def _next_state(self, tokens: Tensor) -> Tensor:
+    def _next_state(self, tokens: Tensor, ids: Tensor | None = None) -> Tensor:
         """(..., F, e) output states of items -> (..., e) next-item query states: the
-        projected ID token state, or (``readout='item'``) all field states, concatenated."""
+        projected ID token state, or (``readout='item'``) all field states, concatenated;
+        with ``id_stream``, the ID stream's (..., e) states ``ids`` concatenated last."""
         assert self.next_proj is not None
-        if self.config.readout == "item":
-            return self.next_proj(tokens.flatten(-2))
-        return self.next_proj(tokens[..., 0, :])
+        h = tokens.flatten(-2) if self.config.readout == "item" else tokens[..., 0, :]
+        if self.id_blocks is not None:
+            assert ids is not None, "id_stream: the ID stream's states are needed"
+            h = torch.cat([h, ids], dim=-1)
+        return self.next_proj(h)
+
+    def id_states(self, items: Tensor, packing: Packing | None = None, offset: int = 0) -> Tensor:
+        """``id_stream``: (B, n) item ids -> (B, n, e) states of the causal attention over the
+        IDs alone (padding and, in packed rows, other windows never attended); positions as
+        DFSA's (``packing``'s, or right-aligned ending ``offset`` left of the last)."""
+        assert self.id_blocks is not None
+        n = items.shape[1]
+        if packing is not None:
+            pos = self.id_pos_emb(packing.positions)  # (B, n, e)
+        else:
+            end = self.config.max_len - offset
+            pos = self.id_pos_emb.weight[end - n : end][None]  # (1, n, e)
+        x = self.drop(self.item_emb(items) + pos)  # (B, n, e)
+        t = torch.arange(n, device=items.device)
+        allowed = (items != 0)[:, None, None, :] & (t[None, :] <= t[:, None])  # (B, 1, n, n)
+        if packing is not None:
+            win = packing.windows
+            allowed = allowed & (win[:, None, :, None] == win[:, None, None, :])
+        allowed = allowed | torch.eye(n, dtype=torch.bool, device=items.device)
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(
+            ~allowed, float("-inf")
+        )
+        for block in self.id_blocks:
+            x = block(x, mask)
+        return self.id_norm(x) if self.id_norm is not None else x
 
     # ------------------------------------------------------------------ inference
     def query_states(
@@ -708,7 +756,8 @@ class MIIR(SequenceModel):
         hidden = torch.zeros(*trimmed.shape, self.n_fields, dtype=torch.bool, device=history.device)
         read = self._reads(trimmed, -1, self.config.readout) if record is None else None
         out = self(trimmed, hidden, None, record, side=side, offset=1, read=read)
-        return self._next_state(out[:, -1])
+        ids = self.id_states(trimmed, offset=1)[:, -1] if self.id_blocks is not None else None
+        return self._next_state(out[:, -1], ids)
 
     @torch.no_grad()
     def score_and_impute(
@@ -748,7 +797,11 @@ class MIIR(SequenceModel):
             if read is not None:
                 read[..., 1:] |= wanted
         out = self(items, hidden, side=with_query, read=read)  # (B, L + 1, F, e)
-        h = out[:, -1, 0] if self.next_proj is None else self._next_state(out[:, -2])  # (B, e)
+        if self.next_proj is None:
+            h = out[:, -1, 0]  # (B, e): the query item's ID state
+        else:  # the last history item's state, its ID stream over the history alone
+            ids = self.id_states(history, offset=1)[:, -1] if self.id_blocks is not None else None
+            h = self._next_state(out[:, -2], ids)  # (B, e)
         preds = {}
         for j, f in enumerate(self.fields, start=1):
             codec = self.encoder.codecs[f.name]
