@@ -216,6 +216,13 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "readout": "item"},
         {"max_epochs": 40, "patience": 8},
     ),
+    # an item's fields averaged into one token before attention (FDSA's feature stream
+    # fuses an item's features first): attention over items, not fields; the ID stream
+    # beside DFSA (default-id-stream-40) did not carry FDSA's quality into MIIR
+    "default-item-fusion-40": (
+        {**DEFAULT, "fusion": "item"},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

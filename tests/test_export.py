@@ -33,6 +33,7 @@ runner = CliRunner()
         ("sasrec", {}),
         ("miir", {"side_output": True}),
         ("miir", {"id_stream": True}),
+        ("miir", {"fusion": "item"}),
     ],
 )
 def test_onnx_scores_equal_pytorch(name: str, options: dict, tmp_path) -> None:

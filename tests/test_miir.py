@@ -301,6 +301,8 @@ def test_pack_windows_places_every_item_once(lengths: list[int], seed: int) -> N
         ("miir", True, {"side_output": True}),
         ("miir", True, {"readout": "item"}),
         ("miir", True, {"id_stream": True}),
+        ("miir", True, {"fusion": "item"}),
+        ("miir", False, {"fusion": "item"}),
     ],
 )
 def test_one_pass_scores_and_imputes_as_the_two_passes(
@@ -342,6 +344,8 @@ def test_one_pass_scores_and_imputes_as_the_two_passes(
         ("miir", {"readout": "item"}),
         ("miir", {"n_layers": 1}),
         ("miir", {"id_stream": True, "norm_first": True}),
+        ("miir", {"fusion": "item"}),
+        ("miir", {"fusion": "item", "causal": False}),
     ],
 )
 def test_the_compact_inference_pass_equals_the_full_pass(name: str, options: dict) -> None:

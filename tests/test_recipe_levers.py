@@ -237,3 +237,46 @@ def test_id_stream_reads_ids_alone_causally_keeps_packing_exact_and_learns() -> 
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.id_blocks.parameters())
 
     assert successor_accuracy(steps=150, id_stream=True) > 0.8
+
+
+def test_item_fusion_attends_over_items_hides_what_mii_hides_and_learns() -> None:
+    """``fusion='item'``: one token per item (the mean of its field embeddings), so attention
+    maps are (n, n); refused with field-token options (SFSA, MIIR-M); a hidden field's value
+    never reaches any state; causal: an item's states depend on that item and earlier ones
+    only; packed rows give the padded loss; every field state starts as its item's state; and
+    it learns a planted successor."""
+    from miir.errors import ConfigError
+    from miir.models import model_config
+
+    for bad in ({"attention": "sparse"}, {"mask_missing": True}):
+        with pytest.raises(ConfigError, match="fusion='item'"):
+            model_config("miir", {"fusion": "item", **bad})
+    model = miir(fusion="item").eval()
+    items = random_windows(5, 6, seed=3, min_len=6)  # full windows
+    hidden = torch.zeros(*items.shape, model.n_fields, dtype=torch.bool)
+    with torch.no_grad():
+        record: list[torch.Tensor] = []
+        out = model(items, hidden, record=record)
+        assert out.shape == (5, 6, model.n_fields, model.config.embedding_size)
+        assert record[0].shape[-2:] == (6, 6)  # items, not fields, attend
+        # zero-initialised per-field maps: every field reads its item's state
+        assert torch.allclose(out, out[:, :, :1].expand_as(out))
+        changed = items.clone()
+        changed[:, 4:] = torch.flip(items[:, 4:], dims=[0])
+        later = model(changed, hidden)
+        assert torch.allclose(out[:, :4], later[:, :4], atol=1e-6)
+        assert not torch.allclose(out[:, 4:], later[:, 4:], atol=1e-3)
+        # a hidden ID and hidden side fields: their values never reach a state
+        hidden[:, 2] = True
+        swapped = items.clone()
+        swapped[:, 2] = torch.flip(items[:, 2], dims=[0])
+        assert torch.allclose(model(items, hidden), model(swapped, hidden), atol=1e-6)
+    model = miir(fusion="item", last_item_prob=1.0, last_item_clean=True)
+    items = random_windows(7, 6, seed=5, min_len=2)
+    packed, parts = model.loss(make_batch(items, "packed", 6), torch.Generator().manual_seed(0))
+    padded, _ = model.loss(make_batch(items, "none", 6), torch.Generator().manual_seed(0))
+    assert "next_item" in parts and torch.allclose(packed, padded, atol=1e-5)
+    packed.backward()
+    assert model.unfuse.weight.grad.abs().sum() > 0
+
+    assert successor_accuracy(steps=100, fusion="item") > 0.8

@@ -121,6 +121,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "side_output": False,  # MIIR (issue 9)
     "readout": "id",  # MIIR (issue 9)
     "id_stream": False,  # MIIR (issue 9)
+    "fusion": "dense",  # MIIR (issue 9)
     "rfs_prob": 0.0,  # FDSA and NOVA (issue 10)
     # train options (issue 9)
     "weight_decay": 0.0,

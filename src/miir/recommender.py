@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from miir.data.artifact import Artifact
-from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
+from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.errors import ConfigError, MiirError
 from miir.inference import (
     Codebook,
@@ -67,6 +67,7 @@ from miir.inference import (
     numeric_edges_from_labels,
 )
 from miir.models.base import Imputer, SequenceModel
+from miir.models.batch import append_query
 from miir.models.fields import FieldEncoder, ItemCatalogue
 from miir.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -396,14 +397,11 @@ class Recommender:
             items, side = model_inputs(resolved, net, self._encode_text, self.device)
         if missing is None:
             missing = self._missing(resolved, items, side)
-        B, L = items.shape
+        L = items.shape[1]
         if preds is None:
-            query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
-            items = torch.cat([items, query], dim=1)  # (B, L + 1)
+            # the query item appended, every field of it to be imputed
+            items, hidden = append_query(items, 1 + len(self.codebook_.fields))
             side = side.with_query() if side is not None else None
-            n_fields = 1 + len(self.codebook_.fields)  # the ID, then the side fields
-            hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=items.device)
-            hidden[:, -1] = True  # the query item: every field is to be imputed
             extra = {} if side is None else {"side": side}
             preds = net.impute(items, hidden, **extra)  # name -> (B, L + 1, V + 2) | (..., D)
         preds = {name: p.float().cpu() for name, p in preds.items()}
@@ -423,8 +421,7 @@ class Recommender:
         """(B, L + 1, F) bool on the CPU: the side fields to impute of ``[history, query]``,
         those missing in the history items (not padding) and every field of the query."""
         B, L = items.shape
-        query = torch.full((B, 1), MISSING_ID, dtype=items.dtype, device=items.device)
-        full = torch.cat([items, query], dim=1)  # (B, L + 1)
+        full = append_query(items, 1)[0]  # (B, L + 1)
         net = self.model_
         present = net.present(full) if side is None else net.present(full, side.with_query())
         real = torch.zeros(B, L + 1, dtype=torch.bool)  # (B, L + 1): not padding

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import sys
@@ -35,6 +36,15 @@ _M_MMAP_MAX = -4
 _applied: bool | None = None
 
 
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The process's C library (None where it cannot be loaded)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Tune glibc malloc for this process (once); returns whether the tuning is active."""
     global _applied
@@ -43,10 +53,8 @@ def keep_freed_memory() -> bool:
     _applied = False
     if os.environ.get("MIIR_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # no mmap for large blocks, and never trim the heap's top below 1 GiB of free memory

@@ -33,8 +33,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import functools
 import gc
@@ -70,7 +68,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from miir import __version__
+from miir import __version__, runtime
 from miir.batching import Coalescer
 from miir.data.schema import FieldKind
 from miir.errors import ConfigError, DataError, MiirError
@@ -247,10 +245,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim`` (None where the C library has none: musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    return getattr(runtime.libc(), "malloc_trim", None)
 
 
 @functools.cache

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from miir.data.schema import MISSING_ID
+
 BatchMode = Literal["packed", "trim", "none"]
 
 
@@ -65,6 +67,18 @@ ROW_BLOCK = 4
 #: keeps a primitive per shape, and a new size at every step grew training memory by about
 #: 10 MB a step, to 2.6 GB (bench/results/shapes.md); 1 turns the blocks off
 SELECT_BLOCK = 64
+
+
+def append_query(history: Tensor, n_fields: int) -> tuple[Tensor, Tensor]:
+    """``[history, query]``: (B, L) right-aligned item ids -> (B, L + 1) ids with the
+    all-missing query item appended (id 1: nothing about the target is looked up) and
+    (B, L + 1, ``n_fields``) hidden flags, every field of the query hidden, nothing else."""
+    B, L = history.shape
+    query = torch.full((B, 1), MISSING_ID, dtype=history.dtype, device=history.device)
+    items = torch.cat([history, query], dim=1)
+    hidden = torch.zeros(B, L + 1, n_fields, dtype=torch.bool, device=history.device)
+    hidden[:, -1] = True
+    return items, hidden
 
 
 def gather_positions(sel: Tensor, block: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

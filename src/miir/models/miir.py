@@ -74,6 +74,7 @@ from miir.models.base import SequenceModel, SideInfoConfig
 from miir.models.batch import (
     Batch,
     Packing,
+    append_query,
     gather_positions,
     pack_windows,
     trim_left_padding,
@@ -202,6 +203,15 @@ class MIIRConfig(SideInfoConfig):
         "stream, inside MIIR (issue 9: DFSA over every field stays below attention over IDs "
         "alone). It reads the items as given, never MII's masks.",
     )
+    fusion: Literal["dense", "item"] = Field(
+        "dense",
+        description="'dense' (DFSA, the paper: one token per field, n x F tokens, any field "
+        "attends to any other) or 'item' (an item's F field embeddings, MII's hidden ones as "
+        "the missing value, are averaged into one token before attention, as FDSA's feature "
+        "stream fuses an item's features; attention runs over the n items, and each field's "
+        "output state is its item's state plus a per-field linear map of it, zero at the "
+        "start). Issue 9: attention over fields stays below attention over items.",
+    )
     side_output: bool = Field(
         False,
         description="Score candidates by their item ID embedding plus a learnt linear map "
@@ -239,6 +249,11 @@ class MIIRConfig(SideInfoConfig):
             )
         if self.id_stream and self.next_item_weight == 0:
             raise ValueError("id_stream needs a next-item head (next_item_weight > 0)")
+        if self.fusion == "item" and (self.attention == "sparse" or self.mask_missing):
+            raise ValueError(
+                "fusion='item' has one token per item: sparse attention (SFSA) and "
+                "mask_missing (MIIR-M) act on field tokens and need fusion='dense'"
+            )
         return self
 
     field_weights: dict[str, float] = Field(
@@ -332,6 +347,11 @@ class MIIR(SequenceModel):
             width += e
         self.next_proj = nn.Linear(width, e) if config.next_item_weight > 0 else None
         self.side_out = nn.Linear(e, e, bias=False) if config.side_output and self.fields else None
+        # fusion='item': one token per item; each field's state is read back through its own map
+        self.tokens_per_item = 1 if config.fusion == "item" else self.n_fields
+        self.unfuse = (
+            nn.Linear(e, self.n_fields * e, bias=False) if config.fusion == "item" else None
+        )
         self.drop = Dropout(config.dropout)
         if config.attention == "sparse":
             self.register_buffer(
@@ -366,6 +386,8 @@ class MIIR(SequenceModel):
                     nn.init.normal_(m.weight, std=0.02)
         if self.side_out is not None:
             nn.init.zeros_(self.side_out.weight)  # starts as the ID-only output table
+        if self.unfuse is not None:
+            nn.init.zeros_(self.unfuse.weight)  # every field starts reading its item's state
 
     def set_item_tables(self, present: dict[str, Tensor], values: dict[str, Tensor]) -> None:
         """Load the observed side information of every item (rows = item ids)."""
@@ -439,13 +461,13 @@ class MIIR(SequenceModel):
     def attention_mask(
         self, items: Tensor, present: Tensor, windows: Tensor | None = None
     ) -> Tensor | None:
-        """Boolean mask (True = may attend) broadcastable to (B, h, T, T), T = n * F.
-        ``windows`` (B, n): the window of each slot of packed rows (see :func:`pack_windows`)."""
+        """Boolean mask (True = may attend) broadcastable to (B, h, T, T), T = n * F (n with
+        ``fusion='item'``). ``windows`` (B, n): the window of each slot of packed rows (see
+        :func:`pack_windows`)."""
         B, n = items.shape
-        T = n * self.n_fields
-        key_ok = (items != 0)[..., None].expand(
-            B, n, self.n_fields
-        )  # (B, n, F): padding never attended
+        k = self.tokens_per_item
+        T = n * k
+        key_ok = (items != 0)[..., None].expand(B, n, k)  # (B, n, k): padding never attended
         if self.config.mask_missing:
             # Eq. 15: side fields missing in the input (not hidden by MII masking) are not attended.
             side_missing = ~present.clone()
@@ -457,11 +479,11 @@ class MIIR(SequenceModel):
             return key_ok
         allowed = key_ok.expand(B, 1, T, T)
         if cfg.causal:
-            item = torch.arange(n, device=items.device).repeat_interleave(self.n_fields)  # (T,)
+            item = torch.arange(n, device=items.device).repeat_interleave(k)  # (T,)
             allowed = allowed & (item[None, :] <= item[:, None])  # key item <= query item
         if windows is not None:
             # packed rows: a token attends only to the tokens of its own window
-            win = windows.repeat_interleave(self.n_fields, dim=1)  # (B, T)
+            win = windows.repeat_interleave(k, dim=1)  # (B, T)
             allowed = allowed & (win[:, None, :, None] == win[:, None, None, :])
         if self.config.attention == "sparse":
             offset = (self.config.max_len - n) * self.n_fields
@@ -490,10 +512,17 @@ class MIIR(SequenceModel):
         whose output the caller reads. Then the layers compute the real tokens only (padding
         positions are skipped, :meth:`~miir.models.layers.Block.compact`), the last layer only
         the tokens in ``read``; the other output states are zeros. The states read equal those
-        of the full pass (up to float rounding: the matrix products see fewer rows)."""
+        of the full pass (up to float rounding: the matrix products see fewer rows).
+
+        With ``fusion='item'`` the F embeddings of an item are averaged into one token, the
+        layers run over the n item tokens (``record``: (B, h, n, n)), and field j's state is
+        the item's state plus the field's linear map of it."""
         present = self.present(items, side)  # (B, n, F)
         positions = packing.positions if packing is not None else None
-        x = self.drop(self.embed(items, present & ~hidden, positions, side, offset))
+        x = self.embed(items, present & ~hidden, positions, side, offset)  # (B, n, F, e)
+        if self.unfuse is not None:
+            x = x.mean(dim=2, keepdim=True)  # (B, n, 1, e): one token per item
+        x = self.drop(x)
         B, n, Fn, e = x.shape
         h = x.reshape(B, n * Fn, e)  # (B, T, e): Eq. 4, fields of each item stacked in order
         allowed = self.attention_mask(
@@ -504,12 +533,24 @@ class MIIR(SequenceModel):
             ~allowed, float("-inf")
         )
         if read is not None:
-            return self._compact_pass(items, h, mask, read)
+            if self.unfuse is None:
+                return self._compact_pass(items, h, mask, read)
+            # the items read, then only the fields read of them
+            states = self._compact_pass(items, h, mask, read.any(dim=-1, keepdim=True))
+            return self._unfused(states) * read[..., None]
         for block in self.blocks:
             h = block(h, mask, record)
         if self.final_norm is not None:
             h = self.final_norm(h)
-        return h.view(B, n, Fn, e)
+        return self._unfused(h.view(B, n, Fn, e))
+
+    def _unfused(self, h: Tensor) -> Tensor:
+        """``fusion='item'``: (B, n, 1, e) item states -> (B, n, F, e) field states (zeros
+        stay zeros); DFSA's (B, n, F, e) states as they are."""
+        if self.unfuse is None:
+            return h
+        B, n, _, e = h.shape
+        return h + self.unfuse(h).view(B, n, self.n_fields, e)
 
     def _compact_pass(self, items: Tensor, h: Tensor, mask: Tensor, read: Tensor) -> Tensor:
         """The layers of :meth:`forward` over the real tokens only (see its ``read``):
@@ -518,7 +559,7 @@ class MIIR(SequenceModel):
         if self.training:
             raise ValueError("the compact pass (read=...) is for inference: call eval() first")
         B, n = items.shape
-        Fn, e = self.n_fields, h.shape[-1]
+        Fn, e = self.tokens_per_item, h.shape[-1]
         real = (items != 0)[..., None].expand(B, n, Fn).reshape(-1)  # (B * T,)
         index = real.nonzero().squeeze(1)  # (M,) flat slots of the real tokens
         keep = read.reshape(-1)[index].nonzero().squeeze(1)  # (K,) rows of the M to output
@@ -725,11 +766,7 @@ class MIIR(SequenceModel):
         trimmed = trim_left_padding(history)
         if side is not None:
             side = side.tail(trimmed.shape[1]).with_query()
-        B = trimmed.shape[0]
-        query = torch.full((B, 1), MISSING_ID, dtype=trimmed.dtype, device=trimmed.device)
-        items = torch.cat([trimmed, query], dim=1)  # (B, n)
-        hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
-        hidden[:, -1] = True
+        items, hidden = append_query(trimmed, self.n_fields)  # (B, n), (B, n, F)
         read = self._reads(items, -1, "id") if query_only and record is None else None
         return self(items, hidden, None, record, side=side, read=read)
 
@@ -780,11 +817,7 @@ class MIIR(SequenceModel):
             raise ValueError(
                 f"history of {history.shape[1]} items; at most {self.config.max_len - 1}"
             )
-        B = history.shape[0]
-        query = torch.full((B, 1), MISSING_ID, dtype=history.dtype, device=history.device)
-        items = torch.cat([history, query], dim=1)  # (B, L + 1)
-        hidden = torch.zeros(*items.shape, self.n_fields, dtype=torch.bool, device=items.device)
-        hidden[:, -1] = True  # the query item: every field is to be imputed
+        items, hidden = append_query(history, self.n_fields)  # the query: every field hidden
         with_query = None if side is None else side.with_query()
         if self.config.attention == "sparse":
             return self.score(history, side=side), self.impute(items, hidden, side=with_query)
