@@ -223,6 +223,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "fusion": "item"},
         {"max_epochs": 40, "patience": 8},
     ),
+    # the learning rate decayed by a cosine to 0 at epoch 40 (the default keeps it constant
+    # and flattens by epoch 20-25)
+    "default-cosine-40": (
+        dict(DEFAULT),
+        {"max_epochs": 40, "patience": 8, "lr_schedule": "cosine"},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
