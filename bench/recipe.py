@@ -223,6 +223,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "fusion": "item"},
         {"max_epochs": 40, "patience": 8},
     ),
+    # still rising at its cap of 40 epochs: the same run continued to 80 (resumed from the
+    # 40-epoch run's last checkpoint: constant learning rate, so the same run as one of 80)
+    "default-item-fusion-80": (
+        {**DEFAULT, "fusion": "item"},
+        {"max_epochs": 80, "patience": 10},
+    ),
     # the learning rate decayed by a cosine to 0 at epoch 40 (the default keeps it constant
     # and flattens by epoch 20-25)
     "default-cosine-40": (
