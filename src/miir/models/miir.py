@@ -203,6 +203,14 @@ class MIIRConfig(SideInfoConfig):
         "stream, inside MIIR (issue 9: DFSA over every field stays below attention over IDs "
         "alone). It reads the items as given, never MII's masks.",
     )
+    loss_norm: Literal["sequence", "item"] = Field(
+        "sequence",
+        description="'sequence' (Eq. 13: per sequence, the weighted loss sums divided by its "
+        "number of items, then the mean over sequences, so a 2-item window weighs as much as "
+        "a 20-item one) or 'item' (the weighted loss sums of the batch divided by its number "
+        "of items: every item weighs the same, as SASRec's and RecBole's mean over all "
+        "predictions of a batch).",
+    )
     fusion: Literal["dense", "item"] = Field(
         "dense",
         description="'dense' (DFSA, the paper: one token per field, n x F tokens, any field "
@@ -665,7 +673,8 @@ class MIIR(SequenceModel):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. 13 (or Eq. 14 when only ID targets are set): returns the loss and per-field means.
         Per sequence (a row, or a window of packed rows), the masked-field losses are summed
-        and divided by the number of items; the loss is the mean over sequences."""
+        and divided by the number of items; the loss is the mean over sequences (with
+        ``loss_norm='item'``: the sums over the batch divided by its number of items)."""
         batch = Batch(items, packing)
         owner, n_seqs = batch.owner(), batch.n_seqs
         weights = {**self.config.field_weights}
@@ -685,8 +694,13 @@ class MIIR(SequenceModel):
                 out = self(items, torch.zeros_like(masked.hidden), packing)
             per_field["next_item"] = self.next_item_losses(items, out, batch, table)
             weights["next_item"] = self.config.next_item_weight
-        total = sum(weights.get(name, 1.0) * v for name, v in per_field.items()) / n_items  # (S,)
-        return total.mean(), {name: (v / n_items).mean().detach() for name, v in per_field.items()}
+        sums = sum(weights.get(name, 1.0) * v for name, v in per_field.items())  # (S,)
+        total = (
+            sums.sum() / n_items.sum()
+            if self.config.loss_norm == "item"
+            else (sums / n_items).mean()
+        )
+        return total, {name: (v / n_items).mean().detach() for name, v in per_field.items()}
 
     def next_item_losses(
         self, items: Tensor, out: Tensor, batch: Batch, table: Tensor | None = None
