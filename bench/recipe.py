@@ -232,7 +232,7 @@ ARMS: dict[str, tuple[dict, dict]] = {
     # every item of a batch weighs the same in the loss (SASRec's mean over predictions)
     # instead of every sequence (Eq. 13: a 2-item window weighs as much as a 20-item one)
     "default-item-norm-40": (
-        {**DEFAULT, "loss_norm": "item"},
+        {**DEFAULT, "loss_mean": "item"},
         {"max_epochs": 40, "patience": 8},
     ),
     # the learning rate decayed by a cosine to 0 at epoch 40 (the default keeps it constant

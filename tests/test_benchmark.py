@@ -474,7 +474,11 @@ def test_shipped_grids_are_valid() -> None:
     assert [c.path.name for c in grid_cases(beauty)] == ["beauty", "beauty-d"]
     sports = load_grid(root / "sports.yaml")
     # the same recipe, unchanged (the clean next-item lever was measured on Beauty only)
+    # issue 9's diagnostics of SASRec's factors, on Beauty only
+    diagnostics = [m for m in beauty.spec.models if (m.label or "").startswith("SASRec (")]
+    assert [m.settings for m in diagnostics] == [["given"], ["given"]]
     lever = [m for m in beauty.spec.models if m.label == "MIIR (clean next-item)"]
+    lever += diagnostics
     assert [m.name for m in sports.spec.models] == [
         m.name for m in beauty.spec.models if m not in lever
     ]

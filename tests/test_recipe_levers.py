@@ -282,8 +282,8 @@ def test_item_fusion_attends_over_items_hides_what_mii_hides_and_learns() -> Non
     assert successor_accuracy(steps=100, fusion="item") > 0.8
 
 
-def test_item_loss_norm_weighs_every_item_alike() -> None:
-    """``loss_norm='item'``: the batch's weighted loss sums over its number of items, so it
+def test_item_loss_mean_weighs_every_item_alike() -> None:
+    """``loss_mean='item'``: the batch's weighted loss sums over its number of items, so it
     equals Eq. 13's mean over sequences when every window has the same length and differs
     when they do not; packed rows give the padded loss."""
     full = random_windows(6, 6, seed=4, min_len=6)  # every window 6 items
@@ -291,14 +291,14 @@ def test_item_loss_norm_weighs_every_item_alike() -> None:
     for items, same in ((full, True), (mixed, False)):
         losses = {}
         for norm in ("sequence", "item"):
-            model = miir(loss_norm=norm, dropout=0.0)
+            model = miir(loss_mean=norm, dropout=0.0)
             torch.manual_seed(0)
             model.reset_parameters()
             batch = make_batch(items, "none", 6)
             losses[norm], _ = model.loss(batch, torch.Generator().manual_seed(0))
         assert torch.isclose(losses["sequence"], losses["item"], atol=1e-6) == same
     # the same hidden items in both layouts: each window's last item, nothing else
-    model = miir(loss_norm="item", dropout=0.0, last_item_prob=1.0, last_item_clean=True)
+    model = miir(loss_mean="item", dropout=0.0, last_item_prob=1.0, last_item_clean=True)
     packed, _ = model.loss(make_batch(mixed, "packed", 6), torch.Generator().manual_seed(0))
     padded, _ = model.loss(make_batch(mixed, "none", 6), torch.Generator().manual_seed(0))
     assert torch.allclose(packed, padded, atol=1e-5)

@@ -203,7 +203,7 @@ class MIIRConfig(SideInfoConfig):
         "stream, inside MIIR (issue 9: DFSA over every field stays below attention over IDs "
         "alone). It reads the items as given, never MII's masks.",
     )
-    loss_norm: Literal["sequence", "item"] = Field(
+    loss_mean: Literal["sequence", "item"] = Field(
         "sequence",
         description="'sequence' (Eq. 13: per sequence, the weighted loss sums divided by its "
         "number of items, then the mean over sequences, so a 2-item window weighs as much as "
@@ -674,7 +674,7 @@ class MIIR(SequenceModel):
         """Eq. 13 (or Eq. 14 when only ID targets are set): returns the loss and per-field means.
         Per sequence (a row, or a window of packed rows), the masked-field losses are summed
         and divided by the number of items; the loss is the mean over sequences (with
-        ``loss_norm='item'``: the sums over the batch divided by its number of items)."""
+        ``loss_mean='item'``: the sums over the batch divided by its number of items)."""
         batch = Batch(items, packing)
         owner, n_seqs = batch.owner(), batch.n_seqs
         weights = {**self.config.field_weights}
@@ -697,7 +697,7 @@ class MIIR(SequenceModel):
         sums = sum(weights.get(name, 1.0) * v for name, v in per_field.items())  # (S,)
         total = (
             sums.sum() / n_items.sum()
-            if self.config.loss_norm == "item"
+            if self.config.loss_mean == "item"
             else (sums / n_items).mean()
         )
         return total, {name: (v / n_items).mean().detach() for name, v in per_field.items()}
