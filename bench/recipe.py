@@ -229,6 +229,13 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "fusion": "item"},
         {"max_epochs": 80, "patience": 10},
     ),
+    # SASRec's layers (2 layers, 2 heads, pre-LN with a final LayerNorm) at MIIR's dropout
+    # 0.1: SASRec in MIIR's layers lands at MIIR's level, SASRec at dropout 0.1 in its own
+    # layers keeps most of its lead (the grid's SASRec diagnostics)
+    "default-sasrec-layers-40": (
+        {**DEFAULT, "n_layers": 2, "n_heads": 2, "norm_first": True},
+        {"max_epochs": 40, "patience": 8},
+    ),
     # every item of a batch weighs the same in the loss (SASRec's mean over predictions)
     # instead of every sequence (Eq. 13: a 2-item window weighs as much as a 20-item one)
     "default-item-norm-40": (
