@@ -871,8 +871,9 @@ class MIIR(SequenceModel):
         the columns that are padding in every row are cut, plus the query item (the last
         position) unless the model scores from the last history item (``next_item_weight``
         > 0: no query item); token t is field t % F of position t // F (fields: the item ID,
-        then the side fields in catalogue order). Attention is computed explicitly in this pass (the
-        fused kernel keeps its weights to itself); the scores equal :meth:`score`'s."""
+        then the side fields in catalogue order); with ``fusion='item'``, T = n and token t is
+        position t. Attention is computed explicitly in this pass (the fused kernel keeps its
+        weights to itself); the scores equal :meth:`score`'s."""
         record: list[Tensor] = []
         h = self._scoring_state(history, record)  # (B, e)
         return self._rank(h, candidates), torch.stack(record)  # (L, B, h, T, T)
