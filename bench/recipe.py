@@ -293,11 +293,13 @@ def _curve(run: Path) -> list[dict]:
     return rows
 
 
-def run_arm(arm: str, seed: int, epochs: int | None, test: bool, data: Path) -> dict:
+def run_arm(
+    arm: str, seed: int, epochs: int | None, test: bool, data: Path, threads: int = 2
+) -> dict:
     from miir.training.train import TrainConfig, train
 
     model, tr = arm_settings(arm)
-    tr = {**tr, "seed": seed}
+    tr = {**tr, "seed": seed, "threads": threads}
     if epochs is not None:
         tr.update(max_epochs=epochs, min_epochs=epochs)
     kind = "full" if epochs is None else f"screen{epochs}"
@@ -600,6 +602,9 @@ def main() -> None:
     r.add_argument("--epochs", type=int, default=None, help="screening: exactly this many epochs")
     r.add_argument("--test", action="store_true", help="also evaluate the test split")
     r.add_argument("--data", type=Path, default=ROOT / "artifacts" / "beauty")
+    r.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 each for two runs side by side)"
+    )
     sub.add_parser("table")
     sub.add_parser("list")
     args = ap.parse_args()
@@ -612,7 +617,7 @@ def main() -> None:
             arm_settings(arm)
         for arm in args.arms:
             for seed in args.seeds:
-                run_arm(arm, seed, args.epochs, args.test, args.data)
+                run_arm(arm, seed, args.epochs, args.test, args.data, args.threads)
     text = table()
     header = (
         "# MIIR's training recipe on amazon-beauty (issue 9)\n\n"

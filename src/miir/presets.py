@@ -6,8 +6,9 @@ under a run's own options.
 - ``paper``: the MIIR paper's Section 4.3 settings: Adam at lr 1e-4, batch 128, 100 epochs
   (no early stop before), Xavier initialisation, and for MIIR and its variants dropout 0.5,
   mask probability 0.5, no whole-item or last-item masking, bidirectional DFSA scored
-  from the appended query item (no causal attention, no next-item loss). Baselines keep their own model
-  options (the paper sets them "following the suggestions from the original papers").
+  from the appended query item (no causal attention, no next-item loss), the loss averaged
+  per sequence (Eq. 13). Baselines keep their own model options (the paper sets them
+  "following the suggestions from the original papers").
 
 The order is: preset, then a config file's tables, then command-line options.
 """
@@ -28,6 +29,7 @@ _PAPER_MIIR: dict[str, Any] = {
     "norm_first": False,
     "causal": False,
     "next_item_weight": 0.0,
+    "loss_mean": "sequence",
     "embedding_size": 64,
     "n_heads": 4,
     "n_layers": 3,
