@@ -313,6 +313,7 @@ def run_arm(
     resume = any(out.glob("lightning/*/last.ckpt"))
     if resume:
         print(f"{name}: resuming from {out}")
+    logs_before = {p.parent.name for p in (out / "logs").glob("*/metrics.csv")}
     started = time.perf_counter()
     results = train(
         data,
@@ -328,6 +329,8 @@ def run_arm(
     wall = time.perf_counter() - started
     curve = _curve(out)
     epochs_run = len(curve)
+    # train_seconds covers this invocation only: a resumed run's speed is over its new epochs
+    epochs_now = sum(1 for r in curve if r["stage"] not in logs_before)
     record = {
         "arm": arm,
         "seed": seed,
@@ -339,7 +342,8 @@ def run_arm(
         "train_seconds": round(results["train_seconds"], 1),
         "wall_seconds": round(wall, 1),
         "epochs_run": epochs_run,
-        "seconds_per_epoch": round(results["train_seconds"] / max(epochs_run, 1), 2),
+        "seconds_per_epoch": round(results["train_seconds"] / max(epochs_now, 1), 2),
+        "resumed": resume,
         "best_epoch": results["checkpoint_epoch"],
         "valid": results["valid"],
         "test": results.get("test"),
