@@ -123,6 +123,29 @@ def test_explanation_of_a_random_model(tmp_path, causal: bool) -> None:
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_explanation_with_one_token_per_item(tmp_path, causal: bool) -> None:
+    """``fusion='item'``: the attention of the scoring pass runs over items, one row in the
+    map; the summary shares go to item positions; every field is still imputed."""
+    model = small_model("miir", n_layers=2, causal=causal, fusion="item")
+    expl = explain(model, [5, 9, 3, 12], target=20)
+    L, h, rows, n = expl.query_attention.shape
+    assert (L, h, rows, n) == (2, 2, 1, 4 if causal else 5)
+    assert expl.fused and expl.rows == ["item (all fields)"]
+    assert expl.scoring_token.startswith("the last history item's token" if causal else "the next")
+    assert abs(expl.query_attention.sum(axis=(2, 3)) - 1).max() < 1e-5
+    scores, attention = model.score_with_attention(torch.tensor([[5, 9, 3, 12]]))
+    torch.testing.assert_close(
+        torch.from_numpy(expl.query_attention[:, :, 0]), attention[:, 0, :, -1].float()
+    )
+    torch.testing.assert_close(expl.scores, scores[0])
+    assert {k: v.shape[0] for k, v in expl.imputed.items()} == dict.fromkeys(expl.imputed, 5)
+    md = case_study(expl, model, None, "Case")
+    assert "each item position (one token per item)" in md and "| next | ? | item_id |" in md
+    plot_attention(expl, tmp_path / "a.png", "t")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture(scope="module")
 def trained_run(planted_discard_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("explain") / "run"

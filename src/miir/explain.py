@@ -7,14 +7,15 @@ For one history, from a trained run:
   scoring token is the appended query item's ID (the paper's model, ``next_item_weight=0``) or,
   for a model that scores from the last history item (the default recipe), that item's ID.
   The weights come from the pass that scores (:meth:`~miir.models.miir.MIIR.score_with_attention`),
-  not from a second model of the attention.
+  not from a second model of the attention. A model with one token per item
+  (``fusion='item'``) has one row, the item token, in place of the fields.
 - ``case_study.md``: the sequence with each field's known value, the value the data hides
   (where the artifact keeps the ground truth of a discard, and the target's own fields), and
   the imputed value, side by side (Fig. 4); then the top-10 recommendations.
 - ``attention.json``: the same weights as numbers, with the field names and item names.
 
 The model needs the :class:`~miir.models.base.AttentionMaps` capability with MIIR's token
-layout (every item a group of F field tokens, ``score_with_attention``) and the
+layout (every item a group of F field tokens, or one, ``score_with_attention``) and the
 :class:`~miir.models.base.Imputer` capability: the MIIR variants; any other model is refused
 with an error that says so.
 Artifacts keep text fields as vectors only, so an imputed text is shown as the catalogue item
@@ -43,6 +44,7 @@ from miir.training.checkpoint import load_checkpoint
 
 TOP_K = 10
 QUERY_LABEL = "next"
+FUSED_LABEL = "item (all fields)"
 
 
 @dataclass
@@ -51,12 +53,22 @@ class Explanation:
 
     items: list[int]  # the n - 1 history item ids the model read, oldest first
     fields: list[str]  # item_id, then the side fields in the model's order
-    query_attention: np.ndarray  # (L, h, F, m): from the scoring ID token to every token
+    query_attention: np.ndarray  # (L, h, F or 1, m): from the scoring token to every token
     scores: Tensor  # (N + 2,) next-item scores, ids 0 and 1 at -inf
     imputed: dict[str, Tensor]  # field -> (n, V + 2) probabilities or (n, D) text vectors
     target: int | None = None  # the known next item, when there is one
     dropped: int = 0  # older items of the given history the model does not read
     query_appended: bool = True  # False: scored from the last history item (no query token)
+
+    @property
+    def fused(self) -> bool:
+        """One token per item (``fusion='item'``): the attention runs over items, not fields."""
+        return self.query_attention.shape[2] == 1 and len(self.fields) > 1
+
+    @property
+    def rows(self) -> list[str]:
+        """The rows of ``query_attention``: the fields, or one row for the fused item token."""
+        return [FUSED_LABEL] if self.fused else self.fields
 
     @property
     def positions(self) -> list[str]:
@@ -69,10 +81,11 @@ class Explanation:
 
     @property
     def scoring_token(self) -> str:
-        """Whose ID field the attention comes from, in words."""
+        """Whose ID field (or fused item token) the attention comes from, in words."""
+        token = "token" if self.fused else "ID"
         if self.query_appended:
-            return "the next item's ID"
-        return f"the last history item's ID (position {len(self.items)})"
+            return f"the next item's {token}"
+        return f"the last history item's {token} (position {len(self.items)})"
 
 
 def require_attention(model: SequenceModel, name: str) -> None:
@@ -101,13 +114,13 @@ def explain(model: SequenceModel, history: list[int], target: int | None = None)
     # the scoring pass appends the query item, or (next-item scoring) reads the history only
     appended = getattr(model, "next_proj", None) is None
     m = n if appended else n - 1  # positions in the scoring pass
-    n_fields = attention.shape[-1] // m
-    scoring = (m - 1) * n_fields  # the ID token that scores: the query's or the last item's
+    per_item = attention.shape[-1] // m  # tokens per item: F, or 1 (fusion='item')
+    scoring = (m - 1) * per_item  # the ID token that scores: the query's or the last item's
     weights = attention[:, 0, :, scoring, :]  # (L, h, T)
     L, h, _ = weights.shape
-    per_token = weights.reshape(L, h, m, n_fields).transpose(2, 3)  # (L, h, F, m)
+    per_token = weights.reshape(L, h, m, per_item).transpose(2, 3)  # (L, h, F or 1, m)
     items = torch.tensor([[*kept, MISSING_ID]], dtype=torch.long)  # (1, n)
-    hidden = torch.zeros(1, n, n_fields, dtype=torch.bool)
+    hidden = torch.zeros(1, n, model.n_fields, dtype=torch.bool)
     hidden[:, -1] = True  # the query item, exactly as in the scoring pass
     imputed = {k: v[0] for k, v in model.impute(items, hidden).items()}  # (n, ...)
     fields = [ID_FIELD, *model.catalogue.names]
@@ -121,7 +134,8 @@ def explain(model: SequenceModel, history: list[int], target: int | None = None)
 
 
 def plot_attention(expl: Explanation, path: Path, title: str = "") -> None:
-    """One fields x positions heat map per layer (rows) and head (columns), one colour scale."""
+    """One fields x positions heat map per layer (rows) and head (columns), one colour scale
+    (one row, the item token, for a model with one token per item)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +158,7 @@ def plot_attention(expl: Explanation, path: Path, title: str = "") -> None:
                 expl.query_attention[layer, head], aspect="auto", cmap="viridis", vmin=0, vmax=vmax
             )
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
-            ax.set_yticks(range(F), expl.fields if head == 0 else [""] * F, fontsize=7)
+            ax.set_yticks(range(F), expl.rows if head == 0 else [""] * F, fontsize=7)
             ax.set_xticks(range(n), expl.attention_positions, fontsize=6, rotation=90)
             if layer == L - 1:
                 ax.set_xlabel("item position", fontsize=7)
@@ -308,17 +322,23 @@ def _recommendations(expl: Explanation, vals: _Values) -> list[str]:
 
 
 def _attention_summary(expl: Explanation) -> list[str]:
-    """Per layer, the share of the scoring ID token's attention that goes to each field."""
-    share = expl.query_attention.sum(-1).mean(1)  # (L, F): over positions, mean over heads
+    """Per layer, the share of the scoring ID token's attention that goes to each field (with
+    one token per item, to each item position: the fields are fused before attention)."""
+    if expl.fused:
+        share = expl.query_attention[:, :, 0].mean(1)  # (L, m): mean over heads
+        columns, what = expl.attention_positions, "item position (one token per item)"
+    else:
+        share = expl.query_attention.sum(-1).mean(1)  # (L, F): over positions, mean over heads
+        columns, what = expl.fields, "field"
     lines = [
-        f"## Attention from {expl.scoring_token} field",
+        f"## Attention from {expl.scoring_token}" + ("" if expl.fused else " field"),
         "",
         "![attention](attention.png)",
         "",
-        "Share of the attention that goes to each field, per layer (mean over heads):",
+        f"Share of the attention that goes to each {what}, per layer (mean over heads):",
         "",
-        "| layer | " + " | ".join(expl.fields) + " |",
-        "|---" * (len(expl.fields) + 1) + "|",
+        "| layer | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for layer, row in enumerate(share, start=1):
         lines.append(f"| {layer} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
@@ -416,6 +436,7 @@ def explain_run(
         paths["json"],
         {
             "fields": expl.fields,
+            "attention_rows": expl.rows,
             "positions": expl.positions,
             "attention_positions": expl.attention_positions,
             "scoring_token": expl.scoring_token,
@@ -423,7 +444,7 @@ def explain_run(
             if model.catalogue.item_names
             else expl.items,
             "query_attention": np.round(expl.query_attention, 6).tolist(),
-            "shape": "layers x heads x fields x attention_positions",
+            "shape": "layers x heads x attention_rows x attention_positions",
         },
     )
     atomic_write_text(paths["md"], case_study(expl, model, artifact, heading))
