@@ -39,6 +39,7 @@ BASE_MODEL: dict = {
     "embedding_init": "xavier",
     "field_weights": {},
     "causal": False,  # the starting point was bidirectional (the default is causal since)
+    "loss_mean": "sequence",  # Eq. 13, as every arm before `default-item-norm-40` ran
 }
 #: the model settings that make BASE_MODEL today's default of `miir train`
 DEFAULT: dict = {
