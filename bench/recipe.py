@@ -424,20 +424,19 @@ def comparison() -> list[str]:
 
     recipe = arm(DEFAULT_ARM)
     grid = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(GRID_RECORDS.glob("*.json"))]
-    sasrec = sorted(
-        (
-            g
-            for g in grid
-            if g["model"] == "sasrec" and g["data"] == "beauty" and g["setting"] == "given"
-        ),
-        key=lambda g: g["seed"],
-    )
+
+    def baseline(label: str) -> list[dict]:
+        """The grid's row ``label`` on Beauty as given (not its diagnostic variants)."""
+        rows = (g for g in grid if g["label"] == label and g["data"] == "beauty")
+        return sorted((g for g in rows if g["setting"] == "given"), key=lambda g: g["seed"])
+
     previous = [g for g in grid if g["key"] == PREVIOUS_RECIPE_KEY]
     if not recipe:
         return []
     rows = [
         ("MIIR, default recipe", recipe),
-        ("our SASRec", sasrec),
+        ("our SASRec", baseline("SASRec")),
+        ("our FDSA", baseline("FDSA")),
         ("MIIR, the default before causal + next-item (arm 'recipe')", arm("recipe")),
         ("MIIR, previous recipe", previous),
     ]
