@@ -456,12 +456,18 @@ def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
     names = [m.name for m in beauty.spec.models]
-    assert names[:10] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 4
-    # the default MIIR and, for reference, the bidirectional form of the same recipe (also on
-    # the discard data: Table 11 compares how the two attentions impute), the default with the
-    # clean next-item pass (issue 9's lever, given data only) and the recipe before issue 9
-    # (given data only), the first and the last pinned to the paper's attention
-    bidirectional, clean, previous = beauty.spec.models[7:10]
+    assert names[:11] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 5
+    # the default MIIR and, for reference, the same recipe with Eq. 13's sequence mean (the
+    # default before the item mean), its bidirectional form (also on the discard data: Table
+    # 11 compares how the two attentions impute), with the clean next-item pass (issue 9's
+    # lever, given data only) and the recipe before issue 9 (given data only), the first and
+    # the last pinned to the paper's attention; every reference row keeps the sequence mean
+    default, sequence_mean, bidirectional, clean, previous = beauty.spec.models[6:11]
+    assert "loss_mean" not in default.model
+    assert all(
+        m.model["loss_mean"] == "sequence" for m in (sequence_mean, bidirectional, clean, previous)
+    )
+    assert sequence_mean.settings is None and sequence_mean.seeds == [1, 2, 3]
     assert bidirectional.settings == ["given", "D"] and previous.settings == ["given"]
     assert bidirectional.model["causal"] is False and previous.model["causal"] is False
     assert clean.settings == ["given"] and clean.model["next_item_clean"] is True
