@@ -57,6 +57,20 @@ def test_shapes_finite_losses_and_gradients(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_trains_and_scores(name: str) -> None:
+    """What ``--precision auto`` runs on a GPU (or a CPU with native bf16): training and
+    validation under bf16 autocast give a float loss and float scores, the inference paths
+    that scatter rows into a layout (MIIR's compact pass) included."""
+    model = small(name)
+    items = windows()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.train().loss(make_batch(items, model.batch_mode, MAX_LEN), gen())
+        scores = model.eval().score(items[:, 1:])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores[:, 2:]).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_overfits_one_batch(name: str) -> None:
     model = small(name)
     items = windows(B=4)

@@ -178,8 +178,9 @@ class Block(nn.Module):
         eval mode."""
         B, T = shape
         E = x.shape[-1]
-        qkv = x.new_zeros(B * T, 3 * E)
-        qkv[index] = self.qkv(self.ln1(x) if self.norm_first else x)
+        rows = self.qkv(self.ln1(x) if self.norm_first else x)  # (M, 3e); bf16 under autocast
+        qkv = rows.new_zeros(B * T, 3 * E)
+        qkv[index] = rows
         q, k, v = qkv.view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
         if keep is None:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d)
