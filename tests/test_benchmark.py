@@ -152,6 +152,7 @@ def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:
     by_label = [r.label for r in columns if selected(r, parse_only(["label=MIIR"]))]
     assert by_model == [
         "MIIR",
+        "MIIR (sequence mean)",
         "MIIR (bidirectional)",
         "MIIR (clean next-item)",
         "MIIR (previous recipe)",

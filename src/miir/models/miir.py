@@ -23,7 +23,7 @@ last history item's ID state, and no query item is appended). A window's last po
 holds its last item, which has no successor, so that state is taken with the history placed
 one position left of the end, where training put the items whose successors it predicted.
 MII training, imputation and the whole-item masked query are unchanged. The third is the
-loss mean (``loss_mean='item'``, below): 0.0429 against 0.0371.
+loss mean (``loss_mean='item'``, below): 0.0429 against 0.0378.
 
 Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
 
@@ -49,10 +49,10 @@ Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
   by the number of items in it, then the mean over sequences), so a 2-item window weighs as
   much as a 20-item one. The default (``loss_mean='item'``) divides the batch's sums by its
   number of items, so that every item weighs the same, as SASRec's mean over all predictions
-  does. Measured on amazon-beauty (bench/results/recipe.md, three seeds, 40 epochs): test
-  NDCG@10 full 0.0429 +- 0.0006 against 0.0371 +- 0.0008 with Eq. 13's mean, full with the
-  history masked 0.0498 against 0.0425, sampled 0.3683 against 0.3483; the gain is largest on
-  rarely bought targets (bench/results/by_popularity). ``loss_mean='sequence'`` and
+  does. Measured on amazon-beauty (bench/grids/beauty.yaml, three seeds each, at most 40
+  epochs): test NDCG@10 full 0.0429 +- 0.0003 against 0.0378 +- 0.0011 with Eq. 13's mean,
+  full with the history masked 0.0490 against 0.0436, sampled 0.3680 against 0.3547; the gain
+  is largest on rarely bought targets (bench/results/by_popularity). ``loss_mean='sequence'`` and
   ``--preset paper`` give Eq. 13. Per-field weights default to 1 (the item ID's to 3).
 - **Scaled dot-product attention** divides by sqrt(e / h) (the usual per-head scale; Eq. 5
   prints sqrt(e)).
@@ -217,8 +217,8 @@ class MIIRConfig(SideInfoConfig):
         "items: every item weighs the same, as SASRec's and RecBole's mean over all "
         "predictions of a batch) or 'sequence' (Eq. 13: per sequence, the weighted loss sums "
         "divided by its number of items, then the mean over sequences, so a 2-item window "
-        "weighs as much as a 20-item one). Measured on amazon-beauty (bench/results/recipe.md, "
-        "three seeds): 'item' gives test full-ranking NDCG@10 0.0429 against 0.0371, and is "
+        "weighs as much as a 20-item one). Measured on amazon-beauty (bench/grids/beauty.yaml, "
+        "three seeds each): 'item' gives test full-ranking NDCG@10 0.0429 against 0.0378, and is "
         "higher under the sampled and history-masked protocols too.",
     )
     fusion: Literal["dense", "item"] = Field(
@@ -705,13 +705,14 @@ class MIIR(SequenceModel):
                 out = self(items, torch.zeros_like(masked.hidden), packing)
             per_field["next_item"] = self.next_item_losses(items, out, batch, table)
             weights["next_item"] = self.config.next_item_weight
-        sums = sum(weights.get(name, 1.0) * v for name, v in per_field.items())  # (S,)
-        total = (
-            sums.sum() / n_items.sum()
-            if self.config.loss_mean == "item"
-            else (sums / n_items).mean()
-        )
-        return total, {name: (v / n_items).mean().detach() for name, v in per_field.items()}
+        by_item = self.config.loss_mean == "item"
+
+        def mean(v: Tensor) -> Tensor:  # (S,) per-sequence sums -> the batch's loss
+            return v.sum() / n_items.sum() if by_item else (v / n_items).mean()
+
+        total = mean(sum(weights.get(name, 1.0) * v for name, v in per_field.items()))
+        # the parts under the same mean: the loss is their weighted sum
+        return total, {name: mean(v).detach() for name, v in per_field.items()}
 
     def next_item_losses(
         self, items: Tensor, out: Tensor, batch: Batch, table: Tensor | None = None
