@@ -1,8 +1,10 @@
 """Where a model wins or loses: test NDCG@10 and HR@10 per bucket of the target's popularity
 (its occurrences in the training part of the sequences) and of the history length, for
-recorded runs, under the three protocols. Reads only committed per-user ranks
-(``bench/results/runs/<key>.ranks.npz`` or ``bench/results/recipe/<name>.ranks.npz``) and the
-artifact: nothing is trained or scored again.
+recorded runs, under the three protocols, and how often each model ranks the user's own
+earlier items above the target (what the history-masked protocol removes). Reads only
+committed per-user ranks (``bench/results/runs/<key>.ranks.npz`` or
+``bench/results/recipe/<name>.ranks.npz``) and the artifact: nothing is trained or scored
+again.
 
     python bench/by_popularity.py --data artifacts/beauty --name beauty \\
         SASRec=bench/results/runs/dd16e40cbfa1e8a1.ranks.npz MIIR=bench/results/runs/1a4f3f086d14542b.ranks.npz
@@ -92,6 +94,31 @@ def breakdown(runs: dict[str, dict], index: np.ndarray, labels: list[str]) -> li
     return rows
 
 
+def history_items(runs: dict[str, dict]) -> dict[str, dict]:
+    """Per run, from its one-based full and history-masked ranks of the same users: how many
+    of the user's earlier items rank above the target (full minus masked rank; the data has no
+    repeated items, so the difference counts history items only), and the hit rates at 1 and
+    10 under both protocols: where masking the history lifts a model, and by how much."""
+    out = {}
+    for name, ranks in runs.items():
+        full = np.asarray(ranks["full"], dtype=np.int64)
+        masked = np.asarray(ranks["full_masked"], dtype=np.int64)
+        above = full - masked
+        if (above < 0).any():
+            raise ValueError(f"{name}: a full rank above its history-masked rank")
+        top = masked <= 10
+        out[name] = {
+            "history_above_target_mean": float(above.mean()),
+            "users_with_history_above_target": float((above > 0).mean()),
+            "history_above_target_masked_top10": float(above[top].mean()) if top.any() else 0.0,
+            "full_HR@1": float((full <= 1).mean()),
+            "masked_HR@1": float((masked <= 1).mean()),
+            "full_HR@10": float((full <= 10).mean()),
+            "masked_HR@10": float((masked <= 10).mean()),
+        }
+    return out
+
+
 def markdown(result: dict) -> str:
     names = result["models"]
     first = names[0]
@@ -131,6 +158,28 @@ def markdown(result: dict) -> str:
                     cells.append(cell)
                 out.append(f"| {r['bucket']} | {r['users']:,} | " + " | ".join(cells) + " |")
             out.append("")
+    if "history_items" in result:
+        out += [
+            "## The user's own earlier items",
+            "",
+            "How many of the user's earlier items each model ranks above the test target (full "
+            "rank minus history-masked rank; no item repeats in the data), over all users and "
+            "over those whose target is in the history-masked top 10, and hit rates at 1 and 10 "
+            "under both protocols.",
+            "",
+            "| model | history items above the target | users with any | the same, masked "
+            "top-10 users | full HR@1 | masked HR@1 | full HR@10 | masked HR@10 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in names:
+            h = result["history_items"][n]
+            out.append(
+                f"| {n} | {h['history_above_target_mean']:.2f} | "
+                f"{h['users_with_history_above_target']:.3f} | "
+                f"{h['history_above_target_masked_top10']:.2f} | {h['full_HR@1']:.4f} | "
+                f"{h['masked_HR@1']:.4f} | {h['full_HR@10']:.4f} | {h['masked_HR@10']:.4f} |"
+            )
+        out.append("")
     return "\n".join(out) + "\n"
 
 
@@ -176,6 +225,7 @@ def main() -> None:
     result["by_target_popularity"] = breakdown(runs, index, labels)
     index, labels = buckets(history.astype(float), args.buckets)
     result["by_history_length"] = breakdown(runs, index, labels)
+    result["history_items"] = history_items(runs)
     OUT.mkdir(parents=True, exist_ok=True)
     for suffix, text in (
         ("json", json.dumps(result, indent=1) + "\n"),

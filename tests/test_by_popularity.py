@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "by_popularity.py"
 
@@ -54,3 +55,18 @@ def test_breakdown_reads_one_based_ranks_per_bucket() -> None:
     assert np.isclose(full["high"]["a"]["NDCG@10"], (1 / np.log2(11) + 0.0) / 2)
     assert full["low"]["a"]["HR@10"] == 1.0 and full["high"]["a"]["HR@10"] == 0.5
     assert np.isclose(full["low"]["b"]["diff_vs_first"], 1 / np.log2(11) / 2 - 0.75)
+
+
+def test_history_items_count_the_earlier_items_above_the_target() -> None:
+    """Full minus history-masked rank counts the user's earlier items above the target; a full
+    rank better than the masked one is impossible and an error."""
+    bp = load()
+    full, masked = np.array([1, 4, 12, 30]), np.array([1, 2, 9, 30])
+    h = bp.history_items({"a": {"full": full, "full_masked": masked}})["a"]
+    assert np.isclose(h["history_above_target_mean"], (0 + 2 + 3 + 0) / 4)
+    assert h["users_with_history_above_target"] == 0.5
+    assert np.isclose(h["history_above_target_masked_top10"], (0 + 2 + 3) / 3)
+    assert h["full_HR@1"] == h["masked_HR@1"] == 0.25
+    assert h["full_HR@10"] == 0.5 and h["masked_HR@10"] == 0.75
+    with pytest.raises(ValueError, match="a full rank above"):
+        bp.history_items({"b": {"full": masked, "full_masked": full}})
