@@ -302,3 +302,45 @@ def test_item_loss_mean_weighs_every_item_alike() -> None:
     packed, _ = model.loss(make_batch(mixed, "packed", 6), torch.Generator().manual_seed(0))
     padded, _ = model.loss(make_batch(mixed, "none", 6), torch.Generator().manual_seed(0))
     assert torch.allclose(packed, padded, atol=1e-5)
+
+
+def test_next_item_exclude_history_leaves_the_window_s_earlier_items_out_of_the_softmax() -> None:
+    """``next_item_exclude_history``: each next-item prediction's softmax runs over the
+    catalogue without the items at or before it in its window, except its target (a repeat
+    stays a target); the loss it gives is the hand-computed one, lower than the full softmax's;
+    packed rows give the padded loss; it needs a next-item loss."""
+    import torch.nn.functional as F
+
+    from miir.data.schema import FIRST_VALUE_ID
+    from miir.models import model_config
+    from miir.models.masking import Masked
+
+    with pytest.raises(ValueError, match="needs a next-item loss"):
+        model_config("miir", {"causal": False, "next_item_exclude_history": True})
+    zero = {"item_id": 0.0, **{f.name: 0.0 for f in FIELDS_OF}}  # the next-item loss alone
+    model = miir(next_item_exclude_history=True, field_weights=zero).eval()
+    plain = miir(next_item_exclude_history=False, field_weights=zero).eval()
+    a, b, c = 5, 9, 13
+    items = torch.tensor([[0, a, b, a, c, b]])  # a repeats as a target; b is history of it
+    shown = torch.zeros(*items.shape, 1 + len(FIELDS_OF), dtype=torch.bool)
+    nothing = Masked(shown, shown)
+    with torch.no_grad():
+        _, parts = model.masked_loss(items, nothing)
+        _, plain_parts = plain.masked_loss(items, nothing)
+        out = model(items, shown)
+        table = model.output_table()[FIRST_VALUE_ID:]
+        total = 0.0
+        for t in range(1, 5):  # the items with a successor
+            logits = model._next_state(out[0, t]) @ table.T
+            target = int(items[0, t + 1]) - FIRST_VALUE_ID
+            for earlier in items[0, 1 : t + 1].tolist():
+                if earlier - FIRST_VALUE_ID != target:
+                    logits[earlier - FIRST_VALUE_ID] = float("-inf")
+            total += F.cross_entropy(logits[None].float(), torch.tensor([target])).item()
+    assert math.isclose(parts["next_item"].item(), total / 5, rel_tol=1e-5)  # 5 items
+    assert parts["next_item"] < plain_parts["next_item"]
+    windows = random_windows(7, 6, seed=5, min_len=2)
+    model = miir(next_item_exclude_history=True, next_item_clean=True)
+    _, packed = model.loss(make_batch(windows, "packed", 6), torch.Generator().manual_seed(0))
+    _, padded = model.loss(make_batch(windows, "none", 6), torch.Generator().manual_seed(1))
+    assert torch.allclose(packed["next_item"], padded["next_item"], atol=1e-5)

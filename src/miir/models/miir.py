@@ -195,6 +195,15 @@ class MIIRConfig(SideInfoConfig):
         "input it meets at inference: every given field visible) instead of the MII pass, "
         "whose masks hide half the fields; costs a forward and backward pass per step.",
     )
+    next_item_exclude_history: bool = Field(
+        False,
+        description="The next-item loss leaves the window's earlier items (the user's own "
+        "history, up to and including the predicting item) out of its softmax, as serving's "
+        "exclude_seen and the history-masked protocol leave them out of the ranking (the "
+        "target itself is never left out, so data with repeated items keep their repeats). "
+        "Issue 9: SASRec's top position often goes to the user's own items; this spends none "
+        "of the next-item loss on them.",
+    )
 
     readout: Literal["id", "item"] = Field(
         "id",
@@ -265,6 +274,10 @@ class MIIRConfig(SideInfoConfig):
         if self.readout != "id" and self.next_item_weight == 0:
             raise ValueError(
                 f"readout={self.readout!r} needs a next-item head (next_item_weight > 0)"
+            )
+        if self.next_item_exclude_history and self.next_item_weight == 0:
+            raise ValueError(
+                "next_item_exclude_history needs a next-item loss (next_item_weight > 0)"
             )
         if self.id_stream and self.next_item_weight == 0:
             raise ValueError("id_stream needs a next-item head (next_item_weight > 0)")
@@ -731,10 +744,28 @@ class MIIR(SequenceModel):
             h = self._next_state(out[b, t], ids[b, t] if ids is not None else None)  # (M, e)
             if table is None:
                 table = self.output_table()
-            logits = h @ table[FIRST_VALUE_ID:].T  # (M, N)
-            ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
+            logits = (h @ table[FIRST_VALUE_ID:].T).float()  # (M, N)
+            target = items[b, t + 1] - FIRST_VALUE_ID  # (M,)
+            if self.config.next_item_exclude_history:
+                logits = self._without_history(logits, items, owner, b, t, target)
+            ce = F.cross_entropy(logits, target, reduction="none")
             losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
+
+    @staticmethod
+    def _without_history(
+        logits: Tensor, items: Tensor, owner: Tensor, b: Tensor, t: Tensor, target: Tensor
+    ) -> Tensor:
+        """``next_item_exclude_history``: (M, N) next-item logits of the items at (b, t) ->
+        the same with -inf at every item of the same window at or before t (its history as the
+        predicting position sees it), except the target."""
+        n = items.shape[1]
+        history = items[b] - FIRST_VALUE_ID  # (M, n) catalogue columns of each row's window
+        earlier = torch.arange(n, device=items.device)[None, :] <= t[:, None]  # (M, n)
+        keep = earlier & (owner[b] == owner[b, t][:, None]) & (history >= 0)
+        keep &= history != target[:, None]
+        rows, cols = keep.nonzero(as_tuple=True)
+        return logits.index_put((rows, history[rows, cols]), logits.new_tensor(float("-inf")))
 
     def _next_state(self, tokens: Tensor, ids: Tensor | None = None) -> Tensor:
         """(..., F, e) output states of items -> (..., e) next-item query states: the
