@@ -16,14 +16,15 @@ Recommendation (Section 3.1): an item whose fields are all missing is appended t
 and items are ranked by the ID head at that position. That is the paper's model
 (``causal=False``, ``--preset paper``). The default recipe differs in three measured ways
 (bench/results/recipe.md, three seeds each on amazon-beauty, test full-ranking NDCG@10). The
-first two together give 0.0371 against 0.0318: ``causal`` attention (the fields of an item attend to that item and earlier
-items only) and ``next_item_weight`` (beside MII, the ID state of every item predicts its
-successor through a projection, SASRec's every-prefix signal; items are then ranked from the
-last history item's ID state, and no query item is appended). A window's last position always
-holds its last item, which has no successor, so that state is taken with the history placed
-one position left of the end, where training put the items whose successors it predicted.
-MII training, imputation and the whole-item masked query are unchanged. The third is the
-loss mean (``loss_mean='item'``, below): 0.0429 against 0.0378.
+first two together give 0.0371 against 0.0318: ``causal`` attention (the fields of an item
+attend to that item and earlier items only) and ``next_item_weight`` (beside MII, the ID state
+of every item predicts its successor through a projection, SASRec's every-prefix signal;
+items are then ranked from the last history item's ID state, and no query item is appended).
+A window's last position always holds its last item, which has no successor, so that state is
+taken with the history placed one position left of the end, where training put the items
+whose successors it predicted. MII training, imputation and the whole-item masked query are
+unchanged. The third is the loss mean (``loss_mean='item'``, below): 0.0429 against 0.0378
+(the grid's three seeds each, both with the first two).
 
 Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
 
