@@ -763,9 +763,9 @@ class MIIR(SequenceModel):
         n = items.shape[1]
         history = items[b] - FIRST_VALUE_ID  # (M, n) catalogue columns of each row's window
         earlier = torch.arange(n, device=items.device)[None, :] <= t[:, None]  # (M, n)
-        keep = earlier & (owner[b] == owner[b, t][:, None]) & (history >= 0)
-        keep &= history != target[:, None]
-        rows, cols = keep.nonzero(as_tuple=True)
+        drop = earlier & (owner[b] == owner[b, t][:, None]) & (history >= 0)
+        drop &= history != target[:, None]
+        rows, cols = drop.nonzero(as_tuple=True)
         return logits.index_put((rows, history[rows, cols]), logits.new_tensor(float("-inf")))
 
     def _next_state(self, tokens: Tensor, ids: Tensor | None = None) -> Tensor:
