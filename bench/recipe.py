@@ -268,6 +268,29 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item"},
         {"max_epochs": 60, "patience": 10},
     ),
+    # one setting each against default-item-norm-40 (issue 9's levers, not yet measured on the
+    # item mean): dropout 0.2 (SASRec's dropout 0.5 is worth +0.0077 masked to SASRec; 0.3 was
+    # worse under the sequence mean)
+    "item-norm-dropout-0.2-40": (
+        {**DEFAULT, "loss_mean": "item", "dropout": 0.2},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    # windows of 50 items, histories of 49 scored (BERT4Rec's and SASRec's Beauty length)
+    "item-norm-len-50-40": (
+        {**DEFAULT, "loss_mean": "item", "max_len": 50},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    # twice the learning rate (the fastest screen under the sequence mean, never converged)
+    "item-norm-lr-2e-3-40": (
+        {**DEFAULT, "loss_mean": "item"},
+        {"max_epochs": 40, "patience": 8, "lr": 2e-3},
+    ),
+    # MII masks 30% of the present fields instead of 50%: the next-item loss reads a less
+    # corrupted history (BERT4Rec's Beauty ratio is 0.6, but it has no next-item head)
+    "item-norm-mask-0.3-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
@@ -618,7 +641,89 @@ def table() -> str:
             f"NDCG@10 >= {THRESHOLD}."
         )
     lines += comparison()
+    lines += levers()
     return "\n".join(lines) + "\n"
+
+
+def _per_user_mean(paths: list[Path], protocol: str):
+    """Per-user test NDCG@10 under ``protocol``, averaged over the runs' saved ranks."""
+    import numpy as np
+
+    from miir.evaluation.metrics import per_user_metrics
+
+    return np.mean(
+        [per_user_metrics(_ranks(p)[protocol], (10,))["NDCG@10"].numpy() for p in paths], axis=0
+    )
+
+
+#: arms that differ from DEFAULT_ARM in one setting (their names start so)
+LEVER_PREFIX = "item-norm-"
+
+
+def levers() -> list[str]:
+    """Each one-setting lever on the item mean against the default, seed for seed: the change
+    of validation NDCG@10 (which decides), and of test NDCG@10 with the paired t-test over
+    users (seeds pooled: each user's metric averaged over the seeds both sides share)."""
+    from scipy import stats
+
+    runs = [r for r in _load() if r["kind"] == "full" and r.get("test")]
+    default = {r["seed"]: r for r in runs if r["arm"] == DEFAULT_ARM}
+    arms = sorted({r["arm"] for r in runs if r["arm"].startswith(LEVER_PREFIX)})
+    if not default or not arms:
+        return []
+    out = [
+        "",
+        f"## Levers against the default ({DEFAULT_ARM}), same seeds",
+        "",
+        "Each arm differs from the default in one setting (`python bench/recipe.py list`). "
+        "Δ: the arm minus the default, NDCG@10, mean over the seeds both have; p: paired "
+        "two-sided t-test over the test users, each user's metric averaged over those seeds. "
+        "Validation decides; a Δ inside 0.0021 (two runs of one recipe) is not an effect.",
+        "",
+        "| arm | setting | seeds | best epochs | "
+        + " | ".join(f"valid {p} Δ" for p in PROTOCOLS)
+        + " | "
+        + " | ".join(f"test {p} Δ (p)" for p in PROTOCOLS)
+        + " |",
+        "|---|---|---|---|" + "---:|" * (2 * len(PROTOCOLS)),
+    ]
+    for arm in arms:
+        rs = sorted(
+            (r for r in runs if r["arm"] == arm and r["seed"] in default), key=lambda r: r["seed"]
+        )
+        if not rs:
+            continue
+        ds = [default[r["seed"]] for r in rs]
+
+        def delta(split: str, p: str, rs=rs, ds=ds) -> float:
+            return statistics.mean(
+                a[split][p]["NDCG@10"] - b[split][p]["NDCG@10"] for a, b in zip(rs, ds, strict=True)
+            )
+
+        cells = [f"{delta('valid', p):+.4f}" for p in PROTOCOLS]
+        paths = [
+            (
+                RECORDS / f"{r['arm']}-s{r['seed']}-full.ranks.npz",
+                RECORDS / f"{d['arm']}-s{d['seed']}-full.ranks.npz",
+            )
+            for r, d in zip(rs, ds, strict=True)
+        ]
+        if all(a.exists() and b.exists() for a, b in paths):
+            for p in PROTOCOLS:
+                ua = _per_user_mean([a for a, _ in paths], p)
+                ub = _per_user_mean([b for _, b in paths], p)
+                t = stats.ttest_rel(ua, ub)
+                cells.append(f"{ua.mean() - ub.mean():+.4f} ({t.pvalue:.2g})")
+        else:
+            cells += [f"{delta('test', p):+.4f} (-)" for p in PROTOCOLS]
+        over = {**ARMS[arm][0], **ARMS[arm][1]}
+        base = {**ARMS[DEFAULT_ARM][0], **ARMS[DEFAULT_ARM][1]}
+        setting = ", ".join(f"{k}={v}" for k, v in over.items() if base.get(k) != v) or "-"
+        out.append(
+            f"| {arm} | {setting} | {','.join(str(r['seed']) for r in rs)} "
+            f"| {','.join(str(r['best_epoch']) for r in rs)} | " + " | ".join(cells) + " |"
+        )
+    return out
 
 
 def main() -> None:
