@@ -241,7 +241,7 @@ def train(
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Model dropout (--set dropout=).")] = None,
     mask_prob: Annotated[
-        float | None, typer.Option(help="MII mask probability p (MIIR; paper: 0.5).")
+        float | None, typer.Option(help="MII mask probability p (MIIR; default 0.3, paper: 0.5).")
     ] = None,
     item_mask_prob: Annotated[
         float | None,
