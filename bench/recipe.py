@@ -291,6 +291,24 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
         {"max_epochs": 40, "patience": 8},
     ),
+    # the mask ratio further down (0.3 is the default since item-norm-mask-0.3-40)
+    "item-norm-mask-0.2-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.2},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    "item-norm-mask-0.1-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.1},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    # on the mask-0.3 default: less whole-item masking (0.1 against 0.2), and a longer budget
+    "item-norm-mask-0.3-whole-0.1-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3, "item_mask_prob": 0.1},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    "item-norm-mask-0.3-60": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
+        {"max_epochs": 60, "patience": 10},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},

@@ -152,6 +152,7 @@ def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:
     by_label = [r.label for r in columns if selected(r, parse_only(["label=MIIR"]))]
     assert by_model == [
         "MIIR",
+        "MIIR (mask 0.5)",
         "MIIR (sequence mean)",
         "MIIR (bidirectional)",
         "MIIR (clean next-item)",
@@ -184,7 +185,7 @@ def test_key_follows_configs_not_grid_order(
     )
     assert reordered == base
     # a config value changes the key of that model only
-    changed = keys(models=["sasrec", {"name": "miir", "model": {"mask_prob": 0.3}}])
+    changed = keys(models=["sasrec", {"name": "miir", "model": {"mask_prob": 0.4}}])
     assert all(changed[k] == base[k] for k in base if k[0] == "sasrec")
     assert all(changed[k] != base[k] for k in base if k[0] == "miir")
     lr = keys(train={**TRAIN, "lr": 0.01})
@@ -457,17 +458,20 @@ def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
     names = [m.name for m in beauty.spec.models]
-    assert names[:11] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 5
-    # the default MIIR and, for reference, the same recipe with Eq. 13's sequence mean (the
-    # default before the item mean), its bidirectional form (also on the discard data: Table
-    # 11 compares how the two attentions impute), with the clean next-item pass (issue 9's
-    # lever, given data only) and the recipe before issue 9 (given data only), the first and
-    # the last pinned to the paper's attention; every reference row keeps the sequence mean
-    default, sequence_mean, bidirectional, clean, previous = beauty.spec.models[6:11]
-    assert "loss_mean" not in default.model
-    assert all(
-        m.model["loss_mean"] == "sequence" for m in (sequence_mean, bidirectional, clean, previous)
-    )
+    assert names[:12] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 6
+    # the default MIIR and, for reference, the same recipe with the paper's MII mask ratio 0.5
+    # (the default before the mask ratio 0.3), with Eq. 13's sequence mean (the default before
+    # the item mean), its bidirectional form (also on the discard data: Table 11 compares how
+    # the two attentions impute), with the clean next-item pass (issue 9's lever, given data
+    # only) and the recipe before issue 9 (given data only), the bidirectional and the last
+    # pinned to the paper's attention; every reference row keeps the mask ratio 0.5 it ran
+    # with, and every row after the item-mean one the sequence mean
+    default, mask05, sequence_mean, bidirectional, clean, previous = beauty.spec.models[6:12]
+    assert "loss_mean" not in default.model and "mask_prob" not in default.model
+    assert mask05.model == {**default.model, "mask_prob": 0.5} and mask05.label == "MIIR (mask 0.5)"
+    refs = (mask05, sequence_mean, bidirectional, clean, previous)
+    assert all(m.model["mask_prob"] == 0.5 for m in refs)
+    assert all(m.model["loss_mean"] == "sequence" for m in refs[1:])
     assert sequence_mean.settings is None and sequence_mean.seeds == [1, 2, 3]
     assert bidirectional.settings == ["given", "D"] and previous.settings == ["given"]
     assert bidirectional.model["causal"] is False and previous.model["causal"] is False
