@@ -36,11 +36,12 @@ Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
   is computed per window, so it is the loss of the padded batch).
 - **The query pattern in training.** Per-field masking with p = 0.5 (the paper's; the default
   is 0.3, see the mask ratio below) hides all F fields of an item with probability p**F (1/16
-  for four fields): that is how often plain MII meets the inference query. ``item_mask_prob`` adds whole-item masking on top (every field of a
-  position hidden, which is exactly what the appended query looks like). Default 0.2; the
-  authors' code has none (0.0). Measured on amazon-beauty (bench/results/options.md, 30
-  epochs, one seed each): 0.2 gives test full-ranking NDCG@10 0.0293 against 0.0239 with 0.0,
-  and sampled NDCG@10 0.3598 against 0.3376 (paired t-test over users, p < 1e-12).
+  for four fields): that is how often plain MII meets the inference query. ``item_mask_prob``
+  adds whole-item masking on top (every field of a position hidden, which is exactly what the
+  appended query looks like). Default 0.2; the authors' code has none (0.0). Measured on
+  amazon-beauty (bench/results/options.md, 30 epochs, one seed each): 0.2 gives test
+  full-ranking NDCG@10 0.0293 against 0.0239 with 0.0, and sampled NDCG@10 0.3598 against
+  0.3376 (paired t-test over users, p < 1e-12).
 - **Missing values** are learned vectors: row 1 of each categorical table (id 1 is "missing" in
   every vocabulary), and one learned vector per text field (the paper used BERT's encoding of
   "[CLS][SEP]"). A field hidden by MII and a field missing in the data look the same to the
@@ -61,7 +62,8 @@ Choices where the paper is silent (each is an option of :class:`MIIRConfig`):
   unmasked history it reads at inference. Measured on amazon-beauty (bench/recipe.py, three
   seeds each, at most 40 epochs, selected on validation: full NDCG@10 0.0564 against 0.0538):
   test NDCG@10 full 0.0447 +- 0.0003 against 0.0429 +- 0.0006, full with the history masked
-  0.0514 against 0.0498, sampled 0.3672 against 0.3683 (inside the noise).
+  0.0514 against 0.0498, sampled 0.3672 against 0.3683 (inside the noise). MIIR-R's Eq. 14
+  item masking reads the same ``mask_prob`` (measured for MIIR only).
 - **Scaled dot-product attention** divides by sqrt(e / h) (the usual per-head scale; Eq. 5
   prints sqrt(e)).
 - **Dropout** is applied to the summed input embeddings as well as inside each layer.
