@@ -667,15 +667,13 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_user_mean(paths: list[Path], protocol: str):
-    """Per-user test NDCG@10 under ``protocol``, averaged over the runs' saved ranks."""
+def _per_user_mean(ranks: list[dict], protocol: str):
+    """Per-user test NDCG@10 under ``protocol``, averaged over runs' saved ranks (:func:`_ranks`)."""
     import numpy as np
 
     from miir.evaluation.metrics import per_user_metrics
 
-    return np.mean(
-        [per_user_metrics(_ranks(p)[protocol], (10,))["NDCG@10"].numpy() for p in paths], axis=0
-    )
+    return np.mean([per_user_metrics(r[protocol], (10,))["NDCG@10"].numpy() for r in ranks], axis=0)
 
 
 #: arms that differ from LEVER_BASE in one setting (their names start so)
@@ -731,9 +729,11 @@ def levers() -> list[str]:
             for r, d in zip(rs, ds, strict=True)
         ]
         if all(a.exists() and b.exists() for a, b in paths):
+            ranks_a = [_ranks(a) for a, _ in paths]  # each file read once, for every protocol
+            ranks_b = [_ranks(b) for _, b in paths]
             for p in PROTOCOLS:
-                ua = _per_user_mean([a for a, _ in paths], p)
-                ub = _per_user_mean([b for _, b in paths], p)
+                ua = _per_user_mean(ranks_a, p)
+                ub = _per_user_mean(ranks_b, p)
                 t = stats.ttest_rel(ua, ub)
                 cells.append(f"{ua.mean() - ub.mean():+.4f} ({t.pvalue:.2g})")
         else:
