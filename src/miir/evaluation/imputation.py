@@ -63,9 +63,12 @@ METRICS: dict[FieldKind, tuple[str, ...]] = {
     FieldKind.NUMERIC: ("accuracy",),
     FieldKind.TEXT: ("mse", "nearest_hit"),
 }
-#: the metric plotted and compared per kind (MSE: lower is better)
+#: the metric plotted per kind (MSE: lower is better). Multi-valued fields: F1 of the top-k
+#: values (k = the true set size), not of the values above 0.5: on amazon-beauty no imputer
+#: puts an informative category above 0.5, so every thresholded set is the root category that
+#: every item has and the thresholded F1 of all imputers differs in the fourth decimal
 HEADLINE: dict[FieldKind, str] = {
-    FieldKind.MULTI_CATEGORICAL: "f1",
+    FieldKind.MULTI_CATEGORICAL: "f1@k",
     FieldKind.CATEGORICAL: "accuracy",
     FieldKind.NUMERIC: "accuracy",
     FieldKind.TEXT: "mse",
