@@ -7,7 +7,6 @@ cut histories, concurrent requests, and a server that survives malformed and fai
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import socket
@@ -348,16 +347,19 @@ def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -
     cmd = [sys.executable, "-m", "miir.cli", "serve", "--run", str(miir_run), "--port",
            str(port), "--workers", "2", "--no-access-log"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []  # read beside the test: waiting on /health alone saw one worker only
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "the server did not answer /health in 120 s"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
+        deadline = time.monotonic() + 180  # two processes each import torch: slow on a busy box
+        while sum("Application startup complete" in line for line in lines) < 2:
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "two workers did not start in 180 s:\n" + "".join(
+                lines
+            )
             time.sleep(0.2)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         history = walk(1, 0, 5)
         want = rec.recommend(history, k=5)
         for _ in range(6):  # fresh connections: the kernel hands them to either process
@@ -370,10 +372,12 @@ def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out = proc.communicate(timeout=30)[0]
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out = proc.communicate()[0]
+            proc.wait()
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert out.count("Application startup complete") == 2, out
 
 
