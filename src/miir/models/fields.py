@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
 from miir.errors import ConfigError
+from miir.models.softmax import softmax_cross_entropy
 
 if TYPE_CHECKING:
     from miir.data.artifact import Artifact
@@ -230,7 +231,7 @@ class CategoricalCodec(nn.Module):
 
     def loss(self, h: Tensor, values: Tensor) -> Tensor:
         """(M, e) states, (M,) true value ids -> (M,) cross-entropy."""
-        return F.cross_entropy(self.logits(h).float(), values - FIRST_VALUE_ID, reduction="none")
+        return softmax_cross_entropy(h, self.table.weight[FIRST_VALUE_ID:], values - FIRST_VALUE_ID)
 
     def predict(self, h: Tensor) -> Tensor:
         """(..., e) -> (..., V + 2) probabilities over value ids (0 for ids 0 and 1)."""

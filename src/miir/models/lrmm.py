@@ -82,6 +82,7 @@ from miir.models.fields import ID_FIELD, FieldEncoder, ItemCatalogue
 from miir.models.layers import Dropout, xavier_init
 from miir.models.masking import mii_mask
 from miir.models.sasrec import next_item_scores, nonempty_history
+from miir.models.softmax import softmax_cross_entropy
 
 __all__ = ["LRMM", "LRMMConfig"]
 
@@ -174,8 +175,8 @@ class LRMM(SequenceModel):
         """Summed losses of the ``targets`` (B, n, M) modalities, from the reconstructed
         states ``out`` (B, n, M, e): modality name -> scalar."""
         sel = targets[..., 0]  # (B, n)
-        logits = out[..., 0, :][sel] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (K, N)
-        ce = F.cross_entropy(logits.float(), items[sel] - FIRST_VALUE_ID, reduction="sum")
+        table = self.item_emb.weight[FIRST_VALUE_ID:]
+        ce = softmax_cross_entropy(out[..., 0, :][sel], table, items[sel] - FIRST_VALUE_ID).sum()
         losses = {ID_FIELD: ce}
         for j, f in enumerate(self.fields, start=1):
             sel = targets[..., j]  # (B, n)
@@ -203,8 +204,8 @@ class LRMM(SequenceModel):
         if not sel.any():
             return users.sum().float() * 0.0  # keeps the graph
         b, t, w = gather_positions(sel)  # (P,) each, P a multiple of SELECT_BLOCK
-        logits = users[b, t] @ self.item_emb.weight[FIRST_VALUE_ID:].T  # (P, N)
-        ce = F.cross_entropy(logits.float(), items[b, t + 1] - FIRST_VALUE_ID, reduction="none")
+        table = self.item_emb.weight[FIRST_VALUE_ID:]
+        ce = softmax_cross_entropy(users[b, t], table, items[b, t + 1] - FIRST_VALUE_ID)  # (P,)
         return (ce * w).sum() / w.sum()
 
     # ------------------------------------------------------------------ the contract

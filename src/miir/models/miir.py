@@ -100,6 +100,7 @@ from miir.models.batch import (
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
 from miir.models.masking import Masked, hide_last_items, last_of_sequence, mii_mask, rec_mask
+from miir.models.softmax import softmax_cross_entropy
 
 __all__ = [
     "ID_FIELD",
@@ -653,8 +654,9 @@ class MIIR(SequenceModel):
             b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
             if table is None:
                 table = self.output_table()
-            logits = out[b, t, 0] @ table[FIRST_VALUE_ID:].T  # (M, N)
-            ce = F.cross_entropy(logits.float(), items[b, t] - FIRST_VALUE_ID, reduction="none")
+            ce = softmax_cross_entropy(
+                out[b, t, 0], table[FIRST_VALUE_ID:], items[b, t] - FIRST_VALUE_ID
+            )
             losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[b, t], ce * w)
         else:
             losses[ID_FIELD] = out.new_zeros(S).float()
@@ -755,11 +757,13 @@ class MIIR(SequenceModel):
             h = self._next_state(out[b, t], ids[b, t] if ids is not None else None)  # (M, e)
             if table is None:
                 table = self.output_table()
-            logits = (h @ table[FIRST_VALUE_ID:].T).float()  # (M, N)
             target = items[b, t + 1] - FIRST_VALUE_ID  # (M,)
             if self.config.next_item_exclude_history:
+                logits = (h @ table[FIRST_VALUE_ID:].T).float()  # (M, N)
                 logits = self._without_history(logits, items, owner, b, t, target)
-            ce = F.cross_entropy(logits, target, reduction="none")
+                ce = F.cross_entropy(logits, target, reduction="none")
+            else:
+                ce = softmax_cross_entropy(h, table[FIRST_VALUE_ID:], target)
             losses = losses.index_add(0, owner[b, t], ce * w)
         return losses
 

@@ -59,7 +59,6 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -68,6 +67,7 @@ from miir.models.base import ModelConfig, SequenceModel
 from miir.models.batch import Batch, gather_positions, trim_left_padding
 from miir.models.fields import ID_FIELD, ItemCatalogue
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
+from miir.models.softmax import softmax_cross_entropy
 
 __all__ = [
     "CausalNextItemModel",
@@ -178,8 +178,9 @@ def next_item_loss(
         zero = states.sum().float() * 0.0  # keeps the graph (and DDP) happy
         return zero, {ID_FIELD: zero.detach()}
     b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
-    logits = states[b, t] @ item_weight[FIRST_VALUE_ID:].T  # (M, N)
-    ce = F.cross_entropy(logits.float(), targets[b, t] - FIRST_VALUE_ID, reduction="none")
+    ce = softmax_cross_entropy(
+        states[b, t], item_weight[FIRST_VALUE_ID:], targets[b, t] - FIRST_VALUE_ID
+    )
     loss = (ce * w).sum() / w.sum()
     return loss, {ID_FIELD: loss.detach()}
 

@@ -1,0 +1,90 @@
+"""Full-softmax cross-entropy over a table, fused and computed in chunks of rows.
+
+Every ID loss of the models here is a softmax over the whole catalogue: ``(M, e)`` states
+times the ``(N, e)`` item table gives ``(M, N)`` logits, then ``F.cross_entropy``. On a CPU
+that path is dominated not by the matrix product but by the passes over the ``(M, N)`` logits
+that autograd keeps (the float copy, the log-softmax, its backward, the zero-filled gradient
+of the gather): in a default MIIR training step they took three quarters of the time
+(``bench/bench_softmax.py``, ``bench/results/softmax.md``).
+
+:func:`softmax_cross_entropy` computes the same loss and gradients without keeping the logits:
+the forward pass runs chunks of rows, keeping only each row's log-sum-exp; the backward pass
+recomputes a chunk's logits, turns them into ``softmax - onehot`` in place, and multiplies back.
+Each chunk's logits stay small enough for the cache, and peak memory drops by the size of the
+logits and their gradients.
+
+Precision follows autocast: under an autocast context the two products run in its dtype (as
+autocast runs ``h @ table.T``), the softmax and the gradient accumulation of the table in
+float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK = 128  # rows of logits at a time: 128 x 12,101 float32 = 6 MB (64-128 were fastest)
+
+
+def _compute_dtype(h: Tensor, table: Tensor) -> torch.dtype:
+    device = h.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(h.dtype, table.dtype)
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, table: Tensor, target: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
+        dtype = _compute_dtype(h, table)
+        with torch.autocast(h.device.type, enabled=False):
+            hc, tc = h.to(dtype), table.to(dtype)
+            lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            picked = torch.empty_like(lse)
+            for start in range(0, h.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                logits = (hc[rows] @ tc.T).float()  # (c, N)
+                lse[rows] = torch.logsumexp(logits, dim=1)
+                picked[rows] = logits.gather(1, target[rows, None]).squeeze(1)
+        ctx.save_for_backward(hc, tc, target, lse)
+        ctx.chunk = chunk
+        ctx.dtypes = (h.dtype, table.dtype)
+        return lse - picked
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        hc, tc, target, lse = ctx.saved_tensors
+        need_h, need_table = ctx.needs_input_grad[:2]
+        grad_h = torch.empty_like(hc) if need_h else None
+        grad_table = torch.zeros(tc.shape, dtype=torch.float32, device=tc.device)
+        grad = grad.float()
+        with torch.autocast(hc.device.type, enabled=False):
+            for start in range(0, hc.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                probs = (hc[rows] @ tc.T).float()  # (c, N): recomputed
+                probs.sub_(lse[rows, None]).exp_()  # softmax
+                idx = torch.arange(probs.shape[0], device=probs.device)
+                probs[idx, target[rows]] -= 1.0  # d ce / d logits
+                d = probs.mul_(grad[rows, None]).to(hc.dtype)
+                if grad_h is not None:
+                    grad_h[rows] = d @ tc
+                if need_table:
+                    grad_table += (d.T @ hc[rows]).float()
+        h_dtype, table_dtype = ctx.dtypes
+        return (
+            grad_h.to(h_dtype) if grad_h is not None else None,
+            grad_table.to(table_dtype) if need_table else None,
+            None,
+            None,
+        )
+
+
+def softmax_cross_entropy(h: Tensor, table: Tensor, target: Tensor, chunk: int = CHUNK) -> Tensor:
+    """(M, e) states, (N, e) table, (M,) target rows of the table -> (M,) float32
+    cross-entropy of ``softmax(h @ table.T)``: ``F.cross_entropy((h @ table.T).float(), target,
+    reduction="none")`` without keeping the ``(M, N)`` logits (see the module's docstring)."""
+    if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
+        raise ValueError(f"states {tuple(h.shape)} and table {tuple(table.shape)} do not match")
+    if target.shape != h.shape[:1]:
+        raise ValueError(f"{target.shape[0]} targets for {h.shape[0]} states")
+    return _SoftmaxCrossEntropy.apply(h, table, target, chunk)
