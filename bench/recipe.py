@@ -309,6 +309,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
         {"max_epochs": 60, "patience": 10},
     ),
+    # the default's validation curve is flat over its last ten epochs at the constant lr 1e-3:
+    # a cosine decay to 0 at the budget's end (the "learning rate, warm-up and decay")
+    "item-norm-mask-0.3-cosine-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
+        {"max_epochs": 40, "patience": 8, "lr_schedule": "cosine"},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
