@@ -315,19 +315,6 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
         {"max_epochs": 40, "patience": 8, "lr_schedule": "cosine"},
     ),
-    # issue 10: the categories head is timid (Table 11: F1 below LRMM's; hardly any category
-    # gets a probability above 0.5) and Eq. 11 averages its loss over the 236 values, so beside
-    # the item-ID losses it weighs little. Run on the discard data (`--data artifacts/beauty-d`),
-    # then score with bench/imputation.py against the default's Beauty D run
-    "item-norm-mask-0.3-cat-30-40": (
-        {
-            **DEFAULT,
-            "loss_mean": "item",
-            "mask_prob": 0.3,
-            "field_weights": {"item_id": 3.0, "categories": 30.0},
-        },
-        {"max_epochs": 40, "patience": 8},
-    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
