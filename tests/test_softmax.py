@@ -69,6 +69,12 @@ def test_a_table_without_gradient_and_a_state_without_gradient() -> None:
     table.grad = None
     reference(h, table, target).sum().backward()
     torch.testing.assert_close(want, table.grad)
+    # a frozen table: only the states get a gradient
+    table, h = table.detach(), h.clone().requires_grad_()
+    softmax_cross_entropy(h, table, target, 4).sum().backward()
+    want, h.grad = h.grad.clone(), None
+    reference(h, table, target).sum().backward()
+    torch.testing.assert_close(want, h.grad)
 
 
 def test_mismatched_shapes_are_named() -> None:

@@ -57,7 +57,9 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         hc, tc, target, lse = ctx.saved_tensors
         need_h, need_table = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hc) if need_h else None
-        grad_table = torch.zeros(tc.shape, dtype=torch.float32, device=tc.device)
+        grad_table = (
+            torch.zeros(tc.shape, dtype=torch.float32, device=tc.device) if need_table else None
+        )
         grad = grad.float()
         with torch.autocast(hc.device.type, enabled=False):
             for start in range(0, hc.shape[0], ctx.chunk):
@@ -69,12 +71,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
                 d = probs.mul_(grad[rows, None]).to(hc.dtype)
                 if grad_h is not None:
                     grad_h[rows] = d @ tc
-                if need_table:
+                if grad_table is not None:
                     grad_table += (d.T @ hc[rows]).float()
         h_dtype, table_dtype = ctx.dtypes
         return (
             grad_h.to(h_dtype) if grad_h is not None else None,
-            grad_table.to(table_dtype) if need_table else None,
+            grad_table.to(table_dtype) if grad_table is not None else None,
             None,
             None,
         )
