@@ -2,8 +2,12 @@
 (issue 9's goal: peak training memory under 1 GB).
 
 Each phase runs in a fresh process (peak RSS, ``ru_maxrss``, is per process and never goes
-down), with glibc malloc tuned (``miir.runtime.keep_freed_memory``, the default) and untuned
-(``MIIR_MALLOC_TUNING=0``):
+down), ``--reps`` times (the median is reported: the peaks of identical runs spread by
+hundreds of MiB, see recipe.md), as the code runs today (glibc malloc tuned,
+``miir.runtime.keep_freed_memory``; evaluation batches scored in chunks of
+``miir.evaluation.evaluate.SCORE_CHUNK`` rows, with the kept memory released around each
+pass); the phases that evaluate also as before that change (``before``: whole batches, no
+release), and with ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
 - ``setup``: + the artifact, the model and the training windows;
@@ -14,7 +18,11 @@ down), with glibc malloc tuned (``miir.runtime.keep_freed_memory``, the default)
   process, as ``miir train`` runs it;
 - ``eval``: ``evaluate_run`` on the validation split at two evaluation batch sizes.
 
-Memory does not depend on how busy the cores are, so this runs beside other work.
+The evaluation's time (``evaluate_run`` on the validation split, 512 users per batch, one
+thread) is measured for today's code and ``before`` in interleaved rounds, as a ratio.
+
+Memory does not depend on how busy the cores are, so this runs beside other work; the
+evaluation time does (its ratio less so).
 
     python bench/bench_memory.py --data artifacts/beauty
 """
@@ -39,6 +47,10 @@ import torch
 torch.set_num_threads(1)
 phase, data, steps, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 from miir.training.train import TrainConfig, build_model, evaluate_run, train
+if sys.argv[5] == "before":  # evaluation before issue 9's change: whole batches, no release
+    import miir.evaluation.evaluate as ev, miir.training.module as mod
+    ev.SCORE_CHUNK = 1 << 30
+    ev.release_freed_memory = mod.release_freed_memory = lambda: False
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out = {"imports": peak()}
@@ -70,16 +82,21 @@ elif phase in ("fit", "fit+val", "train"):
           stages=("valid", "test") if phase == "train" else ())
     out[phase] = peak()
 elif phase.startswith("eval"):
+    import time
+    start = time.perf_counter()
     evaluate_run(run, stages=("valid",), eval_batch_size=int(phase.split("@")[1]))
+    out["seconds"] = time.perf_counter() - start
     out[phase] = peak()
 print("RESULT " + json.dumps(out))
 """.replace("FIELDS", repr(FIELDS))
 
 
-def run_phase(phase: str, data: str, steps: int, run: str, tuned: bool) -> dict[str, float]:
-    env = {**os.environ, "MIIR_MALLOC_TUNING": "1" if tuned else "0"}
+def run_phase(
+    phase: str, data: str, steps: int, run: str, tuned: bool, arm: str = "today"
+) -> dict[str, float]:
+    env = {**os.environ, "MIIR_MALLOC_TUNING": "1" if tuned else "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, phase, data, str(steps), run],
+        [sys.executable, "-c", CHILD, phase, data, str(steps), run, arm],
         env=env,
         capture_output=True,
         text=True,
@@ -92,28 +109,44 @@ def run_phase(phase: str, data: str, steps: int, run: str, tuned: bool) -> dict[
     return json.loads(line[len("RESULT ") :])
 
 
+EVAL_PHASES = ("fit+val", "eval@512", "eval@128", "train")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data", default="artifacts/beauty")
     ap.add_argument("--steps", type=int, default=30, help="Training steps per phase.")
+    ap.add_argument("--reps", type=int, default=3, help="Runs of each phase (median).")
+    ap.add_argument("--untuned", action="store_true", help="Also with MIIR_MALLOC_TUNING=0.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
+
+    from statistics import median
 
     from miir.atomic import atomic_json, atomic_write_text
     from miir.benchmark import git_commit
     from miir.runtime import machine_info
 
     phases = ["imports", "setup", "steps", "fit", "fit+val", "eval@512", "eval@128", "train"]
+    arms = [("today", True), ("before", True)] + ([("today", False)] if args.untuned else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = str(Path(tmp) / "run")
-        for tuned in (True, False):
-            for phase in phases:
-                got = run_phase(phase, args.data, args.steps, run, tuned)
-                rows.append({"phase": phase, "malloc_tuned": tuned, "peak_mib": got[phase]})
-                print(f"{phase:10s} tuned={tuned!s:5s} peak {got[phase]:7.0f} MiB", flush=True)
+        for rep in range(args.reps):  # repetitions interleave the arms (the time ratio)
+            for arm, tuned in arms:
+                for phase in phases:
+                    if arm == "before" and phase not in EVAL_PHASES:
+                        continue  # the same code as today
+                    got = run_phase(phase, args.data, args.steps, run, tuned, arm)
+                    row = {"phase": phase, "arm": arm, "malloc_tuned": tuned, "rep": rep}
+                    row.update(peak_mib=got[phase], seconds=got.get("seconds"))
+                    rows.append(row)
+                    print(
+                        f"{phase:10s} {arm:6s} tuned={tuned!s:5s} peak {got[phase]:7.0f} MiB",
+                        flush=True,
+                    )
     record = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -121,24 +154,57 @@ def main() -> None:
         "machine": machine_info(),
         "data": args.data,
         "steps": args.steps,
+        "reps": args.reps,
         "rows": rows,
     }
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "memory.json", record)
-    by = {(r["phase"], r["malloc_tuned"]): r["peak_mib"] for r in rows}
+
+    def cell(phase: str, arm: str, tuned: bool, key: str = "peak_mib") -> str:
+        got = [
+            r[key] for r in rows if (r["phase"], r["arm"], r["malloc_tuned"]) == (phase, arm, tuned)
+        ]
+        if not got:
+            return "-"
+        fmt = "{:.0f}" if key == "peak_mib" else "{:.1f}"
+        spread = f" ({fmt.format(min(got))}-{fmt.format(max(got))})" if len(got) > 1 else ""
+        return fmt.format(median(got)) + spread
+
+    head = ["phase", "peak MiB, today (default)", "peak MiB, before (whole batches, no release)"]
+    if args.untuned:
+        head.append("peak MiB, today with `MIIR_MALLOC_TUNING=0`")
     lines = [
         "# Peak resident memory of MIIR training and evaluation (issue 9: under 1 GB)",
         "",
         f"`python bench/{record['command']}` at {str(record.get('commit'))[:10]}, "
-        f"{record['date']}; MIIR default recipe, fields {', '.join(FIELDS)}, batch 128, "
-        f"{args.steps} steps, 1 thread. Each phase is a fresh process; peak RSS (`ru_maxrss`) "
-        "includes the phases before it.",
+        f"{record['date']}; {record['machine'].get('cpu', '')}; MIIR default recipe, fields "
+        f"{', '.join(FIELDS)}, batch 128, {args.steps} steps, 1 thread. Each phase is a fresh "
+        "process; peak RSS (`ru_maxrss`) includes the phases before it. Cells: median of "
+        f"{args.reps} runs (range). *Before*: evaluation as it was before issue 9's change "
+        "(each batch of 512 users scored in one forward pass, and the memory malloc keeps never "
+        "released); today it is scored in forward passes of 128 and the kept memory is released "
+        "before and after each evaluation pass.",
         "",
-        "| phase | peak MiB, malloc tuned (default) | peak MiB, `MIIR_MALLOC_TUNING=0` |",
-        "|---|---:|---:|",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
     ]
     for phase in phases:
-        lines.append(f"| {phase} | {by[(phase, True)]:.0f} | {by[(phase, False)]:.0f} |")
+        cells = [cell(phase, "today", True), cell(phase, "before", True)]
+        if args.untuned:
+            cells.append(cell(phase, "today", False))
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    today = [r["seconds"] for r in rows if r["phase"] == "eval@512" and r["arm"] == "today"]
+    before = [r["seconds"] for r in rows if r["phase"] == "eval@512" and r["arm"] == "before"]
+    if today and before:
+        ratios = [t / b for t, b in zip(today, before, strict=True)]
+        lines += [
+            "",
+            "Evaluation time (`evaluate_run`, validation split, 512 users per batch, 1 thread, "
+            f"rounds interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, before "
+            f"{cell('eval@512', 'before', True, 'seconds')} s; ratio today / before, median of "
+            f"the rounds: {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}).",
+        ]
     atomic_write_text(out / "memory.md", "\n".join(lines) + "\n")
     print(f"written {out / 'memory.md'}")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import N_ITEMS, gen, random_catalogue, random_windows, small_model
+from miir.evaluation import evaluate
 from miir.models import REGISTRY
 from miir.models.base import Imputer, SequenceModel
 from miir.models.batch import make_batch
@@ -97,6 +98,20 @@ def test_scores_do_not_depend_on_padding_or_other_rows(name: str) -> None:
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     assert torch.allclose(model.score(history[perm]), scores[perm], atol=1e-5)
     assert torch.allclose(model.score(history[:1]), scores[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_scoring_is_the_same_scoring(name: str, monkeypatch) -> None:
+    """Evaluation scores a batch in forward passes of SCORE_CHUNK rows (issue 9: memory); the
+    scores are those of one pass, whatever the chunks' padding."""
+    model = small(name).eval()
+    history = windows(B=7, n=MAX_LEN - 1, seed=5)
+    with torch.no_grad():
+        whole = model.score(history)
+        monkeypatch.setattr(evaluate, "SCORE_CHUNK", 3)  # chunks of 3, 3 and 1 rows
+        chunked = evaluate.score_in_chunks(model.score, history)
+    assert chunked.shape == whole.shape and chunked.dtype == whole.dtype
+    assert torch.allclose(chunked, whole, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

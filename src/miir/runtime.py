@@ -62,6 +62,26 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def release_freed_memory() -> bool:
+    """Hand the freed memory that :func:`keep_freed_memory` keeps back to the system
+    (``malloc_trim(0)``, which also returns free pages inside the heap); does nothing unless
+    that tuning is active. Returns whether it ran.
+
+    Called around each evaluation pass (a validation epoch, a final evaluation): evaluation
+    allocates blocks of other sizes than training, in batches of growing history length, and
+    the heap that keeps every freed block grows with the holes they leave (issue 9:
+    ``bench/results/memory.md``). Once per pass costs nothing measurable; after every batch it
+    bounds memory a little more but makes evaluation about 1.2x slower (page faults on the
+    memory handed back), so it is not done."""
+    if not _applied:
+        return False
+    trim = getattr(libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 # ---------------------------------------------------------------------------- precision
 
 PRECISIONS = ("auto", "32-true", "bf16")

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from miir.evaluation.evaluate import ProtocolRanks
+from miir.evaluation.evaluate import ProtocolRanks, score_in_chunks
 from miir.models.base import SequenceModel
 from miir.models.batch import BatchMode, make_batch
+from miir.runtime import release_freed_memory
 
 
 def step_seed(*parts: int) -> int:
@@ -84,14 +85,16 @@ class SequenceModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.ranks = ProtocolRanks()
+        release_freed_memory()  # what training freed, so that evaluation starts from what is live
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         history, target, negatives, seen = batch  # (B, n - 1), (B,), (B, K), (B, S)
         with self._autocast():
-            scores = self.model.score(history)  # (B, N + 2)
+            scores = score_in_chunks(self.model.score, history)  # (B, N + 2)
         self.ranks.update(scores.float(), target, negatives, seen)
 
     def on_validation_epoch_end(self) -> None:
+        release_freed_memory()
         if not len(self.ranks.full):
             return
         for protocol, metrics in self.ranks.compute().items():
