@@ -30,13 +30,12 @@ evaluation time does (its ratio less so).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from childproc import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("categories", "brand", "title")
@@ -94,19 +93,8 @@ print("RESULT " + json.dumps(out))
 def run_phase(
     phase: str, data: str, steps: int, run: str, tuned: bool, arm: str = "today"
 ) -> dict[str, float]:
-    env = {**os.environ, "MIIR_MALLOC_TUNING": "1" if tuned else "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, phase, data, str(steps), run, arm],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT ") :])
+    env = {"MIIR_MALLOC_TUNING": "1" if tuned else "0"}
+    return run_child(CHILD, phase, data, str(steps), run, arm, env=env)
 
 
 EVAL_PHASES = ("fit+val", "eval@512", "eval@128", "train")

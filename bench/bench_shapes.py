@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from childproc import PROC_MEMORY, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ["categories", "brand", "title"]
@@ -82,9 +82,7 @@ from bench_shapes import CHECKPOINTS, setup, train_step
 data, steps, blocked, bf16 = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 if not blocked:
     mb.SELECT_BLOCK, mb.ROW_BLOCK = 1, 1
-def mem():
-    d = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
-    return {k: int(v.split()[0]) / 1024 for k, v in d.items()}
+PROC_MEMORY
 model, windows, opt, g = setup(data)
 out = {"start": mem()["VmRSS"]}
 for step in range(1, steps + 1):
@@ -93,22 +91,11 @@ for step in range(1, steps + 1):
         out[str(step)] = mem()["VmRSS"]
 out["peak"] = mem()["VmHWM"]
 print("RESULT " + json.dumps(out))
-""".replace("BENCH", repr(str(ROOT / "bench")))
+""".replace("BENCH", repr(str(ROOT / "bench"))).replace("PROC_MEMORY", PROC_MEMORY)
 
 
 def memory_run(data: str, steps: int, blocked: bool, bf16: bool) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, data, str(steps), str(int(blocked)), str(int(bf16))],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"memory run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT ") :])
+    return run_child(CHILD, data, str(steps), str(int(blocked)), str(int(bf16)))
 
 
 def timing(data: str, rounds: int, steps: int) -> dict[str, object]:

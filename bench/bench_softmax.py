@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from childproc import PROC_MEMORY, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["categories", "brand", "title"]
@@ -165,9 +165,7 @@ from bench_softmax import FIELDS, build, form, step_fn
 from miir.runtime import keep_freed_memory
 keep_freed_memory()
 data, steps, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def mem():
-    d = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM")))
-    return {k: int(v.split()[0]) / 1024 for k, v in d.items()}
+PROC_MEMORY
 model, windows = build(data, "miir", {"fields": FIELDS})
 start = mem()["VmRSS"]
 step = step_fn(model, windows, bf16=True)
@@ -177,22 +175,11 @@ with form(name):
         step(torch.randint(len(windows), (128,), generator=g), i)
 m = mem()
 print("RESULT " + json.dumps({"start": start, "end": m["VmRSS"], "peak": m["VmHWM"]}))
-""".replace("BENCH", repr(str(ROOT / "bench")))
+""".replace("BENCH", repr(str(ROOT / "bench"))).replace("PROC_MEMORY", PROC_MEMORY)
 
 
 def memory(data: str, steps: int, name: str) -> dict[str, float]:
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, data, str(steps), name],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"memory run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT ") :])
+    return run_child(CHILD, data, str(steps), name)
 
 
 def main() -> None:
