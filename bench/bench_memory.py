@@ -6,8 +6,11 @@ down), ``--reps`` times (the median is reported: the peaks of identical runs spr
 hundreds of MiB, see recipe.md), as the code runs today (glibc malloc tuned,
 ``miir.runtime.keep_freed_memory``; evaluation batches scored in chunks of
 ``miir.evaluation.evaluate.SCORE_CHUNK`` rows, with the kept memory released around each
-pass); the phases that evaluate also as before that change (``before``: whole batches, no
-release), and with ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
+pass and the ranks written into buffers allocated before it; the finished trainer's reference
+cycles collected before the final evaluation); the phases that evaluate also as before those
+changes (``before``), ``fit+val``, ``eval@512`` and ``train`` also without the rank buffers
+alone (``no-buffer``), ``train`` also without the collection alone (``no-collect``), and with
+``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
 - ``setup``: + the artifact, the model and the training windows;
@@ -21,8 +24,9 @@ release), and with ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=
 The evaluation's time (``evaluate_run`` on the validation split, 512 users per batch, one
 thread) is measured for today's code and ``before`` in interleaved rounds, as a ratio.
 
-Memory does not depend on how busy the cores are, so this runs beside other work; the
-evaluation time does (its ratio less so).
+The memory measured does not depend on how busy the cores are (where malloc places blocks
+varies from run to run either way), so this runs beside other work; the evaluation time does
+(its ratio less so). ``--phases`` measures a subset and carries the other rows over.
 
     python bench/bench_memory.py --data artifacts/beauty
 """
@@ -30,6 +34,7 @@ evaluation time does (its ratio less so).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -46,8 +51,16 @@ import torch
 torch.set_num_threads(1)
 phase, data, steps, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 from miir.training.train import TrainConfig, build_model, evaluate_run, train
-if sys.argv[5] == "before":  # evaluation before issue 9's change: whole batches, no release
-    import miir.evaluation.evaluate as ev, miir.training.module as mod
+import types
+import miir.evaluation.evaluate as ev, miir.evaluation.metrics as me
+import miir.training.module as mod, miir.training.train as tr
+arm = sys.argv[5]
+if arm in ("before", "no-collect"):  # no cycle collection after training
+    tr.gc = types.SimpleNamespace(collect=lambda: 0)
+if arm in ("before", "no-buffer"):  # ranks kept batch by batch, no buffers
+    _init = me.RankAccumulator.__init__
+    me.RankAccumulator.__init__ = lambda self, capacity=0, device=None: _init(self)
+if arm == "before":  # evaluation before issue 9's change: whole batches, no release
     ev.SCORE_CHUNK = 1 << 30
     ev.release_freed_memory = mod.release_freed_memory = lambda: False
 def peak():
@@ -97,7 +110,20 @@ def run_phase(
     return run_child(CHILD, phase, data, str(steps), run, arm, env=env)
 
 
+PHASES = ("imports", "setup", "steps", "fit", "fit+val", "eval@512", "eval@128", "train")
 EVAL_PHASES = ("fit+val", "eval@512", "eval@128", "train")
+ARMS = {  # arm: the phases where it differs from today's code
+    "today": PHASES,
+    "before": EVAL_PHASES,
+    "no-buffer": ("fit+val", "eval@512", "train"),
+    "no-collect": ("train",),  # the collection only runs between training and evaluation
+}
+ARM_HEADS = {
+    "today": "today (default)",
+    "before": "before (whole batches, no release, no buffers, no collection)",
+    "no-buffer": "today without the rank buffers",
+    "no-collect": "today without the collection",
+}
 
 
 def main() -> None:
@@ -108,6 +134,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="Training steps per phase.")
     ap.add_argument("--reps", type=int, default=3, help="Runs of each phase (median).")
     ap.add_argument("--untuned", action="store_true", help="Also with MIIR_MALLOC_TUNING=0.")
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="Comma-separated subset of the phases; the others' rows are carried over from the "
+        "previous record (named in the table).",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
@@ -117,15 +149,16 @@ def main() -> None:
     from miir.benchmark import git_commit
     from miir.runtime import machine_info
 
-    phases = ["imports", "setup", "steps", "fit", "fit+val", "eval@512", "eval@128", "train"]
-    arms = [("today", True), ("before", True)] + ([("today", False)] if args.untuned else [])
+    phases = [p for p in PHASES if p in args.phases.split(",")]
+    arms = [(arm, True) for arm in ARMS]
+    arms += [("today", False)] if args.untuned else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = str(Path(tmp) / "run")
         for rep in range(args.reps):  # repetitions interleave the arms (the time ratio)
             for arm, tuned in arms:
                 for phase in phases:
-                    if arm == "before" and phase not in EVAL_PHASES:
+                    if phase not in ARMS[arm]:
                         continue  # the same code as today
                     got = run_phase(phase, args.data, args.steps, run, tuned, arm)
                     row = {"phase": phase, "arm": arm, "malloc_tuned": tuned, "rep": rep}
@@ -147,6 +180,21 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    carried = ""
+    if set(phases) != set(PHASES) and (out / "memory.json").is_file():
+        old = json.loads((out / "memory.json").read_text(encoding="utf-8"))
+        commit = str(old.get("commit"))[:10]
+        kept = [r for r in old["rows"] if r["phase"] not in phases]
+        for r in kept:
+            r.setdefault("carried_from", commit)
+        rows += kept
+        names = sorted({r["phase"] for r in kept}, key=PHASES.index)
+        if names:
+            carried = (
+                f" The rows {', '.join(names)} are carried over from the record at "
+                f"{kept[0]['carried_from']} (`--phases` measured only {', '.join(phases)})."
+            )
+        phases = [p for p in PHASES if p in phases or p in names]
     atomic_json(out / "memory.json", record)
 
     def cell(phase: str, arm: str, tuned: bool, key: str = "peak_mib") -> str:
@@ -159,7 +207,7 @@ def main() -> None:
         spread = f" ({fmt.format(min(got))}-{fmt.format(max(got))})" if len(got) > 1 else ""
         return fmt.format(median(got)) + spread
 
-    head = ["phase", "peak MiB, today (default)", "peak MiB, before (whole batches, no release)"]
+    head = ["phase"] + [f"peak MiB, {ARM_HEADS[arm]}" for arm in ARMS]
     if args.untuned:
         head.append("peak MiB, today with `MIIR_MALLOC_TUNING=0`")
     lines = [
@@ -172,13 +220,18 @@ def main() -> None:
         f"{args.reps} runs (range). *Before*: evaluation as it was before issue 9's change "
         "(each batch of 512 users scored in one forward pass, and the memory malloc keeps never "
         "released); today it is scored in forward passes of 128 and the kept memory is released "
-        "before and after each evaluation pass.",
+        "before and after each evaluation pass, the ranks go into buffers allocated before the "
+        "pass, and the finished trainer's reference cycles are collected before the final "
+        "evaluation. *Without the rank buffers*: each batch's ranks kept as their own small "
+        "tensor (malloc places them in the holes that freed score matrices leave, and the heap "
+        "grows). *Without the collection*: no `gc.collect()` between training and the final "
+        f"evaluation (it only differs there).{carried}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
     ]
     for phase in phases:
-        cells = [cell(phase, "today", True), cell(phase, "before", True)]
+        cells = [cell(phase, arm, True) for arm in ARMS]
         if args.untuned:
             cells.append(cell(phase, "today", False))
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")

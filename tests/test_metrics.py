@@ -322,6 +322,26 @@ def test_accumulator_merge_and_from_ranks() -> None:
         a.compute()  # no ranks: the means are undefined
 
 
+@pytest.mark.parametrize("capacity", [0, 2, 5, 6, 50])
+def test_accumulator_with_a_buffer_keeps_the_same_ranks(capacity: int) -> None:
+    """Ranks copied into a buffer allocated up front (and beyond it, kept batch by batch)
+    come back in update order, whatever the capacity; later updates and reset still work."""
+    batches = [_ranks(1, 3), _ranks(12), _ranks(2, 7, 4)]
+    acc = RankAccumulator(capacity)
+    for b in batches:
+        acc.update(b)
+    batches[0][0] = 99  # a buffered accumulator holds a copy, not the caller's tensor
+    want = [1, 3, 12, 2, 7, 4] if capacity else [99, 3, 12, 2, 7, 4]
+    assert len(acc) == 6
+    assert acc.ranks().tolist() == want
+    acc.update(_ranks(5))
+    assert acc.ranks().tolist() == [*want, 5]
+    assert acc.compute() == metrics_from_ranks(torch.tensor([*want, 5]))
+    acc.reset()
+    acc.update(_ranks(8, 9))
+    assert len(acc) == 2 and acc.ranks().tolist() == [8, 9]
+
+
 def test_accumulator_rejects_bad_ranks() -> None:
     with pytest.raises(ValueError):
         RankAccumulator().update(_ranks(0))

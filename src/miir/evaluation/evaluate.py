@@ -65,10 +65,12 @@ def score_in_chunks(score_fn: Callable[[Tensor], Tensor], history: Tensor) -> Te
 class ProtocolRanks:
     """Accumulates the rank of each target under every protocol from full-catalogue scores."""
 
-    def __init__(self) -> None:
-        self.full = RankAccumulator()
-        self.full_masked = RankAccumulator()
-        self.sampled = RankAccumulator()
+    def __init__(self, capacity: int = 0, device: torch.device | str | None = None) -> None:
+        """``capacity``: the number of users expected (their ranks go into buffers allocated
+        now, see :class:`RankAccumulator`); 0 if unknown."""
+        self.full = RankAccumulator(capacity, device)
+        self.full_masked = RankAccumulator(capacity, device)
+        self.sampled = RankAccumulator(capacity, device)
 
     def update(self, scores: Tensor, target: Tensor, negatives: Tensor, seen: Tensor) -> None:
         """scores (B, N + 2) over item ids; target (B,); negatives (B, K); seen (B, S) the
@@ -108,10 +110,10 @@ def evaluate_scores(
     (:func:`miir.models.batch.trim_left_padding`) does less work; rows are independent, so the
     order changes no score. Each batch is scored in forward passes of at most
     :data:`SCORE_CHUNK` rows, and the memory that malloc keeps is handed back before and after
-    the pass (:func:`miir.runtime.release_freed_memory`), which bounds evaluation's memory
-    (issue 9)."""
-    acc = ProtocolRanks()
+    the pass (:func:`miir.runtime.release_freed_memory`), and the ranks go into buffers
+    allocated before the first batch, which bounds evaluation's memory (issue 9)."""
     release_freed_memory()
+    acc = ProtocolRanks(len(target), device)
     order = torch.argsort((history != 0).sum(1), stable=True)  # (U,)
     for start in range(0, len(target), batch_size):
         idx = order[start : start + batch_size]

@@ -244,24 +244,51 @@ class RankAccumulator:
     Ranks stay on the device they arrive on (no host sync per batch). For distributed
     evaluation, gather :meth:`ranks` (or :meth:`state`) from every process, then build the
     global accumulator with :meth:`from_ranks` or :meth:`merge`.
+
+    With ``capacity`` (the number of ranks expected, on ``device``), the ranks are copied into
+    one buffer allocated up front instead of being kept batch by batch: on a CPU, each kept
+    batch is a small long-lived block that malloc may carve out of the hole a freed score
+    matrix left, so that the next batch's scores no longer fit there and the heap grows by
+    their size, batch after batch (issue 9: an evaluation pass grew by ~47 MiB every other
+    batch in some runs). Ranks beyond the capacity, or on another device, are kept batch by
+    batch as without it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0, device: torch.device | str | None = None) -> None:
         self._chunks: list[torch.Tensor] = []
+        self._buffer = (
+            torch.empty(capacity, dtype=torch.long, device=device) if capacity > 0 else None
+        )
+        self._filled = 0
 
     def update(self, ranks: torch.Tensor) -> None:
         """Add a batch of (b,) integer 1-based ranks."""
-        ranks = _check_ranks(ranks)
-        self._chunks.append(ranks.detach().to(torch.long))
+        ranks = _check_ranks(ranks).detach()
+        buf, n = self._buffer, len(ranks)
+        if (
+            buf is not None
+            and not self._chunks
+            and self._filled + n <= len(buf)
+            and ranks.device == buf.device
+        ):
+            buf[self._filled : self._filled + n] = ranks
+            self._filled += n
+        else:
+            self._chunks.append(ranks.to(torch.long))
 
     def ranks(self) -> torch.Tensor:
         """All ranks so far, (N,) long, in update order (empty if none)."""
-        if not self._chunks:
+        parts = self._chunks
+        if self._filled:
+            parts = [self._buffer[: self._filled], *self._chunks]  # type: ignore[index]
+        if not parts:
             return torch.empty(0, dtype=torch.long)
-        if len(self._chunks) > 1:
-            device = self._chunks[0].device
-            self._chunks = [torch.cat([c.to(device) for c in self._chunks])]
-        return self._chunks[0]
+        if len(parts) > 1:
+            device = parts[0].device
+            self._chunks = [torch.cat([c.to(device) for c in parts])]
+            self._buffer, self._filled = None, 0
+            return self._chunks[0]
+        return parts[0]
 
     def compute(self, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
         """The metrics over every rank so far (see :func:`metrics_from_ranks`)."""
@@ -288,11 +315,12 @@ class RankAccumulator:
         return self
 
     def reset(self) -> None:
-        """Forget every rank."""
+        """Forget every rank (the buffer, if any, is kept for reuse)."""
         self._chunks.clear()
+        self._filled = 0
 
     def __len__(self) -> int:
-        return sum(int(c.numel()) for c in self._chunks)
+        return self._filled + sum(int(c.numel()) for c in self._chunks)
 
 
 def _metric_key(metric: str, k: int | None) -> str:

@@ -84,8 +84,8 @@ class SequenceModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self.ranks = ProtocolRanks()
         release_freed_memory()  # what training freed, so that evaluation starts from what is live
+        self.ranks = ProtocolRanks(_validation_rows(self.trainer), self.device)
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         history, target, negatives, seen = batch  # (B, n - 1), (B,), (B, K), (B, S)
@@ -128,6 +128,19 @@ class SequenceModule(L.LightningModule):
             opt, partial(lr_factor, warmup=self.warmup_steps, total=total, schedule=self.schedule)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _validation_rows(trainer: L.Trainer) -> int:
+    """How many validation rows this process can see at most (the rank buffers' size; 0 if
+    the loaders have no sized dataset)."""
+    loaders = trainer.val_dataloaders
+    if loaders is None:
+        return 0
+    loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+    try:
+        return sum(len(loader.dataset) for loader in loaders)
+    except (AttributeError, TypeError):
+        return 0
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:

@@ -13,6 +13,7 @@ A run folder holds:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -421,6 +422,12 @@ def train(
             resume=resume,
         )
         fitted[stage] = {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
+        # the finished trainer, its optimizer state and its loops form reference cycles that
+        # only the cycle collector frees: collect them now, before the next stage or the
+        # final evaluation (which reloads the best checkpoint) allocates on top of them
+        # (about 90 MiB on amazon-beauty; issue 9, bench/results/memory.md)
+        gc.collect()
+    del net
     seconds = time.perf_counter() - started
     results = {"run": run_info, "stages": fitted, "train_seconds": seconds}
     if _is_rank_zero():
