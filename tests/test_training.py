@@ -16,7 +16,7 @@ from miir.data.artifact import Artifact
 from miir.models import variant_config
 from miir.training.checkpoint import load_checkpoint
 from miir.training.data import LengthBuckets, eval_rows, row_lengths, training_windows
-from miir.training.module import SequenceModule
+from miir.training.module import SequenceModule, _validation_rows
 from miir.training.train import ConfiguredEarlyStopping, TrainConfig, train, training_loader
 
 FAST = dict(batch_size=32, lr=3e-3, patience=100, progress=False, threads=2)
@@ -139,6 +139,24 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(
     train(planted_artifact, tmp_path / "r", "miir", small_model(), cfg, resume=True)
     resumed = (tmp_path / "r" / "logs" / "main-resumed1" / "metrics.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in resumed[1:]} == {"2"}  # only the lost epoch again
+
+
+def test_validation_ranks_fill_one_buffer_sized_to_the_split(
+    planted_artifact, tmp_path, monkeypatch
+) -> None:
+    """Each validation epoch sizes its rank buffers to the validation split (ranks kept batch
+    by batch fragment the heap, issue 9) and ranks every validation user."""
+    seen = []
+    original = SequenceModule.on_validation_epoch_end
+
+    def record(self) -> None:
+        seen.append((_validation_rows(self.trainer), len(self.ranks.full)))
+        original(self)
+
+    monkeypatch.setattr(SequenceModule, "on_validation_epoch_end", record)
+    cfg = TrainConfig(max_epochs=2, limit_train_batches=2, **FAST)
+    train(planted_artifact, tmp_path / "v", "miir", small_model(), cfg, stages=())
+    assert seen == [(240, 240)] * 2  # 240 planted users
 
 
 def test_resumed_early_stopping_keeps_the_configured_patience() -> None:
