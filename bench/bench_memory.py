@@ -24,9 +24,10 @@ alone (``no-buffer``), ``train`` also without the collection alone (``no-collect
 The evaluation's time (``evaluate_run`` on the validation split, 512 users per batch, one
 thread) is measured for today's code and ``before`` in interleaved rounds, as a ratio.
 
-The memory measured does not depend on how busy the cores are (where malloc places blocks
-varies from run to run either way), so this runs beside other work; the evaluation time does
-(its ratio less so). ``--phases`` measures a subset and carries the other rows over.
+Peaks vary from run to run with where malloc happens to place blocks (hence the medians);
+this runs beside other work, which slows the evaluation time (its ratio less so). ``--phases``
+measures a subset and carries the other rows over from the previous record, named in the
+table with its commit (their code may predate changes measured since).
 
     python bench/bench_memory.py --data artifacts/beauty
 """
