@@ -40,7 +40,9 @@ def test_loss_and_gradients_equal_cross_entropy_in_float32(m, n, e, chunk, seed)
     got = run(lambda h, t, y: softmax_cross_entropy(h, t, y, chunk), h0, t0, target, weights)
     assert got[0].dtype == torch.float32 and got[0].shape == (m,)
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        # float32 sums in another order: a flaky 1.09e-05 at 1e-5 (seed 38224); a wrong softmax
+        # or gradient is off by orders of magnitude more
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-5)
 
 
 def test_under_bf16_autocast_it_is_as_close_to_float32_as_the_autocast_reference() -> None:
