@@ -159,6 +159,31 @@ def test_validation_ranks_fill_one_buffer_sized_to_the_split(
     assert seen == [(240, 240)] * 2  # 240 planted users
 
 
+def test_no_trainer_outlives_its_stage(planted_artifact, tmp_path, monkeypatch) -> None:
+    """By the final evaluation every stage's trainer is gone, with its module, optimizer state
+    and validation rows (a callback kept past ``fit`` held them all through Lightning's bound
+    ``log`` methods: issue 9, ~350 MiB of heap on amazon-beauty)."""
+    import gc
+
+    import lightning as L
+
+    import miir.training.train as train_module
+
+    alive = []
+    original = train_module.evaluate_scores
+
+    def count(*args, **kwargs):
+        gc.collect()
+        kinds = (L.Trainer, L.LightningModule, torch.optim.Optimizer)
+        alive.append(sum(isinstance(o, kinds) for o in gc.get_objects()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_scores", count)
+    cfg = TrainConfig(max_epochs=1, limit_train_batches=2, **FAST)
+    train(planted_artifact, tmp_path / "g", "miir-f", small_model("miir-f"), cfg)
+    assert alive == [0, 0]  # valid and test, after both stages of MIIR-F
+
+
 def test_resumed_early_stopping_keeps_the_configured_patience() -> None:
     first = ConfiguredEarlyStopping(monitor="m", mode="max", patience=4)
     first.wait_count, first.best_score = 3, torch.tensor(0.5)

@@ -261,7 +261,7 @@ def _fit_stage(
     final: bool,
     extra: dict[str, Any],
     resume: bool,
-) -> BestSafetensors:
+) -> dict[str, Any]:
     model.set_stage(stage)
     max_len = model.config.max_len
     windows = training_windows(artifact, max_len, cfg.window_stride)
@@ -329,7 +329,11 @@ def _fit_stage(
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    return best
+    # only the numbers leave: Lightning gives every callback the module's bound ``log``
+    # methods, so a callback kept past the stage keeps the whole trainer alive (the module,
+    # the optimizer's state, the validation loader and its rows: about 350 MiB of heap on
+    # amazon-beauty held through the final evaluation; issue 9, bench/results/memory.md)
+    return {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
 
 
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -411,7 +415,7 @@ def train(
             # with Eq. 14 continues from the best MII model)
             pre, _ = load_checkpoint(out / f"best_{names[k - 1]}")
             net.load_state_dict(pre.state_dict())
-        best = _fit_stage(
+        fitted[stage] = _fit_stage(
             net,
             artifact,
             cfg,
@@ -421,7 +425,6 @@ def train(
             extra=extra,
             resume=resume,
         )
-        fitted[stage] = {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
         # the finished trainer, its optimizer state and its loops form reference cycles that
         # only the cycle collector frees: collect them now, before the next stage or the
         # final evaluation (which reloads the best checkpoint) allocates on top of them
