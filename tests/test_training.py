@@ -162,7 +162,7 @@ def test_validation_ranks_fill_one_buffer_sized_to_the_split(
 def test_no_trainer_outlives_its_stage(planted_artifact, tmp_path, monkeypatch) -> None:
     """By the final evaluation every stage's trainer is gone, with its module, optimizer state
     and validation rows (a callback kept past ``fit`` held them all through Lightning's bound
-    ``log`` methods: issue 9, ~350 MiB of heap on amazon-beauty)."""
+    ``log`` methods: issue 9, ~90 MiB of heap on amazon-beauty)."""
     import gc
 
     import lightning as L

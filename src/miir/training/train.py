@@ -331,7 +331,7 @@ def _fit_stage(
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
     # only the numbers leave: Lightning gives every callback the module's bound ``log``
     # methods, so a callback kept past the stage keeps the whole trainer alive (the module,
-    # the optimizer's state, the validation loader and its rows: about 350 MiB of heap on
+    # the optimizer's state, the validation loader and its rows: about 90 MiB of heap on
     # amazon-beauty held through the final evaluation; issue 9, bench/results/memory.md)
     return {"best": best.best, "epoch": best.best_epoch, "world_size": best.world_size}
 
