@@ -9,7 +9,8 @@ hundreds of MiB, see recipe.md), as the code runs today (glibc malloc tuned,
 pass and the ranks written into buffers allocated before it; the finished trainer's reference
 cycles collected before the final evaluation); the phases that evaluate also as before those
 changes (``before``), ``fit+val``, ``eval@512`` and ``train`` also without the rank buffers
-alone (``no-buffer``), ``train`` also without the collection alone (``no-collect``), and with
+alone (``no-buffer``), ``train`` also without the collection alone (``no-collect``) and with
+the training stage's callback kept through the final evaluation (``kept-callback``), and with
 ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
@@ -58,6 +59,12 @@ import miir.training.module as mod, miir.training.train as tr
 arm = sys.argv[5]
 if arm in ("before", "no-collect"):  # no cycle collection after training
     tr.gc = types.SimpleNamespace(collect=lambda: 0)
+if arm in ("before", "kept-callback"):  # the stage's callback kept (it holds the trainer)
+    _kept, _binit = [], tr.BestSafetensors.__init__
+    def _keep(self, *a, **k):
+        _binit(self, *a, **k)
+        _kept.append(self)
+    tr.BestSafetensors.__init__ = _keep
 if arm in ("before", "no-buffer"):  # ranks kept batch by batch, no buffers
     _init = me.RankAccumulator.__init__
     me.RankAccumulator.__init__ = lambda self, capacity=0, device=None: _init(self)
@@ -118,12 +125,14 @@ ARMS = {  # arm: the phases where it differs from today's code
     "before": EVAL_PHASES,
     "no-buffer": ("fit+val", "eval@512", "train"),
     "no-collect": ("train",),  # the collection only runs between training and evaluation
+    "kept-callback": ("train",),  # the same: the callback outlived training, not its stage
 }
 ARM_HEADS = {
     "today": "today (default)",
     "before": "before (whole batches, no release, no buffers, no collection)",
     "no-buffer": "today without the rank buffers",
     "no-collect": "today without the collection",
+    "kept-callback": "today with the stage's callback kept",
 }
 
 
@@ -220,13 +229,16 @@ def main() -> None:
         "process; peak RSS (`ru_maxrss`) includes the phases before it. Cells: median of "
         f"{args.reps} runs (range). *Before*: evaluation as it was before issue 9's change "
         "(each batch of 512 users scored in one forward pass, and the memory malloc keeps never "
-        "released); today it is scored in forward passes of 128 and the kept memory is released "
+        "released, the stage's callback kept); today it is scored in forward passes of 128 and the kept memory is released "
         "before and after each evaluation pass, the ranks go into buffers allocated before the "
         "pass, and the finished trainer's reference cycles are collected before the final "
         "evaluation. *Without the rank buffers*: each batch's ranks kept as their own small "
         "tensor (malloc places them in the holes that freed score matrices leave, and the heap "
         "grows). *Without the collection*: no `gc.collect()` between training and the final "
-        f"evaluation (it only differs there).{carried}",
+        "evaluation (it only differs there). *With the stage's callback kept*: the training "
+        "stage's `BestSafetensors` callback alive through the final evaluation, as `train()` "
+        "kept it before (Lightning binds the module's `log` methods to every callback, so it "
+        f"holds the trainer, the module, the optimizer state and the validation rows).{carried}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
