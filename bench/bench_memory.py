@@ -10,7 +10,9 @@ pass and the ranks written into buffers allocated before it; the finished traine
 cycles collected before the final evaluation); the phases that evaluate also as before those
 changes (``before``), ``fit+val``, ``eval@512`` and ``train`` also without the rank buffers
 alone (``no-buffer``), ``train`` also without the collection alone (``no-collect``) and with
-the training stage's callback kept through the final evaluation (``kept-callback``), and with
+the training stage's callback kept through the final evaluation (``kept-callback``), ``fit+val``
+and ``train`` also without oneDNN's primitive cache (``no-kernel-cache``: its JIT-compiled
+matmul kernels for every shape seen stay in memory; the phase's time is compared), and with
 ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
@@ -94,12 +96,15 @@ if phase in ("setup", "steps"):
             opt.step()
         out["steps"] = peak()
 elif phase in ("fit", "fit+val", "train"):
+    import time
     from miir.models import model_config
     cfg = TrainConfig(max_epochs=1, min_epochs=1, limit_train_batches=steps,
                       limit_val_batches=1 if phase == "fit" else None, threads=1,
                       progress=False, seed=1)
+    start = time.perf_counter()
     train(data, run, "miir", model_config("miir", {"fields": FIELDS}), cfg, overwrite=True,
           stages=("valid", "test") if phase == "train" else ())
+    out["seconds"] = time.perf_counter() - start
     out[phase] = peak()
 elif phase.startswith("eval"):
     import time
@@ -115,6 +120,8 @@ def run_phase(
     phase: str, data: str, steps: int, run: str, tuned: bool, arm: str = "today"
 ) -> dict[str, float]:
     env = {"MIIR_MALLOC_TUNING": "1" if tuned else "0"}
+    if arm == "no-kernel-cache":
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"
     return run_child(CHILD, phase, data, str(steps), run, arm, env=env)
 
 
@@ -126,6 +133,7 @@ ARMS = {  # arm: the phases where it differs from today's code
     "no-buffer": ("fit+val", "eval@512", "train"),
     "no-collect": ("train",),  # the collection only runs between training and evaluation
     "kept-callback": ("train",),  # the same: the callback outlived training, not its stage
+    "no-kernel-cache": ("fit+val", "train"),
 }
 ARM_HEADS = {
     "today": "today (default)",
@@ -133,6 +141,7 @@ ARM_HEADS = {
     "no-buffer": "today without the rank buffers",
     "no-collect": "today without the collection",
     "kept-callback": "today with the stage's callback kept",
+    "no-kernel-cache": "today without oneDNN's kernel cache",
 }
 
 
@@ -238,7 +247,10 @@ def main() -> None:
         "evaluation (it only differs there). *With the stage's callback kept*: the training "
         "stage's `BestSafetensors` callback alive through the final evaluation, as `train()` "
         "kept it before (Lightning binds the module's `log` methods to every callback, so it "
-        f"holds the trainer, the module, the optimizer state and the validation rows).{carried}",
+        "holds the trainer, the module, the optimizer state and the validation rows). *Without "
+        "oneDNN's kernel cache*: `ONEDNN_PRIMITIVE_CACHE_CAPACITY=0` (oneDNN keeps the "
+        "primitives, and their JIT-compiled kernels, of up to 1,024 matmul shapes; packed "
+        f"batches and evaluation chunks come in hundreds of shapes).{carried}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
@@ -258,6 +270,19 @@ def main() -> None:
             f"rounds interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, before "
             f"{cell('eval@512', 'before', True, 'seconds')} s; ratio today / before, median of "
             f"the rounds: {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}).",
+        ]
+    fit_today = [r["seconds"] for r in rows if r["phase"] == "fit+val" and r["arm"] == "today"]
+    fit_cold = [
+        r["seconds"] for r in rows if r["phase"] == "fit+val" and r["arm"] == "no-kernel-cache"
+    ]
+    if fit_today and fit_cold and len(fit_today) == len(fit_cold):
+        ratios = [c / t for t, c in zip(fit_today, fit_cold, strict=True)]
+        lines += [
+            "",
+            "Time of the fit+val phase (`train()`, rounds interleaved): today "
+            f"{cell('fit+val', 'today', True, 'seconds')} s, without oneDNN's kernel cache "
+            f"{cell('fit+val', 'no-kernel-cache', True, 'seconds')} s; ratio without / with, "
+            f"median of the rounds: {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}).",
         ]
     atomic_write_text(out / "memory.md", "\n".join(lines) + "\n")
     print(f"written {out / 'memory.md'}")
