@@ -169,13 +169,15 @@ def test_no_trainer_outlives_its_stage(planted_artifact, tmp_path, monkeypatch) 
 
     import miir.training.train as train_module
 
+    kinds = (L.Trainer, L.LightningModule, torch.optim.Optimizer)
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}  # other tests' objects
     alive = []
     original = train_module.evaluate_scores
 
     def count(*args, **kwargs):
         gc.collect()
-        kinds = (L.Trainer, L.LightningModule, torch.optim.Optimizer)
-        alive.append(sum(isinstance(o, kinds) for o in gc.get_objects()))
+        alive.append(sum(isinstance(o, kinds) and id(o) not in before for o in gc.get_objects()))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_scores", count)
