@@ -260,29 +260,32 @@ def main() -> None:
         if args.untuned:
             cells.append(cell(phase, "today", False))
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
-    today = [r["seconds"] for r in rows if r["phase"] == "eval@512" and r["arm"] == "today"]
-    before = [r["seconds"] for r in rows if r["phase"] == "eval@512" and r["arm"] == "before"]
-    if today and before:
-        ratios = [t / b for t, b in zip(today, before, strict=True)]
+
+    def time_ratio(phase: str, arm: str, base: str) -> str | None:
+        """The median (range) over rounds of ``arm``'s time over ``base``'s in ``phase``."""
+        key = ("phase", "arm", "malloc_tuned")
+        num = [r["seconds"] for r in rows if tuple(r[k] for k in key) == (phase, arm, True)]
+        den = [r["seconds"] for r in rows if tuple(r[k] for k in key) == (phase, base, True)]
+        if not num or len(num) != len(den) or None in num + den:
+            return None
+        ratios = [a / b for a, b in zip(num, den, strict=True)]
+        return f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+    if ratio := time_ratio("eval@512", "today", "before"):
         lines += [
             "",
             "Evaluation time (`evaluate_run`, validation split, 512 users per batch, 1 thread, "
             f"rounds interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, before "
             f"{cell('eval@512', 'before', True, 'seconds')} s; ratio today / before, median of "
-            f"the rounds: {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}).",
+            f"the rounds: {ratio}.",
         ]
-    fit_today = [r["seconds"] for r in rows if r["phase"] == "fit+val" and r["arm"] == "today"]
-    fit_cold = [
-        r["seconds"] for r in rows if r["phase"] == "fit+val" and r["arm"] == "no-kernel-cache"
-    ]
-    if fit_today and fit_cold and len(fit_today) == len(fit_cold):
-        ratios = [c / t for t, c in zip(fit_today, fit_cold, strict=True)]
+    if ratio := time_ratio("fit+val", "no-kernel-cache", "today"):
         lines += [
             "",
             "Time of the fit+val phase (`train()`, rounds interleaved): today "
             f"{cell('fit+val', 'today', True, 'seconds')} s, without oneDNN's kernel cache "
             f"{cell('fit+val', 'no-kernel-cache', True, 'seconds')} s; ratio without / with, "
-            f"median of the rounds: {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}).",
+            f"median of the rounds: {ratio}.",
         ]
     atomic_write_text(out / "memory.md", "\n".join(lines) + "\n")
     print(f"written {out / 'memory.md'}")
