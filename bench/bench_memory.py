@@ -137,7 +137,7 @@ ARMS = {  # arm: the phases where it differs from today's code
 }
 ARM_HEADS = {
     "today": "today (default)",
-    "before": "before (whole batches, no release, no buffers, no collection)",
+    "before": "before (whole batches, no release, no buffers, no collection, callback kept)",
     "no-buffer": "today without the rank buffers",
     "no-collect": "today without the collection",
     "kept-callback": "today with the stage's callback kept",
