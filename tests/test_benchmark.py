@@ -548,6 +548,30 @@ def test_a_model_trains_on_data_another_run_imputed(
     again = plan(load_grid(path))
     assert again[2].key == records["FDSA+LRMM"]["key"]
     assert bench(path, dirs).trained == 1  # only the plain FDSA was left
+    # on another machine the records come with the repository, the run folders do not:
+    # the imputer is trained again to impute with, and its committed record is kept
+    imputer_record = next(
+        p for p in dirs["records"].glob("*.json") if json.loads(p.read_text())["label"] == "LRMM"
+    )
+    kept = imputer_record.read_bytes()
+    shutil.rmtree(dirs["runs"])
+    shutil.rmtree(derived)
+    for p in dirs["records"].glob(f"{records['FDSA+LRMM']['key']}.*"):
+        p.unlink()
+    lines.clear()
+    summary = run_benchmark(
+        path,
+        out=dirs["out"],
+        records=dirs["records"],
+        runs_root=dirs["runs"],
+        only=["model=FDSA+LRMM"],
+        echo=lines.append,
+    )
+    assert summary.trained == 2
+    assert any("holds no checkpoint; training it again" in line for line in lines)
+    assert imputer_record.read_bytes() == kept
+    assert (dirs["runs"] / runs[0].key / "best" / "model.json").is_file()
+    assert (derived / "manifest.json").is_file()
     with pytest.raises(ConfigError, match="not an earlier model"):
         load_grid(write_grid(tmp_path / "bad.yaml", {**grid, "models": grid["models"][::-1]}))
 

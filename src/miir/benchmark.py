@@ -986,34 +986,40 @@ def execute(
 ) -> dict[str, Any]:
     """Train ``run`` (resuming its run folder where one exists; a folder holding finished
     results is only recorded) and record it."""
-    from miir.training import train as training
-
     assert run.key is not None, "plan the run after its artifact exists"
     run_dir = runs_root / run.key
     done = (run_dir / "results.json").is_file() and (run_dir / "ranks_test.npz").is_file()
     resumed = False
-    started = time.perf_counter()
     if done:
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         _check_adopted(run, results, run_dir)
         wall = float(results.get("train_seconds") or 0.0)
     else:
-        resumed = run_dir.is_dir() and any(run_dir.iterdir())
-        results = training.train(
-            run.data_path,
-            run_dir,
-            run.model,
-            run.model_config,
-            run.train_config,
-            resume=resumed,
-            command=command,
-        )
-        wall = time.perf_counter() - started
+        results, wall, resumed = _train(run, run_dir, command)
     with np.load(run_dir / "ranks_test.npz", allow_pickle=False) as data:
         ranks = {p: data[p] for p in data.files}
     record = _record(run, results, run_dir, wall=wall, resumed=resumed, command=command, grid=grid)
     store.write(record, ranks)
     return record
+
+
+def _train(run: PlannedRun, run_dir: Path, command: str | None) -> tuple[dict, float, bool]:
+    """Train ``run`` into ``run_dir`` (resuming what the folder holds): its results, the wall
+    time and whether it resumed."""
+    from miir.training import train as training
+
+    resumed = run_dir.is_dir() and any(run_dir.iterdir())
+    started = time.perf_counter()
+    results = training.train(
+        run.data_path,
+        run_dir,
+        run.model,
+        run.model_config,
+        run.train_config,
+        resume=resumed,
+        command=command,
+    )
+    return results, time.perf_counter() - started, resumed
 
 
 def ensure_imputed(
@@ -1040,8 +1046,24 @@ def ensure_imputed(
     path = run.data_path
     assert path is not None
     if not (path / "manifest.json").is_file():
+        run_dir = runs_root / imputer.key
+        if not (run_dir / "best" / "model.json").is_file():
+            # recorded (the records travel with the repository) but trained elsewhere: train
+            # it again here to impute with; its record stays the one that was committed
+            echo(
+                f"[imputer] {imputer.describe()} (for {run.label}): recorded, but {run_dir} "
+                "holds no checkpoint; training it again to impute with (its record is kept)"
+            )
+            results, _, _ = _train(imputer, run_dir, command)
+            recorded = store.find(imputer) or {}
+            echo(
+                f"[imputer] retrained: test full NDCG@10 "
+                f"{results['test']['full']['NDCG@10']:.4f} (recorded "
+                f"{recorded.get('test', {}).get('full', {}).get('NDCG@10', float('nan')):.4f})"
+            )
+            trained += 1
         echo(f"imputing {run.case.title} with {imputer.label} run {imputer.key} into {path}")
-        impute_artifact(Artifact(run.case.path), runs_root / imputer.key, path)
+        impute_artifact(Artifact(run.case.path), run_dir, path)
     set_key(run)
     return trained
 
