@@ -12,7 +12,10 @@ changes (``before``), ``fit+val``, ``eval@512`` and ``train`` also without the r
 alone (``no-buffer``), ``train`` also without the collection alone (``no-collect``) and with
 the training stage's callback kept through the final evaluation (``kept-callback``), ``fit+val``
 and ``train`` also without oneDNN's primitive cache (``no-kernel-cache``: its JIT-compiled
-matmul kernels for every shape seen stay in memory; the phase's time is compared), and with
+matmul kernels for every shape seen stay in memory; the phase's time is compared), ``fit+val``,
+``eval@512`` and ``train`` also with evaluation's shapes not blocked (``any-shape``:
+``TRIM_BLOCK`` 1 and no ``padded_rows``, every chunk its own widths; the evaluation's time is
+compared; ``--primitives`` counts the distinct primitives of both), and with
 ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
@@ -39,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -70,6 +75,10 @@ if arm in ("before", "kept-callback"):  # the stage's callback kept (it holds th
 if arm in ("before", "no-buffer"):  # ranks kept batch by batch, no buffers
     _init = me.RankAccumulator.__init__
     me.RankAccumulator.__init__ = lambda self, capacity=0, device=None: _init(self)
+if arm in ("before", "any-shape"):  # trimmed widths and compact rows not blocked
+    import miir.models.batch as mb, miir.models.miir as mm
+    mb.TRIM_BLOCK = 1
+    mm.padded_rows = lambda m: m
 if arm == "before":  # evaluation before issue 9's change: whole batches, no release
     ev.SCORE_CHUNK = 1 << 30
     ev.release_freed_memory = mod.release_freed_memory = lambda: False
@@ -116,13 +125,38 @@ print("RESULT " + json.dumps(out))
 """.replace("FIELDS", repr(FIELDS))
 
 
-def run_phase(
-    phase: str, data: str, steps: int, run: str, tuned: bool, arm: str = "today"
-) -> dict[str, float]:
+def phase_env(tuned: bool, arm: str) -> dict[str, str]:
     env = {"MIIR_MALLOC_TUNING": "1" if tuned else "0"}
     if arm == "no-kernel-cache":
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"
-    return run_child(CHILD, phase, data, str(steps), run, arm, env=env)
+    return env
+
+
+def run_phase(
+    phase: str, data: str, steps: int, run: str, tuned: bool, arm: str = "today"
+) -> dict[str, float]:
+    return run_child(CHILD, phase, data, str(steps), run, arm, env=phase_env(tuned, arm))
+
+
+def count_primitives(phase: str, data: str, steps: int, run: str, arm: str) -> int:
+    """The number of distinct oneDNN primitives (kind, implementation, memory formats,
+    attributes and shapes) that ``phase`` executes: what the primitive cache holds at most,
+    read from ``ONEDNN_VERBOSE=1``'s execution lines (a separate run: the verbose output
+    slows it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **phase_env(True, arm), "ONEDNN_VERBOSE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, phase, data, str(steps), run, arm],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        env=env,
+    )
+    seen = set()
+    for line in proc.stdout.splitlines():
+        if line.startswith("onednn_verbose,v1,primitive,exec,"):
+            seen.add(line.rsplit(",", 1)[0].split(",", 4)[4])  # without the time
+    return len(seen)
 
 
 PHASES = ("imports", "setup", "steps", "fit", "fit+val", "eval@512", "eval@128", "train")
@@ -134,6 +168,7 @@ ARMS = {  # arm: the phases where it differs from today's code
     "no-collect": ("train",),  # the collection only runs between training and evaluation
     "kept-callback": ("train",),  # the same: the callback outlived training, not its stage
     "no-kernel-cache": ("fit+val", "train"),
+    "any-shape": ("fit+val", "eval@512", "train"),
 }
 ARM_HEADS = {
     "today": "today (default)",
@@ -142,6 +177,7 @@ ARM_HEADS = {
     "no-collect": "today without the collection",
     "kept-callback": "today with the stage's callback kept",
     "no-kernel-cache": "today without oneDNN's kernel cache",
+    "any-shape": "today with evaluation's shapes not blocked",
 }
 
 
@@ -153,6 +189,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="Training steps per phase.")
     ap.add_argument("--reps", type=int, default=3, help="Runs of each phase (median).")
     ap.add_argument("--untuned", action="store_true", help="Also with MIIR_MALLOC_TUNING=0.")
+    ap.add_argument(
+        "--primitives",
+        action="store_true",
+        help="Also count the distinct oneDNN primitives of fit+val and train, today and with "
+        "evaluation's shapes not blocked (one extra run each, with ONEDNN_VERBOSE=1).",
+    )
     ap.add_argument(
         "--phases",
         default=",".join(PHASES),
@@ -187,6 +229,12 @@ def main() -> None:
                         f"{phase:10s} {arm:6s} tuned={tuned!s:5s} peak {got[phase]:7.0f} MiB",
                         flush=True,
                     )
+        primitives: dict[str, dict[str, int]] = {}
+        for arm in ("today", "any-shape") if args.primitives else ():
+            for phase in ("fit+val", "train"):
+                n = count_primitives(phase, args.data, args.steps, run, arm)
+                primitives.setdefault(arm, {})[phase] = n
+                print(f"{phase:10s} {arm:6s} {n} oneDNN primitives", flush=True)
     record = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -196,6 +244,7 @@ def main() -> None:
         "steps": args.steps,
         "reps": args.reps,
         "rows": rows,
+        "primitives": primitives,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +299,10 @@ def main() -> None:
         "holds the trainer, the module, the optimizer state and the validation rows). *Without "
         "oneDNN's kernel cache*: `ONEDNN_PRIMITIVE_CACHE_CAPACITY=0` (oneDNN keeps the "
         "primitives, and their JIT-compiled kernels, of up to 1,024 matmul shapes; packed "
-        f"batches and evaluation chunks come in hundreds of shapes).{carried}",
+        "batches and evaluation chunks come in hundreds of shapes). *With evaluation's shapes "
+        "not blocked*: trimmed batches cut to the longest history's width, and the compact "
+        "inference pass on exactly its real tokens (`TRIM_BLOCK` 1, no `padded_rows`), as "
+        f"before: a set of matmul shapes for every evaluation chunk.{carried}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
@@ -278,6 +330,25 @@ def main() -> None:
             f"rounds interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, before "
             f"{cell('eval@512', 'before', True, 'seconds')} s; ratio today / before, median of "
             f"the rounds: {ratio}.",
+        ]
+    if ratio := time_ratio("eval@512", "any-shape", "today"):
+        lines += [
+            "",
+            "Evaluation time with its shapes not blocked (`evaluate_run` as above, rounds "
+            f"interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, not blocked "
+            f"{cell('eval@512', 'any-shape', True, 'seconds')} s; ratio not blocked / today, "
+            f"median of the rounds: {ratio}.",
+        ]
+    if primitives:
+        counts = "; ".join(
+            f"{phase}: today {primitives['today'][phase]}, not blocked "
+            f"{primitives['any-shape'][phase]}"
+            for phase in ("fit+val", "train")
+        )
+        lines += [
+            "",
+            "Distinct oneDNN primitives executed (each one cached with its JIT-compiled kernel; "
+            f"`--primitives`, one run each with `ONEDNN_VERBOSE=1`): {counts}.",
         ]
     if ratio := time_ratio("fit+val", "no-kernel-cache", "today"):
         lines += [

@@ -222,7 +222,7 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
     items = batch(B=5)
     items[:, :3] = 0  # three columns of padding in every row
     items[1, 3] = 0
-    cut = trim_left_padding(items)
+    cut = trim_left_padding(items, block=1)
     assert cut.shape == (5, 3) and torch.equal(cut, items[:, 3:])
     masked = mii_mask(model.present(items), 0.5, generator=torch.Generator().manual_seed(0))
     assert not masked.hidden[:, :3].any()
@@ -233,6 +233,19 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
     for name, value in full_parts.items():
         assert torch.allclose(value, cut_parts[name], atol=1e-6), name
     assert trim_left_padding(batch()).shape == (4, 6)  # padding in one row only: nothing cut
+
+
+def test_trimmed_widths_come_in_blocks() -> None:
+    """The trimmed width is rounded up to a multiple of the block (never past the row), so
+    that evaluation's forward passes take a few shapes; the kept columns are the rightmost."""
+    items = torch.zeros(3, 10, dtype=torch.long)
+    for filled, block, width in [(3, 4, 4), (4, 4, 4), (5, 4, 8), (9, 4, 10), (5, 1, 5), (0, 4, 0)]:
+        items.zero_()
+        if filled:
+            items[0, -filled:] = torch.arange(2, 2 + filled)
+        cut = trim_left_padding(items, block=block)
+        assert cut.shape == (3, width)
+        assert torch.equal(cut, items[:, 10 - width :])
     assert trim_left_padding(torch.zeros(2, 4, dtype=torch.long)).shape == (2, 0)
 
 

@@ -25,17 +25,27 @@ from miir.data.schema import MISSING_ID
 BatchMode = Literal["packed", "trim", "none"]
 
 
-def trim_left_padding(items: Tensor) -> Tensor:
+#: trimmed batches keep a multiple of this many columns (:func:`trim_left_padding`): evaluation
+#: scores histories sorted by length, and a width for every length gave oneDNN a set of
+#: primitives per width (their JIT-compiled kernels stay cached: bench/results/memory.md); 1: off
+TRIM_BLOCK = 4
+
+
+def trim_left_padding(items: Tensor, block: int | None = None) -> Tensor:
     """(B, n) right-aligned rows -> (B, m): without the leading columns that are padding (0) in
-    every row. Positions count from the right, so the model computes the same thing on fewer
-    tokens. A batch of only padding keeps no column."""
-    if items.shape[1] == 0:
+    every row, keeping a multiple of ``block`` columns (default :data:`TRIM_BLOCK`; at most n),
+    so that the widths of trimmed batches take a few sizes. Positions count from the right, so
+    the model computes the same thing on fewer tokens. A batch of only padding keeps no column."""
+    block = TRIM_BLOCK if block is None else block
+    n = items.shape[1]
+    if n == 0:
         return items
     filled = (items != 0).any(0)  # (n,)
     if bool(filled[0]):
         return items
-    first = int(filled.to(torch.int8).argmax()) if bool(filled.any()) else items.shape[1]
-    return items[:, first:]
+    first = int(filled.to(torch.int8).argmax()) if bool(filled.any()) else n
+    keep = min(n, -(-(n - first) // block) * block)
+    return items[:, n - keep :]
 
 
 @dataclass
@@ -55,6 +65,16 @@ class Packing:
         filled = self.source >= 0
         out[filled] = values.reshape(-1, *values.shape[2:])[self.source[filled]]
         return out
+
+
+def padded_rows(m: int) -> int:
+    """``m`` rounded up to one of a few sizes: a multiple of 2^(b - 3), b the bit length of
+    ``m`` (of 8 below 64), so at most a quarter more rows and four sizes per doubling.
+    Inference's compact pass pads its token rows to it: oneDNN keeps a primitive (and its
+    JIT-compiled kernel) per matmul shape, and a row count per evaluation chunk filled its
+    cache (bench/results/memory.md)."""
+    step = max(8, 1 << max(0, m.bit_length() - 3))
+    return -(-m // step) * step
 
 
 #: packed batches have a multiple of this many rows (the last ones empty), so that a step's

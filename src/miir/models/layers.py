@@ -175,16 +175,21 @@ class Block(nn.Module):
         padding slots. ``keep`` (K,): the rows of ``x`` whose output is wanted (the last layer
         needs only the tokens its caller reads): attention then computes queries only at the
         columns that hold a kept token. Default all. Returns (K, e). No dropout: call it in
-        eval mode."""
+        eval mode. ``x`` may hold rows beyond the M (of any value, e.g. zeros that pad M to
+        :func:`~miir.models.batch.padded_rows`, so that the per-token maps take a few shapes):
+        they go through the per-token maps and never reach attention or a kept row."""
         B, T = shape
         E = x.shape[-1]
-        rows = self.qkv(self.ln1(x) if self.norm_first else x)  # (M, 3e); bf16 under autocast
+        M = len(index)
+        rows = self.qkv(self.ln1(x) if self.norm_first else x)  # (M', 3e); bf16 under autocast
         qkv = rows.new_zeros(B * T, 3 * E)
-        qkv[index] = rows
+        qkv[index] = rows[:M]
         q, k, v = qkv.view(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
         if keep is None:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d)
             a = a.transpose(1, 2).reshape(B * T, E)[index]  # (M, e)
+            if len(x) > M:
+                a = F.pad(a, (0, 0, 0, len(x) - M))  # (M', e)
         else:
             # queries only at the columns that hold a kept token in some row
             slots = index[keep]  # (K,) flat slots b * T + t

@@ -95,6 +95,7 @@ from miir.models.batch import (
     append_query,
     gather_positions,
     pack_windows,
+    padded_rows,
     trim_left_padding,
 )
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
@@ -608,8 +609,8 @@ class MIIR(SequenceModel):
         index = real.nonzero().squeeze(1)  # (M,) flat slots of the real tokens
         keep = read.reshape(-1)[index].nonzero().squeeze(1)  # (K,) rows of the M to output
         x = h.reshape(B * n * Fn, e)[index]  # (M, e)
-        if not self.blocks:
-            x = x[keep]
+        # zero rows up to one of a few sizes, so that the per-token maps' shapes repeat
+        x = F.pad(x, (0, 0, 0, padded_rows(len(x)) - len(x))) if self.blocks else x[keep]
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             x = block.compact(x, index, (B, n * Fn), mask, keep if last else None)
