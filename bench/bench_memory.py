@@ -15,7 +15,9 @@ and ``train`` also without oneDNN's primitive cache (``no-kernel-cache``: its JI
 matmul kernels for every shape seen stay in memory; the phase's time is compared), ``fit+val``,
 ``eval@512`` and ``train`` also with evaluation's shapes not blocked (``any-shape``:
 ``TRIM_BLOCK`` 1 and no ``padded_rows``, every chunk its own widths; the evaluation's time is
-compared; ``--primitives`` counts the distinct primitives of both), and with
+compared; ``--primitives`` counts the distinct primitives of both), ``imports``, ``fit+val``
+and ``train`` also with Lightning's full imports (``full-imports``: every other arm applies
+:func:`miir.runtime.skip_unused_imports` first, as the CLI does), and with
 ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
 
 - ``imports``: ``import miir.training.train`` (torch, Lightning, and what they import);
@@ -59,11 +61,14 @@ import json, resource, sys
 import torch
 torch.set_num_threads(1)
 phase, data, steps, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+arm = sys.argv[5]
+if arm != "full-imports":  # as the CLI does (`miir train`)
+    from miir.runtime import skip_unused_imports
+    skip_unused_imports()
 from miir.training.train import TrainConfig, build_model, evaluate_run, train
 import types
 import miir.evaluation.evaluate as ev, miir.evaluation.metrics as me
 import miir.training.module as mod, miir.training.train as tr
-arm = sys.argv[5]
 if arm in ("before", "no-collect"):  # no cycle collection after training
     tr.gc = types.SimpleNamespace(collect=lambda: 0)
 if arm in ("before", "kept-callback"):  # the stage's callback kept (it holds the trainer)
@@ -169,6 +174,7 @@ ARMS = {  # arm: the phases where it differs from today's code
     "kept-callback": ("train",),  # the same: the callback outlived training, not its stage
     "no-kernel-cache": ("fit+val", "train"),
     "any-shape": ("fit+val", "eval@512", "train"),
+    "full-imports": ("imports", "fit+val", "train"),
 }
 ARM_HEADS = {
     "today": "today (default)",
@@ -178,6 +184,7 @@ ARM_HEADS = {
     "kept-callback": "today with the stage's callback kept",
     "no-kernel-cache": "today without oneDNN's kernel cache",
     "any-shape": "today with evaluation's shapes not blocked",
+    "full-imports": "today with Lightning's full imports",
 }
 
 
@@ -201,6 +208,12 @@ def main() -> None:
         help="Comma-separated subset of the phases; the others' rows are carried over from the "
         "previous record (named in the table).",
     )
+    ap.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help="Comma-separated subset of the arms; the other cells are carried over from the "
+        "previous record (named under the table).",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
@@ -211,7 +224,8 @@ def main() -> None:
     from miir.runtime import machine_info
 
     phases = [p for p in PHASES if p in args.phases.split(",")]
-    arms = [(arm, True) for arm in ARMS]
+    arm_names = [a for a in ARMS if a in args.arms.split(",")]
+    arms = [(arm, True) for arm in arm_names]
     arms += [("today", False)] if args.untuned else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,20 +263,35 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     carried = ""
-    if set(phases) != set(PHASES) and (out / "memory.json").is_file():
+    selected = {(p, a) for a in arm_names for p in phases if p in ARMS[a]}
+    if (out / "memory.json").is_file():
         old = json.loads((out / "memory.json").read_text(encoding="utf-8"))
         commit = str(old.get("commit"))[:10]
-        kept = [r for r in old["rows"] if r["phase"] not in phases]
+        kept = [r for r in old["rows"] if (r["phase"], r["arm"]) not in selected]
+        by_commit: dict[str, dict[str, list[str]]] = {}
         for r in kept:
             r.setdefault("carried_from", commit)
+            arms_of = by_commit.setdefault(r["carried_from"], {}).setdefault(r["phase"], [])
+            if r["arm"] not in arms_of:
+                arms_of.append(r["arm"])
         rows += kept
-        names = sorted({r["phase"] for r in kept}, key=PHASES.index)
-        if names:
+        if kept:
+            parts = [
+                f"at {c}: "
+                + "; ".join(
+                    f"{p} ({', '.join(a)})"
+                    for p, a in sorted(got.items(), key=lambda x: PHASES.index(x[0]))
+                )
+                for c, got in by_commit.items()
+            ]
             carried = (
-                f" The rows {', '.join(names)} are carried over from the record at "
-                f"{kept[0]['carried_from']} (`--phases` measured only {', '.join(phases)})."
+                " Cells carried over from earlier records (this command measured "
+                f"{', '.join(phases)} for {', '.join(arm_names)}): {' / '.join(parts)}."
             )
-        phases = [p for p in PHASES if p in phases or p in names]
+        if not primitives and old.get("primitives"):
+            primitives.update(old["primitives"])
+            record["primitives_from"] = old.get("primitives_from", commit)
+        phases = [p for p in PHASES if p in phases or any(r["phase"] == p for r in kept)]
     atomic_json(out / "memory.json", record)
 
     def cell(phase: str, arm: str, tuned: bool, key: str = "peak_mib") -> str:
@@ -302,7 +331,11 @@ def main() -> None:
         "batches and evaluation chunks come in hundreds of shapes). *With evaluation's shapes "
         "not blocked*: trimmed batches cut to the longest history's width, and the compact "
         "inference pass on exactly its real tokens (`TRIM_BLOCK` 1, no `padded_rows`), as "
-        f"before: a set of matmul shapes for every evaluation chunk.{carried}",
+        "before: a set of matmul shapes for every evaluation chunk. *With Lightning's full "
+        "imports*: without `miir.runtime.skip_unused_imports` (`MIIR_LEAN_IMPORTS=0`), which "
+        "the CLI and every other arm here apply: `import lightning` imports torchmetrics, "
+        "whose import loads scipy.signal, matplotlib.pyplot and transformers."
+        f"{carried}",
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +81,37 @@ def test_release_hands_kept_memory_back() -> None:
     assert kept - after > 200  # MiB: the 256 MiB of freed blocks the tuned heap kept
     active, released, _, _ = run("0")
     assert not active and not released  # untuned: nothing to do (glibc unmapped the blocks)
+
+
+LEAN = r"""
+import json, sys
+from miir.runtime import skip_unused_imports
+active = skip_unused_imports()
+import lightning.pytorch
+from lightning_utilities.core.imports import RequirementCache, package_available
+loaded = [m for m in ("scipy.signal", "matplotlib.pyplot", "transformers") if m in sys.modules]
+import scipy.stats  # miir's own imports are not affected
+print(json.dumps({"active": active, "loaded": loaded, "torchmetrics": "torchmetrics" in sys.modules,
+                  "torch": bool(RequirementCache("torch>=2.0")), "numpy": package_available("numpy"),
+                  "scipy_seen": bool(RequirementCache("scipy"))}))
+"""
+
+
+def lean_child(setting: str) -> dict:
+    env = {**os.environ, "MIIR_LEAN_IMPORTS": setting}
+    out = subprocess.run(
+        [sys.executable, "-c", LEAN], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_lightning_is_imported_without_what_torchmetrics_would_load() -> None:
+    """Lightning imports torchmetrics, whose import loads scipy.signal, matplotlib.pyplot and
+    transformers (all installed with miir): the CLI's skip_unused_imports keeps them out, and
+    the other availability checks answer as before."""
+    lean = lean_child("1")
+    assert lean["active"] and lean["torchmetrics"]
+    assert lean["loaded"] == []
+    assert lean["torch"] and lean["numpy"] and not lean["scipy_seen"]
+    full = lean_child("0")  # turned off: the checks are untouched (with torchmetrics 1.9 the
+    assert not full["active"] and full["scipy_seen"]  # three modules load then)

@@ -21,6 +21,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """MIIR: sequential recommendation as missing information imputation."""
+    from miir.runtime import skip_unused_imports
+
+    skip_unused_imports()  # before any command imports Lightning (MIIR_LEAN_IMPORTS=0: off)
 
 
 def _fail(exc: Exception) -> None:

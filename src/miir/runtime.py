@@ -13,6 +13,10 @@ accumulated); it is simply not handed back to the system between steps.
 Set ``MIIR_MALLOC_TUNING=0`` to leave malloc alone. Without glibc (macOS, musl) this does
 nothing.
 
+:func:`skip_unused_imports` keeps ``import lightning`` from loading scipy.signal,
+matplotlib.pyplot and transformers through torchmetrics (about 120 MiB of resident memory that
+no miir process uses that way); the CLI calls it, ``MIIR_LEAN_IMPORTS=0`` turns it off.
+
 :func:`resolve_precision` picks the training precision for ``auto``: bf16 autocast on a CPU
 without native bf16 instructions (no ``avx512_bf16``/``amx_bf16``) emulates it and runs a
 matmul about 13x slower than float32, so ``auto`` only picks bf16 where the hardware has it.
@@ -26,6 +30,7 @@ import ctypes.util
 import functools
 import os
 import platform
+import re
 import sys
 from typing import Any
 
@@ -60,6 +65,67 @@ def keep_freed_memory() -> bool:
     # no mmap for large blocks, and never trim the heap's top below 1 GiB of free memory
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _applied
+
+
+#: packages whose import Lightning's import of torchmetrics triggers, and that no part of miir
+#: uses through torchmetrics (:func:`skip_unused_imports`)
+UNUSED_VIA_TORCHMETRICS = frozenset({"scipy", "matplotlib", "transformers"})
+_lean: bool | None = None
+
+
+def _top_name(requirement: str) -> str:
+    """``'transformers>=4.4.0'`` -> ``'transformers'``; ``'scipy.signal'`` -> ``'scipy'``."""
+    return re.split(r"[\s<>=!~;\[.]", requirement.strip(), maxsplit=1)[0]
+
+
+def skip_unused_imports() -> bool:
+    """Keep ``import lightning`` from loading packages miir never uses through it (once per
+    process, before Lightning is first imported); returns whether it is active.
+
+    Lightning imports torchmetrics to read its version, and torchmetrics' import loads
+    ``scipy.signal``, ``matplotlib.pyplot`` and ``transformers`` wherever they are installed
+    (miir installs all three: its t-tests, its plots, and sentence-transformers): about 120 MiB
+    of resident memory in every training and serving process, against issue 9's 1 GB goal
+    (``bench/results/memory.md``). This makes the availability checks that torchmetrics
+    runs (lightning_utilities' ``RequirementCache`` and ``package_available``) report those
+    three as absent, so torchmetrics skips them; only its metrics that need them (audio,
+    BERTScore, plots), which miir never calls, lose them. miir's own ``import scipy`` and
+    ``import matplotlib`` are unaffected. The CLI calls it; a program that imports miir
+    and uses those torchmetrics metrics itself should not. ``MIIR_LEAN_IMPORTS=0`` turns it
+    off; once torchmetrics is imported it does nothing."""
+    global _lean
+    if _lean is not None:
+        return _lean
+    _lean = False
+    if os.environ.get("MIIR_LEAN_IMPORTS", "1") == "0" or "torchmetrics" in sys.modules:
+        return False
+    try:
+        from lightning_utilities.core import imports as lu
+
+        check_available, package_available = (
+            lu.RequirementCache._check_available,
+            lu.package_available,
+        )
+    except (ImportError, AttributeError):
+        return False
+
+    def _check_available(self: Any) -> None:
+        name = self.requirement or self.module or ""
+        if not hasattr(self, "available") and _top_name(name) in UNUSED_VIA_TORCHMETRICS:
+            self.available = False
+            self.message = (
+                f"{name!r} is not loaded through torchmetrics in miir (MIIR_LEAN_IMPORTS)"
+            )
+            return
+        check_available(self)
+
+    def _package_available(name: str) -> bool:
+        return _top_name(name) not in UNUSED_VIA_TORCHMETRICS and package_available(name)
+
+    lu.RequirementCache._check_available = _check_available
+    lu.package_available = _package_available
+    _lean = True
+    return True
 
 
 def release_freed_memory() -> bool:
