@@ -50,6 +50,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from childproc import run_child
 
@@ -188,6 +189,36 @@ ARM_HEADS = {
 }
 
 
+def measure(
+    args: argparse.Namespace, phases: list[str], arms: list[tuple[str, bool]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """Run every selected (phase, arm) ``args.reps`` times, the arms interleaved within each
+    repetition (for the time ratios); with ``--primitives`` also count the primitives."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run = str(Path(tmp) / "run")
+        for rep in range(args.reps):  # repetitions interleave the arms (the time ratio)
+            for arm, tuned in arms:
+                for phase in phases:
+                    if phase not in ARMS[arm]:
+                        continue  # the same code as today
+                    got = run_phase(phase, args.data, args.steps, run, tuned, arm)
+                    row = {"phase": phase, "arm": arm, "malloc_tuned": tuned, "rep": rep}
+                    row.update(peak_mib=got[phase], seconds=got.get("seconds"))
+                    rows.append(row)
+                    print(
+                        f"{phase:10s} {arm:6s} tuned={tuned!s:5s} peak {got[phase]:7.0f} MiB",
+                        flush=True,
+                    )
+        primitives: dict[str, dict[str, int]] = {}
+        for arm in ("today", "any-shape") if args.primitives else ():
+            for phase in ("fit+val", "train"):
+                n = count_primitives(phase, args.data, args.steps, run, arm)
+                primitives.setdefault(arm, {})[phase] = n
+                print(f"{phase:10s} {arm:6s} {n} oneDNN primitives", flush=True)
+    return rows, primitives
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +245,11 @@ def main() -> None:
         help="Comma-separated subset of the arms; the other cells are carried over from the "
         "previous record (named under the table).",
     )
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="Measure nothing: write memory.md again from memory.json.",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
@@ -227,72 +263,58 @@ def main() -> None:
     arm_names = [a for a in ARMS if a in args.arms.split(",")]
     arms = [(arm, True) for arm in arm_names]
     arms += [("today", False)] if args.untuned else []
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        run = str(Path(tmp) / "run")
-        for rep in range(args.reps):  # repetitions interleave the arms (the time ratio)
-            for arm, tuned in arms:
-                for phase in phases:
-                    if phase not in ARMS[arm]:
-                        continue  # the same code as today
-                    got = run_phase(phase, args.data, args.steps, run, tuned, arm)
-                    row = {"phase": phase, "arm": arm, "malloc_tuned": tuned, "rep": rep}
-                    row.update(peak_mib=got[phase], seconds=got.get("seconds"))
-                    rows.append(row)
-                    print(
-                        f"{phase:10s} {arm:6s} tuned={tuned!s:5s} peak {got[phase]:7.0f} MiB",
-                        flush=True,
-                    )
-        primitives: dict[str, dict[str, int]] = {}
-        for arm in ("today", "any-shape") if args.primitives else ():
-            for phase in ("fit+val", "train"):
-                n = count_primitives(phase, args.data, args.steps, run, arm)
-                primitives.setdefault(arm, {})[phase] = n
-                print(f"{phase:10s} {arm:6s} {n} oneDNN primitives", flush=True)
-    record = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **git_commit(),
-        "machine": machine_info(),
-        "data": args.data,
-        "steps": args.steps,
-        "reps": args.reps,
-        "rows": rows,
-        "primitives": primitives,
-    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    carried = ""
-    selected = {(p, a) for a in arm_names for p in phases if p in ARMS[a]}
-    if (out / "memory.json").is_file():
-        old = json.loads((out / "memory.json").read_text(encoding="utf-8"))
-        commit = str(old.get("commit"))[:10]
-        kept = [r for r in old["rows"] if (r["phase"], r["arm"]) not in selected]
-        by_commit: dict[str, dict[str, list[str]]] = {}
-        for r in kept:
-            r.setdefault("carried_from", commit)
-            arms_of = by_commit.setdefault(r["carried_from"], {}).setdefault(r["phase"], [])
-            if r["arm"] not in arms_of:
-                arms_of.append(r["arm"])
-        rows += kept
-        if kept:
-            parts = [
-                f"at {c}: "
-                + "; ".join(
-                    f"{p} ({', '.join(a)})"
-                    for p, a in sorted(got.items(), key=lambda x: PHASES.index(x[0]))
+    if args.tables_only:  # the table again from the record (after a change to this script)
+        record = json.loads((out / "memory.json").read_text(encoding="utf-8"))
+        rows, primitives = record["rows"], record.get("primitives", {})
+        carried = record.get("carried_note", "")
+        phases = [p for p in PHASES if any(r["phase"] == p for r in rows)]
+    else:
+        rows, primitives = measure(args, phases, arms)
+        record = {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            **git_commit(),
+            "machine": machine_info(),
+            "data": args.data,
+            "steps": args.steps,
+            "reps": args.reps,
+            "rows": rows,
+            "primitives": primitives,
+        }
+        carried = ""
+        selected = {(p, a) for a in arm_names for p in phases if p in ARMS[a]}
+        if (out / "memory.json").is_file():
+            old = json.loads((out / "memory.json").read_text(encoding="utf-8"))
+            commit = str(old.get("commit"))[:10]
+            kept = [r for r in old["rows"] if (r["phase"], r["arm"]) not in selected]
+            by_commit: dict[str, dict[str, list[str]]] = {}
+            for r in kept:
+                r.setdefault("carried_from", commit)
+                arms_of = by_commit.setdefault(r["carried_from"], {}).setdefault(r["phase"], [])
+                if r["arm"] not in arms_of:
+                    arms_of.append(r["arm"])
+            rows += kept
+            if kept:
+                parts = [
+                    f"at {c}: "
+                    + "; ".join(
+                        f"{p} ({', '.join(a)})"
+                        for p, a in sorted(got.items(), key=lambda x: PHASES.index(x[0]))
+                    )
+                    for c, got in by_commit.items()
+                ]
+                carried = (
+                    " Cells carried over from earlier records (this command measured "
+                    f"{', '.join(phases)} for {', '.join(arm_names)}): {' / '.join(parts)}."
                 )
-                for c, got in by_commit.items()
-            ]
-            carried = (
-                " Cells carried over from earlier records (this command measured "
-                f"{', '.join(phases)} for {', '.join(arm_names)}): {' / '.join(parts)}."
-            )
-        if not primitives and old.get("primitives"):
-            primitives.update(old["primitives"])
-            record["primitives_from"] = old.get("primitives_from", commit)
-        phases = [p for p in PHASES if p in phases or any(r["phase"] == p for r in kept)]
-    atomic_json(out / "memory.json", record)
+            if not primitives and old.get("primitives"):
+                primitives.update(old["primitives"])
+                record["primitives_from"] = old.get("primitives_from", commit)
+            phases = [p for p in PHASES if p in phases or any(r["phase"] == p for r in kept)]
+        record["carried_note"] = carried
+        atomic_json(out / "memory.json", record)
 
     def cell(phase: str, arm: str, tuned: bool, key: str = "peak_mib") -> str:
         got = [
@@ -312,9 +334,9 @@ def main() -> None:
         "",
         f"`python bench/{record['command']}` at {str(record.get('commit'))[:10]}, "
         f"{record['date']}; {record['machine'].get('cpu', '')}; MIIR default recipe, fields "
-        f"{', '.join(FIELDS)}, batch 128, {args.steps} steps, 1 thread. Each phase is a fresh "
+        f"{', '.join(FIELDS)}, batch 128, {record['steps']} steps, 1 thread. Each phase is a fresh "
         "process; peak RSS (`ru_maxrss`) includes the phases before it. Cells: median of "
-        f"{args.reps} runs (range). *Before*: evaluation as it was before issue 9's change "
+        f"{record['reps']} runs (range). *Before*: evaluation as it was before issue 9's change "
         "(each batch of 512 users scored in one forward pass, and the memory malloc keeps never "
         "released, the stage's callback kept); today it is scored in forward passes of 128 and the kept memory is released "
         "before and after each evaluation pass, the ranks go into buffers allocated before the "
@@ -349,8 +371,9 @@ def main() -> None:
     def time_ratio(phase: str, arm: str, base: str) -> str | None:
         """The median (range) over rounds of ``arm``'s time over ``base``'s in ``phase``."""
         key = ("phase", "arm", "malloc_tuned")
-        num = [r["seconds"] for r in rows if tuple(r[k] for k in key) == (phase, arm, True)]
-        den = [r["seconds"] for r in rows if tuple(r[k] for k in key) == (phase, base, True)]
+        own = [r for r in rows if "carried_from" not in r]  # both sides from this run
+        num = [r["seconds"] for r in own if tuple(r[k] for k in key) == (phase, arm, True)]
+        den = [r["seconds"] for r in own if tuple(r[k] for k in key) == (phase, base, True)]
         if not num or len(num) != len(den) or None in num + den:
             return None
         ratios = [a / b for a, b in zip(num, den, strict=True)]
