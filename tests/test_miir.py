@@ -17,7 +17,7 @@ from helpers import (
     small_model,
 )
 from miir.models import VARIANTS
-from miir.models.batch import ROW_BLOCK, Batch
+from miir.models.batch import ROW_BLOCK, Batch, padded_rows
 from miir.models.fields import ItemCatalogue
 from miir.models.miir import (
     MIIR,
@@ -233,6 +233,18 @@ def test_cutting_shared_padding_changes_no_loss(variant: str) -> None:
     for name, value in full_parts.items():
         assert torch.allclose(value, cut_parts[name], atol=1e-6), name
     assert trim_left_padding(batch()).shape == (4, 6)  # padding in one row only: nothing cut
+
+
+@given(st.integers(min_value=0, max_value=1 << 20))
+@settings(max_examples=50, deadline=None)
+def test_padded_rows_adds_at_most_a_quarter_and_takes_few_sizes(m: int) -> None:
+    """The compact pass's row counts: never fewer rows, at most a quarter more (or 7 below
+    64), and four sizes per doubling (so a chunk's row count repeats across chunks)."""
+    p = padded_rows(m)
+    assert m <= p <= max(m + 7, m + m // 4)
+    assert padded_rows(p) == p
+    for lo in (64, 256, 4096):
+        assert len({padded_rows(x) for x in range(lo + 1, 2 * lo + 1)}) == 4
 
 
 def test_trimmed_widths_come_in_blocks() -> None:
