@@ -214,4 +214,32 @@ def machine_info() -> dict[str, Any]:
         "native_bf16": native_bf16("cpu"),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "packages": package_versions(),
     }
+
+
+#: the installed packages whose versions change what a benchmark measures (memory: what
+#: Lightning's import loads; speed: oneDNN inside torch)
+RECORDED_PACKAGES = (
+    "lightning",
+    "torchmetrics",
+    "numpy",
+    "polars",
+    "scipy",
+    "transformers",
+    "sentence-transformers",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """name -> installed version (None where absent), read from the package metadata without
+    importing anything."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
