@@ -379,22 +379,26 @@ def main() -> None:
         ratios = [a / b for a, b in zip(num, den, strict=True)]
         return f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
-    if ratio := time_ratio("eval@512", "today", "before"):
-        lines += [
-            "",
-            "Evaluation time (`evaluate_run`, validation split, 512 users per batch, 1 thread, "
-            f"rounds interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, before "
-            f"{cell('eval@512', 'before', True, 'seconds')} s; ratio today / before, median of "
-            f"the rounds: {ratio}.",
-        ]
-    if ratio := time_ratio("eval@512", "any-shape", "today"):
-        lines += [
-            "",
-            "Evaluation time with its shapes not blocked (`evaluate_run` as above, rounds "
-            f"interleaved): today {cell('eval@512', 'today', True, 'seconds')} s, not blocked "
-            f"{cell('eval@512', 'any-shape', True, 'seconds')} s; ratio not blocked / today, "
-            f"median of the rounds: {ratio}.",
-        ]
+    # (phase, arm, base, what is timed, the arm's name in the sentence, the base's)
+    timed = [
+        ("eval@512", "today", "before",
+         "Evaluation time (`evaluate_run`, validation split, 512 users per batch, 1 thread, "
+         "rounds interleaved)", "today", "before"),
+        ("eval@512", "any-shape", "today",
+         "Evaluation time with its shapes not blocked (`evaluate_run` as above, rounds "
+         "interleaved)", "not blocked", "today"),
+        ("fit+val", "no-kernel-cache", "today",
+         "Time of the fit+val phase (`train()`, rounds interleaved)",
+         "without oneDNN's kernel cache", "today"),
+    ]  # fmt: skip
+    for phase, arm, base, what, arm_name, base_name in timed:
+        if ratio := time_ratio(phase, arm, base):
+            lines += [
+                "",
+                f"{what}: {base_name} {cell(phase, base, True, 'seconds')} s, {arm_name} "
+                f"{cell(phase, arm, True, 'seconds')} s; ratio {arm_name} / {base_name}, "
+                f"median of the rounds: {ratio}.",
+            ]
     if primitives:
         counts = "; ".join(
             f"{phase}: today {primitives['today'][phase]}, not blocked "
@@ -405,14 +409,6 @@ def main() -> None:
             "",
             "Distinct oneDNN primitives executed (each one cached with its JIT-compiled kernel; "
             f"`--primitives`, one run each with `ONEDNN_VERBOSE=1`): {counts}.",
-        ]
-    if ratio := time_ratio("fit+val", "no-kernel-cache", "today"):
-        lines += [
-            "",
-            "Time of the fit+val phase (`train()`, rounds interleaved): today "
-            f"{cell('fit+val', 'today', True, 'seconds')} s, without oneDNN's kernel cache "
-            f"{cell('fit+val', 'no-kernel-cache', True, 'seconds')} s; ratio without / with, "
-            f"median of the rounds: {ratio}.",
         ]
     atomic_write_text(out / "memory.md", "\n".join(lines) + "\n")
     print(f"written {out / 'memory.md'}")

@@ -1055,11 +1055,12 @@ def ensure_imputed(
                 "holds no checkpoint; training it again to impute with (its record is kept)"
             )
             results, _, _ = _train(imputer, run_dir, command)
-            recorded = store.find(imputer) or {}
+            recorded = store.find(imputer)
+            assert recorded is not None  # trained and recorded above where it was not
             echo(
                 f"[imputer] retrained: test full NDCG@10 "
                 f"{results['test']['full']['NDCG@10']:.4f} (recorded "
-                f"{recorded.get('test', {}).get('full', {}).get('NDCG@10', float('nan')):.4f})"
+                f"{recorded['test']['full']['NDCG@10']:.4f})"
             )
             trained += 1
         echo(f"imputing {run.case.title} with {imputer.label} run {imputer.key} into {path}")
