@@ -1,0 +1,45 @@
+"""bench/memory_run.py: the sampler that records whole-run peak memory (issue 9) sees a
+process's peak and when it rose."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "memory_run.py"
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc (Linux only)"
+)
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("memory_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trace_sees_the_peak_of_a_process_and_when_it_rose(tmp_path: Path) -> None:
+    mr = load()
+    # 0.6 s small, then 300 MiB touched and held for 0.6 s, then freed
+    code = (
+        "import time; time.sleep(0.6); b = bytearray(300 << 20); "
+        "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.6); del b; time.sleep(0.3)"
+    )
+    got = mr.trace([sys.executable, "-c", code], {}, 0.05, tmp_path / "log.txt")
+    assert got["peak_mib"] >= 300
+    assert got["seconds"] >= 1.4
+    # the peak rose by 300 MiB after the first 0.6 s, not at the start
+    big = [t for t, mib in got["peak_rises"] if mib >= 300]
+    assert big and big[0] >= 0.5
+    assert got["trace_10s"][0][0] == 0
+
+
+def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
+    mr = load()
+    with pytest.raises(SystemExit, match=r"log\.txt"):
+        mr.trace([sys.executable, "-c", "raise SystemExit(3)"], {}, 0.05, tmp_path / "log.txt")
