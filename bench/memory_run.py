@@ -155,6 +155,7 @@ def main() -> None:
     from miir.benchmark import git_commit
     from miir.runtime import machine_info
 
+    commit = git_commit()  # the code measured (read before the runs)
     common = parse_env(args.env)
     arms = {"as is": common}
     for spec in args.arm:
@@ -188,7 +189,7 @@ def main() -> None:
         "miir": " ".join(["miir", *DEFAULT, "--out RUN --overwrite", *extra]),
         "env": {a: e for a, e in arms.items()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **git_commit(),
+        **commit,
         "machine": machine_info(),
         "arms": results,
     }
