@@ -44,15 +44,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from childproc import run_child
+from childproc import child_process, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("categories", "brand", "title")
@@ -149,15 +147,10 @@ def count_primitives(phase: str, data: str, steps: int, run: str, arm: str) -> i
     attributes and shapes) that ``phase`` executes: what the primitive cache holds at most,
     read from ``ONEDNN_VERBOSE=1``'s execution lines (a separate run: the verbose output
     slows it)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **phase_env(True, arm), "ONEDNN_VERBOSE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, phase, data, str(steps), run, arm],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-        env=env,
-    )
+    env = {**phase_env(True, arm), "ONEDNN_VERBOSE": "1"}
+    proc = child_process(CHILD, phase, data, str(steps), run, arm, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"primitive count of {phase} ({arm}) failed:\n{proc.stderr[-3000:]}")
     seen = set()
     for line in proc.stdout.splitlines():
         if line.startswith("onednn_verbose,v1,primitive,exec,"):

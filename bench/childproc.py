@@ -23,11 +23,12 @@ def mem():
 """
 
 
-def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
+def child_process(
+    code: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (repository root, one thread unless ``env`` says
-    otherwise) with ``args`` as ``sys.argv[1:]``; return the JSON of its ``RESULT`` line, or
-    stop with its error output."""
-    proc = subprocess.run(
+    otherwise) with ``args`` as ``sys.argv[1:]``; its output captured as text."""
+    return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
@@ -35,6 +36,12 @@ def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
         check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
+
+
+def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """:func:`child_process`, returning the JSON of its ``RESULT`` line, or stopping with its
+    error output."""
+    proc = child_process(code, *args, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"child run {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
