@@ -32,11 +32,24 @@ def test_trace_sees_the_peak_of_a_process_and_when_it_rose(tmp_path: Path) -> No
     )
     got = mr.trace([sys.executable, "-c", code], {}, 0.05, tmp_path / "log.txt")
     assert got["peak_mib"] >= 300
+    # the kernel's peak is at least every sampled one
+    assert got["peak_mib"] >= max(m for _, m in got["peak_rises"])
     assert got["seconds"] >= 1.4
     # the peak rose by 300 MiB after the first 0.6 s, not at the start
     big = [t for t, mib in got["peak_rises"] if mib >= 300]
     assert big and big[0] >= 0.5
     assert got["trace_10s"][0][0] == 0
+
+
+def test_a_peak_between_two_samples_is_not_missed(tmp_path: Path) -> None:
+    """200 MiB held for 0.05 s, sampled every 2 s: only the kernel's peak sees it."""
+    mr = load()
+    code = (
+        "import time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); "
+        "time.sleep(0.05); del b; time.sleep(0.3)"
+    )
+    got = mr.trace([sys.executable, "-c", code], {}, 2.0, tmp_path / "log.txt")
+    assert got["peak_mib"] >= 200
 
 
 def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
