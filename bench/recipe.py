@@ -315,6 +315,17 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
         {"max_epochs": 40, "patience": 8, "lr_schedule": "cosine"},
     ),
+    # capacity: every field embedding (and so DFSA's width) 128 instead of the paper's 64; the
+    # head size goes from 16 to 32 with the 4 heads kept (DIF-SR's anchor runs wider than 64)
+    "item-norm-mask-0.3-e128-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3, "embedding_size": 128},
+        {"max_epochs": 40, "patience": 8},
+    ),
+    # decoupled weight decay (AdamW; LayerNorms and biases not decayed), the lever
+    "item-norm-mask-0.3-wd-0.1-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
+        {"max_epochs": 40, "patience": 8, "weight_decay": 0.1},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
