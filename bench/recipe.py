@@ -326,6 +326,12 @@ ARMS: dict[str, tuple[dict, dict]] = {
         {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3},
         {"max_epochs": 40, "patience": 8, "weight_decay": 0.1},
     ),
+    # the next-item loss (SASRec's every-prefix signal, what full ranking rewards) weighted 2
+    # against the MII field losses (item ID 3, side fields 1)
+    "item-norm-mask-0.3-next-2-40": (
+        {**DEFAULT, "loss_mean": "item", "mask_prob": 0.3, "next_item_weight": 2.0},
+        {"max_epochs": 40, "patience": 8},
+    ),
     "normal-prefixes": (
         {"embedding_init": "normal", "last_item_prob": 1.0},
         {"window_stride": 1},
