@@ -45,7 +45,10 @@ def dropout_multipliers(
         return F.embedding(codes, table).view(-1)[:n].view(shape)
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     u16 = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    return ((u16 >= round(p * 65536) - 32768).to(torch.float32) / (1.0 - p)).to(dtype)
+    keep = u16 >= round(p * 65536) - 32768
+    # the mask viewed as uint8: its conversion to float is 3-4x faster than bool's on the CPU,
+    # and the whole draw 0.4-0.7x the time of the float32 divide (bench/results/dropout.md)
+    return keep.view(torch.uint8).to(dtype).mul_(1.0 / (1.0 - p))
 
 
 def xavier_init(module: nn.Module) -> None:
