@@ -59,3 +59,22 @@ def test_block_matches_transformer_encoder_layer() -> None:
     ours.train()
     ours.p = 1e-12
     assert torch.allclose(ours(x, mask)[~pad], got[~pad], atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_multipliers_equal_their_previous_form_from_the_same_seed(p, dtype) -> None:
+    """bench/bench_dropout.py times today's form against the previous one as equals: the same
+    bits give the same mask and the same values."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_dropout.py"
+    spec = importlib.util.spec_from_file_location("bench_dropout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(5)
+    before = bench.previous_multipliers((7, 33, 5), p, dtype)
+    torch.manual_seed(5)
+    today = dropout_multipliers((7, 33, 5), p, dtype, torch.device("cpu"))
+    assert today.dtype == dtype and torch.equal(today, before)
