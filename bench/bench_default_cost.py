@@ -20,20 +20,18 @@ Writes ``bench/results/default_cost.json`` and ``.md`` atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import git_state, machine, machine_line, prepare
-from miir.atomic import atomic_write_text
+from bench_train import prepare
 from miir.data.artifact import Artifact
 from miir.models import model_config
+from miir.provenance import header_line, run_record, write_result
 from miir.runtime import keep_freed_memory
 from miir.training.data import training_windows
 from miir.training.train import build_model, quiet_lightning
@@ -123,25 +121,17 @@ def main() -> None:
                     "rounds": times[(name, bf16)],
                 }
             )
-    info = {
-        "command": " ".join(["python", *sys.argv]),
-        **git_state(),
-        "machine": machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "steps": args.steps,
-        "rounds": args.rounds,
-        "batch": args.batch,
-        "steps_per_epoch": steps_per_epoch,
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "default_cost.json", json.dumps(info, indent=1))
+    info = run_record(
+        steps=args.steps,
+        rounds=args.rounds,
+        batch=args.batch,
+        steps_per_epoch=steps_per_epoch,
+        rows=rows,
+    )
     lines = [
         "# What the causal + next-item default (and its clean next-item pass) costs per step",
         "",
-        f"`{info['command']}` at {info['commit'][:10]}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['date']}, {machine_line(info['machine'])}.",
+        f"{header_line(info)}.",
         f"{args.rounds} interleaved rounds of {args.steps} packed batches of {args.batch} "
         f"(the same batches and masks for every model); {steps_per_epoch} steps per epoch. "
         "s/step: median over rounds of the mean step time; ratio: median of per-round ratios.",
@@ -156,8 +146,7 @@ def main() -> None:
             f"{r['epoch_seconds_est']:.1f} s | {r['ratio_to_bidirectional']:.2f}x | "
             f"{r['ratio_to_default']:.2f}x |"
         )
-    atomic_write_text(out / "default_cost.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(args.out), "default_cost", info, lines)
 
 
 if __name__ == "__main__":

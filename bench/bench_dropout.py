@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
+from miir.provenance import header_line, run_record, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -60,9 +59,6 @@ def main() -> None:
     ap.add_argument("--note", default="", help="Written under the table (the machine's load).")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_train import git_state, machine, machine_line
-    from miir.atomic import atomic_write_text
     from miir.models.layers import dropout_multipliers
 
     torch.set_num_threads(args.threads)
@@ -105,24 +101,11 @@ def main() -> None:
                 }
             )
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "rounds"}), flush=True)
-    info = {
-        "command": shlex.join(["python", *sys.argv]),
-        **git_state(),
-        "machine": machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "p": args.p,
-        "threads": args.threads,
-        "rows": rows,
-        "note": args.note,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "dropout.json", json.dumps(info, indent=1))
+    info = run_record(p=args.p, threads=args.threads, rows=rows, note=args.note)
     lines = [
         f"# Dropout multipliers (p = {args.p}): today's form against the previous one",
         "",
-        f"`{info['command']}` at {info['commit'][:10]}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['date']}, {machine_line(info['machine'])}; {args.threads} torch threads, "
+        f"{header_line(info)}; {args.threads} torch threads, "
         f"{args.rounds} interleaved rounds of {args.reps} calls per form.",
         "",
         "| tensor | shape | dtype | same mask | largest value difference | previous ms/call "
@@ -138,8 +121,7 @@ def main() -> None:
         )
     if args.note:
         lines += ["", args.note]
-    atomic_write_text(out / "dropout.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(args.out), "dropout", info, lines)
 
 
 if __name__ == "__main__":

@@ -26,42 +26,23 @@ unless ``--out`` is given; its numbers are not results).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from miir.atomic import atomic_json, atomic_write_text
-from miir.benchmark import git_commit
 from miir.data.artifact import Artifact
 from miir.export import INPUT, OUTPUT, export_run, ort_session
-from miir.runtime import machine_info
+from miir.provenance import header_line, run_record, write_result
 from miir.training.checkpoint import load_checkpoint
 from miir.training.data import eval_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"single": 1, "batch64": 64}
-
-
-def machine() -> dict[str, Any]:
-    mem = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {
-        **machine_info(),
-        "ram_mib": mem,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def request_pool(meta: dict[str, Any], model: Any, seed: int) -> tuple[torch.Tensor, str]:
@@ -127,17 +108,12 @@ def measure(model: Any, session: Any, pool: torch.Tensor, repeats: int, seed: in
     return out
 
 
-def markdown(rec: dict[str, Any]) -> str:
-    m = rec["machine"]
-    g = rec["git"]
+def markdown(rec: dict[str, Any]) -> list[str]:
     lines = [
         "# Scoring latency: PyTorch against the ONNX export (onnxruntime)",
         "",
-        f"Command: `{rec['command']}`; commit {g['commit'][:10]}"
-        + (" (with uncommitted changes)" if g["dirty"] else "")
-        + f"; {rec['date']}.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, onnxruntime "
-        f"{rec['onnxruntime']}; {rec['threads']} thread(s) for each engine.",
+        f"{header_line(rec)}; onnxruntime {rec['onnxruntime']}, {rec['threads']} thread(s) "
+        "for each engine.",
         f"Model: {rec['model']['display_name']} ({rec['model']['name']}), "
         f"{rec['model']['n_items']:,} items, history {rec['model']['history_len']}; "
         f"run `{rec['run']}`. Requests: {rec['requests']}.",
@@ -159,7 +135,7 @@ def markdown(rec: dict[str, Any]) -> str:
         "histories. PyTorch cuts the padding a batch shares; the ONNX graph scores the full "
         "width. " + (rec.get("note") or ""),
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,30 +162,23 @@ def main(argv: list[str] | None = None) -> None:
         results = measure(model, session, pool, repeats, args.seed)
     import onnxruntime
 
-    rec = {
-        "benchmark": "export",
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": machine(),
-        "onnxruntime": onnxruntime.__version__,
-        "threads": args.threads,
-        "quick": args.quick,
-        "run": str(args.run),
-        "model": {
+    rec = run_record(
+        benchmark="export",
+        onnxruntime=onnxruntime.__version__,
+        threads=args.threads,
+        quick=args.quick,
+        run=str(args.run),
+        model={
             "name": meta.get("model"),
             "display_name": model.display_name(),
             "n_items": model.n_items,
             "history_len": model.history_len,
         },
-        "requests": source,
-        "results": results,
-        "note": args.note,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_json(out / "export.json", rec)
-    atomic_write_text(out / "export.md", markdown(rec))
-    print(markdown(rec))
+        requests=source,
+        results=results,
+        note=args.note,
+    )
+    write_result(out, "export", rec, markdown(rec))
     print(f"wrote {out / 'export.json'} and {out / 'export.md'}")
 
 

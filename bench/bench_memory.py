@@ -44,9 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -249,8 +247,7 @@ def main() -> None:
     from statistics import median
 
     from miir.atomic import atomic_json, atomic_write_text
-    from miir.benchmark import git_commit
-    from miir.runtime import machine_info
+    from miir.provenance import header_line, run_record
 
     phases = [p for p in PHASES if p in args.phases.split(",")]
     arm_names = [a for a in ARMS if a in args.arms.split(",")]
@@ -265,17 +262,9 @@ def main() -> None:
         phases = [p for p in PHASES if any(r["phase"] == p for r in rows)]
     else:
         rows, primitives = measure(args, phases, arms)
-        record = {
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            **git_commit(),
-            "machine": machine_info(),
-            "data": args.data,
-            "steps": args.steps,
-            "reps": args.reps,
-            "rows": rows,
-            "primitives": primitives,
-        }
+        record = run_record(
+            data=args.data, steps=args.steps, reps=args.reps, rows=rows, primitives=primitives
+        )
         carried = ""
         selected = {(p, a) for a in arm_names for p in phases if p in ARMS[a]}
         if (out / "memory.json").is_file():
@@ -325,8 +314,7 @@ def main() -> None:
     lines = [
         "# Peak resident memory of MIIR training and evaluation (issue 9: under 1 GB)",
         "",
-        f"`python bench/{record['command']}` at {str(record.get('commit'))[:10]}, "
-        f"{record['date']}; {record['machine'].get('cpu', '')}; MIIR default recipe, fields "
+        f"{header_line(record)}; MIIR default recipe, fields "
         f"{', '.join(FIELDS)}, batch 128, {record['steps']} steps, 1 thread. Each phase is a fresh "
         "process; peak RSS (`ru_maxrss`) includes the phases before it. Cells: median of "
         f"{record['reps']} runs (range). *Before*: evaluation as it was before issue 9's change "

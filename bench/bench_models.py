@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,6 @@ import torch
 import torch.nn.functional as F
 
 import miir.models.layers as layers
-from miir.atomic import atomic_write_text
 from miir.data.artifact import Artifact
 from miir.errors import MiirError
 from miir.models import REGISTRY, get_entry, model_config
@@ -63,7 +61,8 @@ from miir.training.train import TrainConfig, build_model, quiet_lightning, train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import EpochTimer, epoch_trainer, git_state, machine, machine_line  # noqa: E402
+from bench_train import EpochTimer, epoch_trainer  # noqa: E402
+from miir.provenance import header_line, run_record, write_result  # noqa: E402
 
 FIELDS = ("categories", "brand", "title")
 EMBEDDING_SIZE = 64
@@ -250,16 +249,14 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict) -> list[str]:
     s = result["setup"]
     md = [
         "# Training speed of every model (amazon-beauty, batch 128, e = 64)",
         "",
         *(["**Quick smoke run (`--quick`): too few steps to be a measurement.**", ""]
           if s["quick"] else []),
-        f"`{result['command']}` at {result['git']['commit'][:10]}"
-        f"{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
-        f"{machine_line(result['machine'])}.",
+        f"{header_line(result)}.",
         f"Each model at its default config except e = {EMBEDDING_SIZE}; side-information models "
         f"read {', '.join(FIELDS)} (besides the item ID). Precision {s['precision']} "
         f"(`--precision {s['precision_option']}`). Each of {s['rounds']} interleaved rounds "
@@ -298,7 +295,7 @@ def markdown(result: dict) -> str:
         "loader and module (`--epoch`; '-' when not run). Peak RSS: the model's own process "
         "(timing and epoch).",
     ]
-    return "\n".join(md) + "\n"
+    return md
 
 
 def main() -> None:
@@ -364,13 +361,9 @@ def main() -> None:
                 f"peak RSS {r['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
-    result = {
-        "benchmark": "models",
-        "command": " ".join(["python", "bench/bench_models.py", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(),
-        "machine": machine(),
-        "setup": {
+    result = run_record(
+        benchmark="models",
+        setup={
             "artifact": Path(args.data).name,
             "fields": list(FIELDS),
             "embedding_size": EMBEDDING_SIZE,
@@ -383,13 +376,9 @@ def main() -> None:
             "quick": args.quick,
             "registered": list(REGISTRY),
         },
-        "models": models,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "models.json", json.dumps(result, indent=1))
-    md = markdown(result)
-    atomic_write_text(out / "models.md", md)
-    print(md)
+        models=models,
+    )
+    write_result(out, "models", result, markdown(result))
     print(f"wrote {out / 'models.json'} and {out / 'models.md'}")
     if any("error" in r for r in models.values()):
         raise SystemExit(1)

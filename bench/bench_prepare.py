@@ -26,7 +26,6 @@ Target: under 10 s median without text on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.metadata as md
 import json
 import os
@@ -40,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from miir.atomic import atomic_write_text
+from miir.provenance import header_line, run_record, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_NO_TEXT_S = 10.0
@@ -61,54 +60,6 @@ print(json.dumps({"wall_s": wall, "maxrss_kib": rss, "rc": rc}))
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def machine() -> dict[str, Any]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": usable,
-        "ram_gib": _ram_gib(),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-    }
-
-
-def _git(*args: str) -> str | None:
-    try:
-        res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-    except OSError:
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
-def git_state() -> dict[str, Any]:
-    status = _git("status", "--porcelain")
-    return {
-        "commit": _git("rev-parse", "HEAD"),  # None before the first commit
-        "dirty": bool(status) if status is not None else None,
-    }
 
 
 def versions() -> dict[str, str | None]:
@@ -202,7 +153,7 @@ def target_verdict(report: dict[str, Any]) -> str:
         return "not measured (no-text case skipped)"
     med = case["wall_s"]["median"]
     verdict = "MET" if med < TARGET_NO_TEXT_S else "MISSED"
-    cores = report["machine"]["cpu_cores_usable"]
+    cores = report["machine"]["cores_usable"]
     note = (
         ""
         if cores == TARGET_CORES
@@ -211,17 +162,13 @@ def target_verdict(report: dict[str, Any]) -> str:
     return f"{verdict}: median {med:.2f} s vs target < {TARGET_NO_TEXT_S:.0f} s{note}"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    m, g, v = report["machine"], report["git"], report["versions"]
-    commit = g["commit"] or "no commit"
-    dirty = " (dirty tree)" if g["dirty"] else ""
+def markdown(report: dict[str, Any]) -> list[str]:
+    m, v = report["machine"], report["versions"]
     lines = [
         "# `miir prepare` benchmark",
         "",
-        f"- data: `{report['data']}` ({report['date']})",
-        f"- machine: {m['cpu_model']}, {m['cpu_cores_usable']} usable cores "
-        f"({m['cpu_cores']} online), {m['ram_gib']} GiB RAM",
-        f"- commit: `{commit}`{dirty}",
+        f"- {header_line(report)}",
+        f"- data: `{report['data']}`; {m['cores_usable']} usable cores, {m['ram_mib']} MiB RAM",
         f"- versions: python {v['python']}, torch {v['torch']}, polars {v['polars']}, "
         f"numpy {v['numpy']}, sentence-transformers {v['sentence-transformers']}",
         f"- method: {report['method']}",
@@ -241,9 +188,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Target (no text, {TARGET_CORES} CPU cores): < {TARGET_NO_TEXT_S:.0f} s — "
         f"{report['target']['verdict']}",
-        "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,19 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"data folder not found: {data}")
     miir = find_miir(args.miir)
     extra = ["--format", args.format] if args.format else []
-    report: dict[str, Any] = {
-        "benchmark": "miir prepare",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "data": str(args.data),
-        "machine": machine(),
-        "git": git_state(),
-        "versions": versions(),
-        "method": "each run in a fresh wrapper process: wall = perf_counter around "
+    report = run_record(
+        benchmark="miir prepare",
+        data=str(args.data),
+        versions=versions(),
+        method="each run in a fresh wrapper process: wall = perf_counter around "
         "subprocess.run of the CLI; peak memory = getrusage(RUSAGE_CHILDREN).ru_maxrss "
         "of the wrapper after the run",
-        "bench_command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "cases": {},
-    }
+        cases={},
+    )
     env_base = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp_name:
         tmp = Path(tmp_name)
@@ -298,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "prepare.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / "prepare.md", markdown(report))
+    write_result(out, "prepare", report, markdown(report))
     for name, c in report["cases"].items():
         w = c["wall_s"]
         print(

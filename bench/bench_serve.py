@@ -42,46 +42,25 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import random
-import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from miir.atomic import atomic_json, atomic_write_text
-from miir.benchmark import git_commit
-from miir.runtime import machine_info
+from miir.provenance import header_line, machine, run_record, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 P99_TARGET_MS = 50.0
 
 
 # ---------------------------------------------------------------------- record keeping
-
-
-def machine() -> dict[str, Any]:
-    mem = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    load = None
-    with contextlib.suppress(OSError):
-        load = [round(x, 2) for x in os.getloadavg()]
-    return {
-        **machine_info(),
-        "ram_mib": mem,
-        "load_avg": load,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def tree(pid: int) -> list[int]:
@@ -398,8 +377,8 @@ def _phase_order(item: tuple[str, Any]) -> tuple[bool, bool]:
     return (not item[0].startswith("single"), item[0].endswith("off"))
 
 
-def markdown(rec: dict[str, Any]) -> str:
-    m, g, s = rec["machine"], rec["git"], rec["server"]
+def markdown(rec: dict[str, Any]) -> list[str]:
+    m, s = rec["machine"], rec["server"]
     title = "# HTTP service load benchmark (`miir serve`)"
     if rec["smoke"]:
         title += ": SMOKE RUN (not a result)"
@@ -408,11 +387,8 @@ def markdown(rec: dict[str, Any]) -> str:
     lines = [
         title,
         "",
-        f"Command: `{rec['command']}`; commit {g['commit'][:10]}"
-        + (" (with uncommitted changes)" if g["dirty"] else "")
-        + f"; {rec['date']}.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_mib']} MiB, torch {m['torch']}; "
-        f"load average before the run {m['load_avg']}, after {rec['load_avg_after']}.",
+        f"{header_line(rec)}; {m['ram_mib']} MiB; load average before the run "
+        f"{m['load_avg']}, after {rec['load_avg_after']}.",
         f"Model: {rec['model']['variant']} on {rec['model']['dataset']}, "
         f"{rec['model']['n_items']:,} items, history {rec['model']['history_len']}; run "
         f"`{rec['run']}`. Server: {s.get('workers', 1)} process(es), "
@@ -482,7 +458,7 @@ def markdown(rec: dict[str, Any]) -> str:
         "/recommend/batch of 64 valid histories. Latencies are of the 200 answers, measured "
         "by the client. " + (rec.get("note") or ""),
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -619,17 +595,14 @@ def main(argv: list[str] | None = None) -> None:
             **{q: off["latency_ms"][q] / on["latency_ms"][q] for q in ("p50", "p95", "p99")},
             "server_cpu": on["server_cpu_ms_per_request"] / off["server_cpu_ms_per_request"],
         }
-    rec = {
-        "benchmark": "serve",
-        "smoke": args.smoke,
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "machine": host_machine,
-        "load_avg_after": machine()["load_avg"],
-        "run": str(args.run),
-        "model": {k: meta[k] for k in ("model", "variant", "dataset", "n_items", "history_len")},
-        "server": {
+    rec = run_record(
+        benchmark="serve",
+        smoke=args.smoke,
+        machine=host_machine,
+        load_avg_after=machine()["load_avg"],
+        run=str(args.run),
+        model={k: meta[k] for k in ("model", "variant", "dataset", "n_items", "history_len")},
+        server={
             "workers_threads": args.workers_threads,
             "torch_threads": args.torch_threads,
             "imputations": args.imputations,
@@ -642,11 +615,11 @@ def main(argv: list[str] | None = None) -> None:
             "client": args.client,
             **{m: importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop")},
         },
-        "phases": phases,
-        "batching_ratio": ratio,
-        "memory": memory,
-        "alive_after": alive,
-        "targets": {
+        phases=phases,
+        batching_ratio=ratio,
+        memory=memory,
+        alive_after=alive,
+        targets={
             "config": main_phase,
             "p99_single_ms": p99,
             "p99_met": p99 < P99_TARGET_MS,
@@ -659,12 +632,9 @@ def main(argv: list[str] | None = None) -> None:
                 if (r := p.get("server_rss_mib_by_round"))
             },
         },
-        "note": args.note,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_json(args.out / "serve.json", rec)
-    atomic_write_text(args.out / "serve.md", markdown(rec))
-    print(markdown(rec))
+        note=args.note,
+    )
+    write_result(args.out, "serve", rec, markdown(rec))
     print(f"wrote {args.out / 'serve.json'} and {args.out / 'serve.md'}")
 
 

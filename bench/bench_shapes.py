@@ -24,12 +24,8 @@ Writes ``bench/results/shapes.json`` and ``.md`` atomically.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from childproc import PROC_MEMORY, run_child
@@ -142,9 +138,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_train import git_state, machine, machine_line
-    from miir.atomic import atomic_write_text
+    from miir.provenance import header_line, run_record, write_result
 
     memory = []
     for bf16 in (True, False):
@@ -153,25 +147,12 @@ def main() -> None:
             memory.append({"bf16": bf16, "blocked": blocked, **got})
             print(f"bf16={bf16} blocked={blocked}: {got}", flush=True)
     timed = timing(args.data, args.rounds, args.time_steps)
-    info = {
-        "command": shlex.join(["python", *sys.argv]),
-        **git_state(),
-        "machine": machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "steps": args.steps,
-        "memory": memory,
-        "timing": timed,
-        "note": args.note,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "shapes.json", json.dumps(info, indent=1))
+    info = run_record(steps=args.steps, memory=memory, timing=timed, note=args.note)
     marks = [str(c) for c in CHECKPOINTS if c <= args.steps]
     lines = [
         "# Training memory and step time with fixed-size blocks of shapes",
         "",
-        f"`{info['command']}` at {info['commit'][:10]}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['date']}, {machine_line(info['machine'])}.",
+        f"{header_line(info)}.",
         f"Default MIIR (fields {', '.join(FIELDS)}), random packed batches of 128, Adam, "
         f"1 thread; each row a fresh process. Resident memory (MiB) after the step:",
         "",
@@ -195,8 +176,7 @@ def main() -> None:
     ]
     if args.note:
         lines += ["", args.note]
-    atomic_write_text(out / "shapes.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(args.out), "shapes", info, lines)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shlex
 import statistics
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -195,9 +193,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_train import git_state, machine, machine_line
-    from miir.atomic import atomic_write_text
+    from miir.provenance import header_line, run_record, write_result
     from miir.runtime import keep_freed_memory
     from miir.training.train import quiet_lightning
 
@@ -210,25 +206,13 @@ def main() -> None:
     print(json.dumps(mem), flush=True)
     rows = timing(args.data, "miir", {"fields": FIELDS}, args.steps, args.rounds)
     rows += timing(args.data, "sasrec", {}, args.steps, args.rounds)
-    info = {
-        "command": shlex.join(["python", *sys.argv]),
-        **git_state(),
-        "machine": machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "same_loss": check,
-        "memory": mem,
-        "mem_steps": args.mem_steps,
-        "timing": rows,
-        "note": args.note,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "softmax.json", json.dumps(info, indent=1))
+    info = run_record(
+        same_loss=check, memory=mem, mem_steps=args.mem_steps, timing=rows, note=args.note
+    )
     lines = [
         "# The fused, chunked softmax cross-entropy against F.cross_entropy on full logits",
         "",
-        f"`{info['command']}` at {info['commit'][:10]}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['date']}, {machine_line(info['machine'])}.",
+        f"{header_line(info)}.",
         "",
         f"Same loss (default MIIR, one packed batch of 128 and its mask, dropout off, float32): "
         f"fused {check['loss_fused']:.6f}, unfused {check['loss_unfused']:.6f}; largest "
@@ -260,8 +244,7 @@ def main() -> None:
         lines.append(f"| {name} | {m['start']:.0f} | {m['end']:.0f} | {m['peak']:.0f} |")
     if args.note:
         lines += ["", args.note]
-    atomic_write_text(out / "softmax.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(args.out), "softmax", info, lines)
 
 
 if __name__ == "__main__":

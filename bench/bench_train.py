@@ -35,18 +35,15 @@ runs every part briefly into a temporary folder (a smoke test; its numbers are n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -56,15 +53,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import miir.models.layers as layers
-from miir.atomic import atomic_write_text
 from miir.data.artifact import Artifact
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.evaluation.evaluate import PROTOCOLS, ProtocolRanks, evaluate_scores
 from miir.models import model_config
 from miir.models.batch import pack_windows, trim_left_padding
+from miir.models.fields import ID_FIELD
 from miir.models.masking import Masked, mii_mask
 from miir.models.miir import MIIR
-from miir.runtime import keep_freed_memory, machine_info
+from miir.provenance import header_line, run_record, write_result
+from miir.runtime import keep_freed_memory
 from miir.training.data import LengthBuckets, eval_rows, row_lengths, training_windows
 from miir.training.module import SequenceModule
 from miir.training.train import TrainConfig, build_model, quiet_lightning, training_loader
@@ -75,7 +73,8 @@ FIELDS = ("categories", "brand", "title")
 
 class NaiveMIIR(nn.Module):
     """The straightforward formulation: same embeddings and heads (shared with ``model``),
-    ``nn.TransformerEncoder`` with weights copied from ``model``, every head at every position."""
+    ``nn.TransformerEncoder`` with weights copied from ``model``, every head at every position;
+    the loss weighs and averages as ``model``'s config says (``field_weights``, ``loss_mean``)."""
 
     def __init__(self, model: MIIR) -> None:
         super().__init__()
@@ -115,11 +114,12 @@ class NaiveMIIR(nn.Module):
         pad = (items == 0)[..., None].expand(B, n, Fn).reshape(B, n * Fn)  # (B, T)
         out = self.encoder(x.reshape(B, n * Fn, e), src_key_padding_mask=pad).view(B, n, Fn, e)
         tgt = masked.targets.float()  # (B, n, F)
+        names = [ID_FIELD, *(field.name for field in m.fields)]
+        weight = [m.config.field_weights.get(name, 1.0) for name in names]
         logits = out[..., 0, :] @ m.item_emb.weight[FIRST_VALUE_ID:].T  # (B, n, N): every position
         ids = (items - FIRST_VALUE_ID).clamp(min=0)
-        total = (F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * tgt[..., 0]).sum(
-            -1
-        )
+        ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+        total = weight[0] * (ce * tgt[..., 0]).sum(-1)
         for j, f in enumerate(m.fields, start=1):
             h = out[..., j, :]  # (B, n, e)
             codec, vals = enc.codecs[f.name], enc.features.values(f.name, items)
@@ -135,9 +135,11 @@ class NaiveMIIR(nn.Module):
                 lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
                 truth = (vals - FIRST_VALUE_ID).clamp(min=0)
                 per = F.cross_entropy(lg.transpose(1, 2), truth, reduction="none")
-            total = total + (per * tgt[..., j]).sum(-1)
+            total = total + weight[j] * (per * tgt[..., j]).sum(-1)
         n_items = (items >= FIRST_VALUE_ID).sum(-1).clamp(min=1).float()
-        return (total / n_items).mean()
+        if m.config.loss_mean == "item":  # the batch's sums over its number of items
+            return total.sum() / n_items.sum()
+        return (total / n_items).mean()  # Eq. 13: per sequence, then the mean
 
 
 def miir_model(artifact: Artifact) -> MIIR:
@@ -146,42 +148,6 @@ def miir_model(artifact: Artifact) -> MIIR:
     causal + next-item step beside it."""
     config = {"fields": FIELDS, "causal": False}
     return build_model(artifact, model_config("miir", config), "miir")
-
-
-def machine() -> dict:
-    """:func:`miir.runtime.machine_info` (CPU model, cores, the CPU flags that decide bf16
-    speed, torch threads) plus memory, platform and Python."""
-    mem = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {
-        **machine_info(),
-        "ram_mib": mem,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def machine_line(m: dict) -> str:
-    """The machine in a Markdown header: CPU, cores, flags, torch."""
-    flags = ", ".join(m.get("flags") or []) or "none of note"
-    bf16 = "native" if m.get("native_bf16") else "emulated"
-    return (
-        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), CPU flags: "
-        f"{flags} (bf16 {bf16}), torch {m['torch']}"
-    )
-
-
-def git_state() -> dict:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-
-    return {
-        "commit": run("rev-parse", "HEAD"),
-        "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -587,13 +553,9 @@ def main() -> None:
                 )
         eval_times["row order"].append(time.perf_counter() - t)
 
-    result = {
-        "benchmark": "train",
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(),
-        "machine": machine(),
-        "setup": {
+    result = run_record(
+        benchmark="train",
+        setup={
             "artifact": artifact.name,
             "fields": ["item_id", *FIELDS],
             "batch": args.batch,
@@ -607,24 +569,22 @@ def main() -> None:
             "quick": args.quick,
             "lightning_epoch_batches": epoch_batches or steps_per_epoch,
         },
-        "same_loss": same_loss,
-        "flops_per_step": flops,
-        "matmul_rate_gflops": {k: v / 1e9 for k, v in rates.items()},
-        "variants": variants,
-        "speedup_median_of_rounds": ratio_summary,
-        "allocator": allocator,
-        "lightning_epoch": epochs,
-        "evaluation": {
+        same_loss=same_loss,
+        flops_per_step=flops,
+        matmul_rate_gflops={k: v / 1e9 for k, v in rates.items()},
+        variants=variants,
+        speedup_median_of_rounds=ratio_summary,
+        allocator=allocator,
+        lightning_epoch=epochs,
+        evaluation={
             "users": len(valid),
             "seconds_median": statistics.median(eval_times["by length"]),
             "seconds_median_row_order": statistics.median(eval_times["row order"]),
             "protocols": list(PROTOCOLS),
         },
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "targets": {"epoch_seconds": 30, "speedup_vs_naive": 4.5},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "train.json", json.dumps(result, indent=1))
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        targets={"epoch_seconds": 30, "speedup_vs_naive": 4.5},
+    )
     md = [
         "# Training speed (amazon-beauty, ID + categories + brand + title, paper hyper-parameters)",
         "",
@@ -633,8 +593,7 @@ def main() -> None:
             if args.quick
             else []
         ),
-        f"`{result['command']}` at {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, "
-        f"{result['date']}, {machine_line(result['machine'])}.",
+        f"{header_line(result)}.",
         f"{len(windows):,} training windows, {steps_per_epoch} steps of {args.batch} per epoch. "
         f"Each of {args.rounds} interleaved rounds times every variant on {args.steps} batches of an epoch: "
         "the same uniformly random batches for all but `ours-fp32-buckets`, which runs as many batches of "
@@ -686,8 +645,7 @@ def main() -> None:
         f"(users scored in order of history length; {result['evaluation']['seconds_median_row_order']:.1f} s in row order). "
         f"Peak RSS {result['peak_rss_mib']:.0f} MiB. Targets: <= 30 s/epoch, >= 4.5x vs naive."
     )
-    atomic_write_text(out / "train.md", "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_result(out, "train", result, md)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import platform
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from miir.provenance import header_line, run_record, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "by_popularity"
@@ -119,14 +117,13 @@ def history_items(runs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict) -> list[str]:
     names = result["models"]
     first = names[0]
     out = [
         f"# Where the models win or lose: {result['name']}",
         "",
-        f"- command: `{result['command']}`",
-        f"- commit: {result['commit']}; date: {result['date']}; machine: {result['machine']}",
+        f"- {header_line(result)}",
         f"- artifact: `{result['data']}`; {result['users']:,} test users",
         "- runs: " + ", ".join(f"{n} (`{p}`)" for n, p in result["runs"].items()),
         "",
@@ -180,7 +177,7 @@ def markdown(result: dict) -> str:
                 f"{h['masked_HR@1']:.4f} | {h['full_HR@10']:.4f} | {h['masked_HR@10']:.4f} |"
             )
         out.append("")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main() -> None:
@@ -190,8 +187,6 @@ def main() -> None:
     ap.add_argument("--name", default="beauty")
     ap.add_argument("--buckets", type=int, default=4)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
-    from miir.benchmark import git_commit
     from miir.data.artifact import Artifact
 
     artifact = Artifact(args.data)
@@ -209,32 +204,15 @@ def main() -> None:
                 f"{path}: {len(z['full'])} users, the artifact's test split has {len(targets)}"
             )
         paths[label], runs[label] = path, {p: z[p] for p in PROTOCOLS}
-    c = git_commit()
-    result = {
-        "name": args.name,
-        "command": "python bench/by_popularity.py " + " ".join(sys.argv[1:]),
-        "commit": (c["commit"] or "unknown")[:10] + (" (dirty)" if c["dirty"] else ""),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-        "data": str(args.data),
-        "users": len(targets),
-        "models": list(runs),
-        "runs": paths,
-    }
+    result = run_record(
+        name=args.name, data=str(args.data), users=len(targets), models=list(runs), runs=paths
+    )
     index, labels = buckets(counts[targets].astype(float), args.buckets)
     result["by_target_popularity"] = breakdown(runs, index, labels)
     index, labels = buckets(history.astype(float), args.buckets)
     result["by_history_length"] = breakdown(runs, index, labels)
     result["history_items"] = history_items(runs)
-    OUT.mkdir(parents=True, exist_ok=True)
-    for suffix, text in (
-        ("json", json.dumps(result, indent=1) + "\n"),
-        ("md", markdown(result)),
-    ):
-        tmp = OUT / f".{args.name}.{suffix}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(OUT / f"{args.name}.{suffix}")
-    print(markdown(result))
+    write_result(OUT, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
+import shlex
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from miir.atomic import atomic_figure
+from miir.provenance import header_line
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "imputation"
-
-
-def _commit_text() -> str:
-    """The checkout's commit, '+dirty' when tracked files differ (miir.benchmark.git_commit)."""
-    from miir.benchmark import git_commit
-
-    c = git_commit()
-    return (c["commit"] or "unknown") + ("+dirty" if c["dirty"] else "")
 
 
 def evaluate_all(args: argparse.Namespace) -> list[dict]:
@@ -173,7 +166,7 @@ def pairs_markdown(record: dict, artifact_path: str) -> list[str]:
     return lines
 
 
-def markdown(record: dict) -> str:
+def markdown(record: dict) -> list[str]:
     from miir.evaluation.report import imputation_table
 
     lines = [
@@ -189,12 +182,8 @@ def markdown(record: dict) -> str:
         "is better) and the rate at which the nearest catalogue text (cosine) is the true one. "
         "References are fitted on the observed (post-discard) training windows only.",
         "",
-        f"- command: `{record['command']}`",
-        f"- commit: `{record['commit']}`",
-        f"- machine: {record['machine']['node']} · {record['machine']['cpu']} · "
-        f"{record['machine']['cores']} cores · torch {record['machine']['torch']}",
-        f"- date: {record['date']}; stage: {record['stage']}; users: "
-        f"{record['max_users'] or 'all'}",
+        f"- {header_line(record)}",
+        f"- stage: {record['stage']}; users: {record['max_users'] or 'all'}",
         "",
     ]
     by_artifact: dict[str, list[dict]] = {}
@@ -204,7 +193,7 @@ def markdown(record: dict) -> str:
         a = rows[0]["artifact"]
         lines += [f"## {a['name']} (discard {a['discard']:g})", "", imputation_table(rows), ""]
         lines += pairs_markdown(record, a["path"])
-    return "\n".join(lines)
+    return lines
 
 
 def _headline(result: dict, field: str) -> str:
@@ -263,8 +252,7 @@ def plot_positions(record: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_figure(fig, path)
 
 
 def plot_discard(record: dict, path: Path) -> bool:
@@ -296,8 +284,7 @@ def plot_discard(record: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_figure(fig, path)
     return True
 
 
@@ -314,28 +301,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=OUT, help="Result folder.")
     args = p.parse_args(argv)
 
-    from miir.atomic import atomic_json, atomic_write_text
-    from miir.runtime import machine_info
+    from miir.provenance import run_record, write_result
 
     rows = evaluate_all(args)
     pairs = pair_results(rows)
-    record = {
-        "name": args.name,
-        "command": " ".join(
-            ["python", *(sys.argv if argv is None else ["bench/imputation.py", *argv])]
-        ),
-        "commit": _commit_text(),
-        "machine": {"node": platform.node(), **machine_info()},
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "stage": args.stage,
-        "max_users": args.max_users,
-        "threshold": rows[0]["threshold"],
-        "results": rows,
-        "pairs": pairs,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_json(args.out / f"{args.name}.json", record)
-    atomic_write_text(args.out / f"{args.name}.md", markdown(record))
+    record = run_record(
+        command=None if argv is None else shlex.join(["python", "bench/imputation.py", *argv]),
+        name=args.name,
+        stage=args.stage,
+        max_users=args.max_users,
+        threshold=rows[0]["threshold"],
+        results=rows,
+        pairs=pairs,
+    )
+    write_result(args.out, args.name, record, markdown(record))
     plot_positions(record, args.out / f"{args.name}_position.png")
     drew = plot_discard(record, args.out / f"{args.name}_discard.png")
     written = [f"{args.name}.json", f"{args.name}.md", f"{args.name}_position.png"]

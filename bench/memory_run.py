@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -164,8 +163,7 @@ def main() -> None:
     args = ap.parse_args(argv)
 
     from miir.atomic import atomic_json
-    from miir.benchmark import git_commit
-    from miir.runtime import machine_info
+    from miir.provenance import git_commit, run_record
 
     commit = git_commit()  # the code measured (read before the runs)
     common = parse_env(args.env)
@@ -196,15 +194,12 @@ def main() -> None:
         log.unlink()
     path = out / "memory_run.json"
     records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    records[args.label] = {
-        "command": " ".join(["python bench/memory_run.py", *sys.argv[1:]]),
-        "miir": " ".join(["miir", *DEFAULT, "--out RUN --overwrite", *extra]),
-        "env": {a: e for a, e in arms.items()},
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **commit,
-        "machine": machine_info(),
-        "arms": results,
-    }
+    records[args.label] = run_record(
+        **commit,  # the code measured, not the code at the end
+        miir=" ".join(["miir", *DEFAULT, "--out RUN --overwrite", *extra]),
+        env={a: e for a, e in arms.items()},
+        arms=results,
+    )
     atomic_json(path, records)
     write_table(out, records)
 

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
 import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -29,13 +26,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from miir.atomic import atomic_write_text
+from miir.atomic import atomic_figure
 from miir.evaluation.compare import compare_runs
 from miir.evaluation.evaluate import PROTOCOLS
+from miir.provenance import header_line, run_record, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import git_state, machine  # noqa: E402
 
 COMMON = [
     "--fields", "categories,brand,title", "--lr", "0.001", "--seed", "42", "--dropout", "0.1",
@@ -161,22 +157,12 @@ def main() -> None:
         results.append(entry)
 
     out_dir = ROOT / "bench" / "results"
-    result = {
-        "benchmark": "option_effects",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "bench/option_effects.py", *sys.argv[1:]]),
-        "git": git_state(),
-        "machine": machine(),
-        "pairs": results,
-    }
-    atomic_write_text(out_dir / "options.json", json.dumps(result, indent=1))
+    result = run_record(benchmark="option_effects", pairs=results)
 
     md = [
         "# Our choices against the alternatives (amazon-beauty, ID + categories + brand + title)",
         "",
-        f"`{result['command']}` at {result['git']['commit'][:10]}"
-        f"{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
-        f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Each pair differs in one "
+        f"{header_line(result)}. Each pair differs in one "
         "setting; lr 1e-3, dropout 0.1, seed 42, batch 128. One seed per run: the paired t-test is "
         "over test users, not over training seeds, so its p-value says nothing about run-to-run "
         "noise. The `packed batches` pair below measures that noise (two runs of the same "
@@ -231,7 +217,7 @@ def main() -> None:
             "Train seconds: wall time of each run's last command (a resumed run counts its last "
             "part only) on a shared machine; not a speed comparison (see train.md).",
         ]
-    atomic_write_text(out_dir / "options.md", "\n".join(md) + "\n")
+    write_result(out_dir, "options", result, md)
 
     done = [e for e in results if not e["missing"]]
     if done:
@@ -248,10 +234,7 @@ def main() -> None:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        tmp = out_dir / f".options.{os.getpid()}.png"
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out_dir / "options.png")
-    print("\n".join(md))
+        atomic_figure(fig, out_dir / "options.png")
 
 
 if __name__ == "__main__":

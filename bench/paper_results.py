@@ -19,17 +19,14 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from miir.evaluation.compare import compare_runs
+from miir.evaluation.evaluate import PROTOCOLS
+from miir.provenance import header_line, run_record, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import git_state, machine  # noqa: E402
-from miir.atomic import atomic_write_text  # noqa: E402
-from miir.evaluation.compare import compare_runs  # noqa: E402
-from miir.evaluation.evaluate import PROTOCOLS  # noqa: E402
 
 DATASETS = {"Beauty": "artifacts/beauty", "Beauty D": "artifacts/beauty-d"}
 VARIANTS = ["miir", "miir-r", "sparse-miir"]
@@ -145,13 +142,9 @@ def main() -> None:
             if done.exists():
                 rows.append(collect(ds_name, out))
     significance = paired_tests(rows, datasets)
-    result = {
-        "benchmark": args.name,
-        "command": shlex.join(["python", "bench/paper_results.py", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": git_state(),
-        "machine": machine(),
-        "settings": {
+    result = run_record(
+        benchmark=args.name,
+        settings={
             "dropout": args.dropout,
             "item_mask_prob": args.item_mask_prob,
             "epochs": args.epochs,
@@ -162,22 +155,16 @@ def main() -> None:
             "fields": ["item_id", *FIELDS.split(",")],
             "monitor": "valid/full/NDCG@10",
         },
-        "runs": rows,
-        "paired_tests": significance,
-        "published_references": [
-            {"model": m, "protocol": p, "metrics": v} for m, p, v in REFERENCES
-        ],
-    }
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / f"{args.name}.json", json.dumps(result, indent=1))
+        runs=rows,
+        paired_tests=significance,
+        published_references=[{"model": m, "protocol": p, "metrics": v} for m, p, v in REFERENCES],
+    )
 
     names = ["HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR"]
     md = [
         "# MIIR on amazon-beauty: test metrics, every protocol",
         "",
-        f"`{result['command']}` at commit {result['git']['commit'][:10]}{' (dirty)' if result['git']['dirty'] else ''}, {result['date']}, "
-        f"{result['machine']['cpu']}, {result['machine']['cores']} cores. Fields: ID, categories, brand, title. "
+        f"{header_line(result)}. Fields: ID, categories, brand, title. "
         "Budget-limited runs (early stopping on validation full-ranking NDCG@10); the paper trains 100 epochs "
         "at lr 1e-4 with dropout 0.5.",
         "",
@@ -237,8 +224,7 @@ def main() -> None:
         "",
         "Each run's exact configuration is in its `run.json`; the settings column is read from it.",
     ]
-    atomic_write_text(out_dir / f"{args.name}.md", "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_result(ROOT / "bench" / "results", args.name, result, md)
 
 
 if __name__ == "__main__":

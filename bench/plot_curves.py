@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from miir.atomic import atomic_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [
@@ -68,9 +69,7 @@ def main() -> None:
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    atomic_figure(fig, out)
     print(f"wrote {out} ({len(runs)} runs)")
 
 

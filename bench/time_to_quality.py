@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +51,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
-    from miir.atomic import atomic_json, atomic_write_text
-    from miir.benchmark import RecordStore, git_commit, load_grid, plan
+    from miir.benchmark import RecordStore, load_grid, plan
+    from miir.provenance import commit_label, run_record, write_result
 
     store = RecordStore(args.records)
     runs = [r for r in plan(load_grid(args.grid)) if r.setting == args.setting]
@@ -84,23 +81,17 @@ def main() -> None:
                 "minutes_to_target": n * per_epoch / 60 if n and per_epoch else None,
             }
         )
-    info = {
-        "command": shlex.join(["python", *sys.argv]),
-        **git_commit(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "grid": args.grid,
-        "setting": args.setting,
-        "target": {"label": args.reference, "metric": METRIC, "seeds": refs, "value": target},
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_json(out / "time_to_quality.json", info)
+    info = run_record(
+        grid=args.grid,
+        setting=args.setting,
+        target={"label": args.reference, "metric": METRIC, "seeds": refs, "value": target},
+        rows=rows,
+    )
     labels = list(dict.fromkeys(r["label"] for r in rows))
     lines = [
         "# Time to quality: training minutes to our SASRec's validation level",
         "",
-        f"`{info['command']}` at {str(info.get('commit'))[:10]}, {info['date']}. Target: "
+        f"`{info['command']}` at {commit_label(info)}, {info['date']}. Target: "
         f"validation full NDCG@10 {target:.4f}, the mean of {args.reference}'s {len(refs)} "
         f"recorded seeds' best ({', '.join(f'{v:.4f}' for v in refs)}), {args.setting} data. "
         "Minutes = epochs to the target x training seconds per epoch (validation included). "
@@ -126,8 +117,7 @@ def main() -> None:
             f"{med('s_per_epoch', mine)} | {med('minutes_to_target')} | "
             f"{statistics.median(r['best_valid'] for r in mine):.4f} |"
         )
-    atomic_write_text(out / "time_to_quality.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(Path(args.out), "time_to_quality", info, lines)
     print(json.dumps(info["target"]))
 
 

@@ -12,6 +12,7 @@ from helpers import (
     FIELDS,
     N_ITEMS,
     assert_same_gradients,
+    gen,
     random_catalogue,
     random_windows,
     small_model,
@@ -531,3 +532,37 @@ def test_gather_positions_blocks_the_true_entries(B: int, n: int, block: int, se
     assert w[:M].eq(1).all() and w[M:].eq(0).all()
     assert sel[b, t].all()
     assert torch.stack([b[:M], t[:M]], 1).tolist() == sel.nonzero().tolist()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"loss_mean": "sequence", "field_weights": {}}],  # the default; Eq. 13's weighing
+    ids=["default", "paper-loss"],
+)
+def test_bench_train_naive_formulation_computes_our_loss(options) -> None:
+    """bench/bench_train.py times MIIR against a straightforward formulation (a plain
+    nn.TransformerEncoder, every head at every position): the speed-up compares like with
+    like only while both compute one loss, packed or padded, under the config's weights and
+    mean."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = small_model("miir", causal=False, **options).eval()
+    naive = bench.NaiveMIIR(model).eval()
+    items = random_windows(6, 8, seed=3)
+    masked = model.draw_mask(items, gen(4), None)
+    assert masked.targets.any()
+    for batching in ("packed", "padded"):
+        ours_items, packing = bench.prepare(items, batching, model.config.max_len)
+        if packing is not None:
+            ours_masked = Masked(packing.move(masked.hidden), packing.move(masked.targets))
+        else:
+            cut = items.shape[1] - ours_items.shape[1]
+            ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
+        with torch.no_grad():
+            ours = model.masked_loss(ours_items, ours_masked, packing)[0]
+            assert torch.allclose(naive.loss(items, masked), ours, rtol=1e-5), batching

@@ -21,3 +21,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def atomic_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it
+    (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_npz(path: str | Path, arrays: dict[str, Any], compressed: bool = False) -> None:
+    """``np.savez`` (or ``savez_compressed``) of ``arrays`` through a temporary file and a
+    rename (the temporary name keeps the ``.npz`` suffix, so numpy adds none)."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

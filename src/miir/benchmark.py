@@ -75,9 +75,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import subprocess
 import time
 import types
 import typing
@@ -97,8 +95,9 @@ from pydantic import (
     model_validator,
 )
 
-from miir.atomic import atomic_json, atomic_write_text
+from miir.atomic import atomic_figure, atomic_json, atomic_npz, atomic_write_text
 from miir.errors import ConfigError
+from miir.provenance import git_commit, machine
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 FIGURE_METRICS = ("HR@10", "NDCG@10")
@@ -854,12 +853,8 @@ class RecordStore:
         """Write the ranks, then the record (a record always has its ranks)."""
         self.root.mkdir(parents=True, exist_ok=True)
         key = record["key"]
-        tmp = self.root / f".{key}.ranks.tmp-{os.getpid()}.npz"
-        try:
-            np.savez_compressed(tmp, **{p: r.astype(np.int32) for p, r in ranks.items()})
-            os.replace(tmp, self.ranks_path(key))
-        finally:
-            tmp.unlink(missing_ok=True)
+        ranks = {p: r.astype(np.int32) for p, r in ranks.items()}
+        atomic_npz(self.ranks_path(key), ranks, compressed=True)
         atomic_json(self.root / f"{key}.json", record)
         self.by_key[key] = record
 
@@ -869,35 +864,6 @@ class RecordStore:
             return None
         with np.load(path, allow_pickle=False) as data:
             return {p: data[p] for p in data.files}
-
-
-def git_commit() -> dict[str, Any]:
-    """The commit of the miir checkout (and whether tracked files differ from it)."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def machine() -> dict[str, Any]:
-    """:func:`miir.runtime.machine_info`, plus the GPU where there is one."""
-    import torch
-
-    from miir.runtime import machine_info
-
-    info = machine_info()
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
 
 
 def read_curve(run_dir: Path, stages: Iterable[str]) -> list[dict[str, Any]]:
@@ -938,6 +904,7 @@ def _record(
     resumed: bool,
     command: str | None,
     grid: Grid,
+    code: dict[str, Any],
 ) -> dict[str, Any]:
     import miir
 
@@ -967,7 +934,7 @@ def _record(
         "wall_seconds": wall,
         "resumed": resumed,
         "command": command,
-        **git_commit(),
+        **code,
         "machine": machine(),
         "miir_version": miir.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -990,6 +957,7 @@ def execute(
     run_dir = runs_root / run.key
     done = (run_dir / "results.json").is_file() and (run_dir / "ranks_test.npz").is_file()
     resumed = False
+    code = git_commit()  # the code that trains, read before the run (the tree may change)
     if done:
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         _check_adopted(run, results, run_dir)
@@ -998,7 +966,9 @@ def execute(
         results, wall, resumed = _train(run, run_dir, command)
     with np.load(run_dir / "ranks_test.npz", allow_pickle=False) as data:
         ranks = {p: data[p] for p in data.files}
-    record = _record(run, results, run_dir, wall=wall, resumed=resumed, command=command, grid=grid)
+    record = _record(
+        run, results, run_dir, wall=wall, resumed=resumed, command=command, grid=grid, code=code
+    )
     store.write(record, ranks)
     return record
 
@@ -1722,18 +1692,6 @@ def write_report(
 # ------------------------------------------------------------------------------ figures
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
-
-
 def _curve_of(record: dict[str, Any], runs_root: Path) -> list[dict[str, Any]]:
     if record.get("curve"):
         return record["curve"]
@@ -1786,7 +1744,7 @@ def write_figures(tables: list[CaseTable], out: Path, *, runs_root: Path) -> lis
             ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, out / "metrics.png")
+    atomic_figure(fig, out / "metrics.png")
     notes.append(
         "![test HR@10 and NDCG@10 per model; error bars: sample std over seeds, none for "
         "a single seed](metrics.png)"
@@ -1828,7 +1786,7 @@ def write_figures(tables: list[CaseTable], out: Path, *, runs_root: Path) -> lis
             axes[i][0].legend(fontsize=7)
     fig.tight_layout()
     if drawn:
-        _save(fig, out / "curves.png")
+        atomic_figure(fig, out / "curves.png")
         notes.append("![validation curves per model, one line per seed](curves.png)")
     else:
         plt.close(fig)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from miir.atomic import atomic_json
+from miir.atomic import atomic_figure, atomic_json
 from miir.data.artifact import Artifact
 from miir.data.prepare import PrepareConfig, file_sha256
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
@@ -257,19 +256,6 @@ def run_demo(opts: DemoOptions, say: Say = print, argv: list[str] | None = None)
     return report
 
 
-def atomic_png(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure to ``path`` through a temporary file and a rename."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
 def truth_text(artifact: Artifact, name: str, item: int) -> str | None:
     """The value of field ``name`` of ``item`` before the discard, as text; None where the
     source has none."""
@@ -316,7 +302,7 @@ def plot_curves(curves: dict[str, dict[int, float]], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(labels[key])
         ax.grid(alpha=0.3)
-    atomic_png(fig, path)
+    atomic_figure(fig, path)
 
 
 @dataclass
@@ -444,7 +430,7 @@ def plot_metrics(rows: list[tuple[str, dict[str, Any]]], path: Path, title: str)
     axes[0].invert_yaxis()  # shared: the demo's row on top
     axes[0].legend(loc="lower right")
     fig.suptitle(title)
-    atomic_png(fig, path)
+    atomic_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- report: user examples

@@ -25,7 +25,6 @@ whose text vector is nearest (cosine), named by its item id.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from miir.atomic import atomic_json, atomic_write_text
+from miir.atomic import atomic_figure, atomic_json, atomic_write_text
 from miir.data.artifact import Artifact
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
 from miir.errors import ConfigError, DataError
@@ -165,13 +164,7 @@ def plot_attention(expl: Explanation, path: Path, title: str = "") -> None:
     fig.colorbar(image, ax=axes, shrink=0.8, label=f"attention from {expl.scoring_token}")
     if title:
         fig.suptitle(title, fontsize=9)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    atomic_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- the case study

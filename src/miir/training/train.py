@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -34,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from miir.atomic import atomic_json
+from miir.atomic import atomic_json, atomic_npz
 from miir.data.artifact import Artifact
 from miir.errors import ConfigError
 from miir.evaluation.compare import cases_checksum, identity_checksum
@@ -477,7 +475,5 @@ def evaluate_run(
             device=device,
         )
         out[stage] = metrics
-        tmp = run / f".ranks_{stage}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **{p: ranks[p].numpy() for p in PROTOCOLS})
-        os.replace(tmp, run / f"ranks_{stage}.npz")
+        atomic_npz(run / f"ranks_{stage}.npz", {p: ranks[p].numpy() for p in PROTOCOLS})
     return out
