@@ -47,8 +47,8 @@ def dropout_multipliers(
     u16 = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
     keep = u16 >= round(p * 65536) - 32768
     # the mask viewed as uint8: its conversion to float is 3-4x faster than bool's on the CPU;
-    # the draw takes 0.41-0.76x the time of the bool-to-float32-then-divide form, with the same
-    # values (bench/results/dropout.md)
+    # the draw takes 0.65-0.80x the time of the bool-to-float32-then-divide form on quiet
+    # cores, with the same values (bench/results/dropout.md)
     return keep.view(torch.uint8).to(dtype).mul_(1.0 / (1.0 - p))
 
 
