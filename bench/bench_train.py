@@ -168,6 +168,16 @@ def prepare(items: torch.Tensor, batching: str, max_len: int):
     return trim_left_padding(items), None
 
 
+def prepared_with_mask(items: torch.Tensor, masked: Masked, batching: str, max_len: int):
+    """:func:`prepare`, with ``masked`` (drawn on the padded ``items``) moved along: the
+    batch, its masks and its packing (None unless packed), as our formulation takes them."""
+    ours, packing = prepare(items, batching, max_len)
+    if packing is not None:
+        return ours, Masked(packing.move(masked.hidden), packing.move(masked.targets)), packing
+    cut = items.shape[1] - ours.shape[1]
+    return ours, Masked(masked.hidden[:, cut:], masked.targets[:, cut:]), None
+
+
 def make_step(kind: str, model: MIIR, naive: NaiveMIIR, windows: torch.Tensor, batching: str):
     """A training step of ``kind`` on a batch of row indices, prepared by ``batching``
     ('packed', 'buckets' or 'random', as in ``miir train``); the naive formulation always runs
@@ -392,12 +402,9 @@ def main() -> None:
         items = windows[batch]
         gen = torch.Generator().manual_seed(1)
         masked = mii_mask(model.present(items), 0.5, generator=gen)
-        ours_items, packing = prepare(items, batching, model.config.max_len)
-        if packing is not None:
-            ours_masked = Masked(packing.move(masked.hidden), packing.move(masked.targets))
-        else:
-            cut = items.shape[1] - ours_items.shape[1]
-            ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
+        ours_items, ours_masked, packing = prepared_with_mask(
+            items, masked, batching, model.config.max_len
+        )
         with torch.no_grad():
             ours_loss = float(model.masked_loss(ours_items, ours_masked, packing)[0])
             naive_loss = float(naive.loss(items, masked))

@@ -557,12 +557,9 @@ def test_bench_train_naive_formulation_computes_our_loss(options) -> None:
     masked = model.draw_mask(items, gen(4), None)
     assert masked.targets.any()
     for batching in ("packed", "padded"):
-        ours_items, packing = bench.prepare(items, batching, model.config.max_len)
-        if packing is not None:
-            ours_masked = Masked(packing.move(masked.hidden), packing.move(masked.targets))
-        else:
-            cut = items.shape[1] - ours_items.shape[1]
-            ours_masked = Masked(masked.hidden[:, cut:], masked.targets[:, cut:])
+        ours_items, ours_masked, packing = bench.prepared_with_mask(
+            items, masked, batching, model.config.max_len
+        )
         with torch.no_grad():
             ours = model.masked_loss(ours_items, ours_masked, packing)[0]
             assert torch.allclose(naive.loss(items, masked), ours, rtol=1e-5), batching
