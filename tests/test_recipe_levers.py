@@ -344,3 +344,50 @@ def test_next_item_exclude_history_leaves_the_window_s_earlier_items_out_of_the_
     _, packed = model.loss(make_batch(windows, "packed", 6), torch.Generator().manual_seed(0))
     _, padded = model.loss(make_batch(windows, "none", 6), torch.Generator().manual_seed(1))
     assert torch.allclose(packed["next_item"], padded["next_item"], atol=1e-5)
+
+
+def test_next_item_fraction_samples_items_weighs_them_up_and_keeps_the_other_masks() -> None:
+    """``next_item_fraction``: a step's next-item loss is computed at about that share of the
+    items, each weighted 1 / fraction: with the sample given, the loss is the hand-computed one
+    over the sampled items; over many draws its mean is the full loss; at 1 nothing is drawn
+    (the MII masks are those of a model without the option); it needs a next-item loss; a
+    sampled model still learns a planted successor."""
+    import torch.nn.functional as F
+
+    from miir.data.schema import FIRST_VALUE_ID
+    from miir.models import model_config
+    from miir.models.masking import Masked
+
+    with pytest.raises(ValueError, match="needs a next-item loss"):
+        model_config("miir", {"causal": False, "next_item_fraction": 0.5})
+    zero = {"item_id": 0.0, **{f.name: 0.0 for f in FIELDS_OF}}  # the next-item loss alone
+    model = miir(next_item_fraction=0.25, field_weights=zero).eval()
+    items = random_windows(8, 6, seed=2, min_len=6)  # 8 full windows of 6 items
+    shown = torch.zeros(*items.shape, 1 + len(FIELDS_OF), dtype=torch.bool)
+    batch = make_batch(items, "none", 6)
+    third = torch.zeros_like(items, dtype=torch.bool)
+    third[:, 2] = True  # item 2 of each window alone predicts item 3
+    with torch.no_grad():
+        out = model(items, shown)
+        full = model.next_item_losses(items, out, batch)  # (8,) per-window sums, every item
+        every = torch.ones_like(third)
+        assert torch.allclose(model.next_item_losses(items, out, batch, sample=every), 4 * full)
+        logits = model._next_state(out[:, 2]) @ model.output_table()[FIRST_VALUE_ID:].T
+        ce = F.cross_entropy(logits.float(), items[:, 3] - FIRST_VALUE_ID, reduction="none")
+        by_hand = 4 * ce.sum() / 48
+        _, parts = model.masked_loss(items, Masked(shown, shown, third))
+        assert torch.isclose(parts["next_item"], by_hand, rtol=1e-5)  # 48 items in the batch
+        drawn, shares = [], []
+        for seed in range(400):
+            masked = model.draw_mask(items, torch.Generator().manual_seed(seed))
+            shares.append(masked.next_items.float().mean())
+            _, parts = model.masked_loss(items, Masked(shown, shown, masked.next_items))
+            drawn.append(parts["next_item"])
+        _, parts = model.masked_loss(items, Masked(shown, shown))
+    assert abs(torch.stack(shares).mean().item() - 0.25) < 0.01
+    assert torch.isclose(torch.stack(drawn).mean(), parts["next_item"], rtol=0.05)  # unbiased
+    # at 1 no number is drawn: the MII masks equal a plain model's, draw for draw
+    a = miir().draw_mask(items, torch.Generator().manual_seed(3))
+    b = miir(next_item_fraction=1.0).draw_mask(items, torch.Generator().manual_seed(3))
+    assert b.next_items is None and torch.equal(a.hidden, b.hidden)
+    assert successor_accuracy(100, next_item_fraction=0.5) > 0.8

@@ -22,6 +22,20 @@ class Masked:
 
     hidden: Tensor  # (B, n, F) bool: fields replaced by their missing value
     targets: Tensor  # (B, n, F) bool: fields supervised (hidden and present in the data)
+    #: (B, n) bool: the items whose next-item loss this step computes (None: every item);
+    #: see :func:`sample_items`
+    next_items: Tensor | None = None
+
+
+def sample_items(
+    items: Tensor, fraction: float, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """(B, n) bool: each position kept with probability ``fraction`` (``None`` at 1: every
+    position, and no random number drawn, so that other masks draw what they drew before)."""
+    if fraction >= 1.0:
+        return None
+    u = torch.rand(items.shape, generator=generator, device=items.device)
+    return u < fraction
 
 
 def mii_mask(

@@ -100,7 +100,14 @@ from miir.models.batch import (
 )
 from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
-from miir.models.masking import Masked, hide_last_items, last_of_sequence, mii_mask, rec_mask
+from miir.models.masking import (
+    Masked,
+    hide_last_items,
+    last_of_sequence,
+    mii_mask,
+    rec_mask,
+    sample_items,
+)
 from miir.models.softmax import softmax_cross_entropy
 
 __all__ = [
@@ -218,6 +225,18 @@ class MIIRConfig(SideInfoConfig):
         "of the next-item loss on them.",
     )
 
+    next_item_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="With a next-item loss: the fraction of items whose next-item loss a "
+        "training step computes, drawn anew at every step; the drawn ones weigh 1 / fraction, "
+        "so the loss's expectation is unchanged. The two catalogue-wide softmaxes (the MII "
+        "item-ID loss and the next-item loss) are about half of a default step "
+        "(bench/results/recipe.md), the next-item rows two thirds of them: 0.5 cuts about a "
+        "third of that. 1: every item (SASRec's every-prefix signal).",
+    )
+
     readout: Literal["id", "item"] = Field(
         "id",
         description="With a next-item loss: what the next-item head reads at an item, its ID "
@@ -288,6 +307,8 @@ class MIIRConfig(SideInfoConfig):
             raise ValueError(
                 f"readout={self.readout!r} needs a next-item head (next_item_weight > 0)"
             )
+        if self.next_item_fraction < 1 and self.next_item_weight == 0:
+            raise ValueError("next_item_fraction < 1 needs a next-item loss (next_item_weight > 0)")
         if self.next_item_exclude_history and self.next_item_weight == 0:
             raise ValueError(
                 "next_item_exclude_history needs a next-item loss (next_item_weight > 0)"
@@ -682,7 +703,9 @@ class MIIR(SequenceModel):
         present = self.present(items)  # (B, n, F)
         cfg = self.config
         if self.objective == "rec":
-            return rec_mask(present, cfg.mask_prob, generator=generator)
+            masked = rec_mask(present, cfg.mask_prob, generator=generator)
+            masked.next_items = sample_items(items, cfg.next_item_fraction, generator)
+            return masked
         masked = mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=generator)
         if cfg.last_item_prob > 0:
             windows = packing.windows if packing is not None else None
@@ -697,6 +720,7 @@ class MIIR(SequenceModel):
                 clean=cfg.last_item_clean,
                 generator=generator,
             )
+        masked.next_items = sample_items(items, cfg.next_item_fraction, generator)
         return masked
 
     def loss(
@@ -730,7 +754,9 @@ class MIIR(SequenceModel):
         if self.next_proj is not None:  # the scoring head, trained in every stage
             if clean:
                 out = self(items, torch.zeros_like(masked.hidden), packing)
-            per_field["next_item"] = self.next_item_losses(items, out, batch, table)
+            per_field["next_item"] = self.next_item_losses(
+                items, out, batch, table, masked.next_items
+            )
             weights["next_item"] = self.config.next_item_weight
         by_item = self.config.loss_mean == "item"
 
@@ -742,15 +768,26 @@ class MIIR(SequenceModel):
         return total, {name: mean(v).detach() for name, v in per_field.items()}
 
     def next_item_losses(
-        self, items: Tensor, out: Tensor, batch: Batch, table: Tensor | None = None
+        self,
+        items: Tensor,
+        out: Tensor,
+        batch: Batch,
+        table: Tensor | None = None,
+        sample: Tensor | None = None,
     ) -> Tensor:
         """Per-sequence sums of the next-item loss (causal models): the next-item head's state
         (``readout``) at every item with a successor in its window predicts that successor,
         whatever the masks hid.
-        ``table``: the output table (default :meth:`output_table`)."""
+        ``table``: the output table (default :meth:`output_table`). ``sample`` (B, n) bool:
+        only these items predict their successor, each weighted 1 / ``next_item_fraction``
+        (:attr:`Masked.next_items`; None: every item, weight 1)."""
         owner = batch.owner()  # (B, n)
         pair = (items[:, :-1] >= FIRST_VALUE_ID) & (items[:, 1:] >= FIRST_VALUE_ID)  # (B, n - 1)
         pair &= owner[:, :-1] == owner[:, 1:]  # packed rows: the same window
+        scale = 1.0
+        if sample is not None:
+            pair &= sample[:, :-1]
+            scale = 1.0 / self.config.next_item_fraction
         losses = out.new_zeros(batch.n_seqs).float()
         if pair.any():
             b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
@@ -765,7 +802,7 @@ class MIIR(SequenceModel):
                 ce = F.cross_entropy(logits, target, reduction="none")
             else:
                 ce = softmax_cross_entropy(h, table[FIRST_VALUE_ID:], target)
-            losses = losses.index_add(0, owner[b, t], ce * w)
+            losses = losses.index_add(0, owner[b, t], ce * (w * scale))
         return losses
 
     @staticmethod
