@@ -44,8 +44,7 @@ def git_commit() -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """:func:`miir.runtime.machine_info` (CPU, cores, the flags that decide bf16 speed, torch
     and its threads, package versions) plus the GPU where there is one, the cores this process
-    may use, memory, the load
-    average at the time of the call, the platform and Python."""
+    may use, memory, the load average at the time of the call, the platform and Python."""
     import torch
 
     from miir.runtime import machine_info

@@ -232,9 +232,10 @@ class MIIRConfig(SideInfoConfig):
         description="With a next-item loss: the fraction of items whose next-item loss a "
         "training step computes, drawn anew at every step; the drawn ones weigh 1 / fraction, "
         "so the loss's expectation is unchanged. The two catalogue-wide softmaxes (the MII "
-        "item-ID loss and the next-item loss) are about half of a default step "
-        "(bench/results/recipe.md), the next-item rows two thirds of them: 0.5 cuts about a "
-        "third of that. 1: every item (SASRec's every-prefix signal).",
+        "item-ID loss and the next-item loss) are about half of a default step, the next-item "
+        "rows two thirds of their rows; measured: 0.5 takes 0.92x the default step, its "
+        "quality not yet measured (bench/results/recipe.md). 1: every item (SASRec's "
+        "every-prefix signal).",
     )
 
     readout: Literal["id", "item"] = Field(
