@@ -391,3 +391,65 @@ def test_next_item_fraction_samples_items_weighs_them_up_and_keeps_the_other_mas
     b = miir(next_item_fraction=1.0).draw_mask(items, torch.Generator().manual_seed(3))
     assert b.next_items is None and torch.equal(a.hidden, b.hidden)
     assert successor_accuracy(100, next_item_fraction=0.5) > 0.8
+
+
+def test_sampled_negatives_draw_candidates_correct_them_and_estimate_the_full_softmax() -> None:
+    """``sampled_negatives``: a step's item-ID losses run over the batch's items plus k items
+    drawn uniformly, each drawn item outside the batch raised by log(N / k), the set padded to
+    a block with rows that never win; over many draws the softmax's denominator is the whole
+    catalogue's (exp of the loss is unbiased); at 0 nothing is drawn; it refuses the
+    whole-catalogue option next_item_exclude_history; a sampled model still learns a planted
+    successor, and it scores the whole catalogue."""
+    from miir.data.schema import FIRST_VALUE_ID
+    from miir.models import model_config
+    from miir.models.masking import Masked
+    from miir.models.miir import CANDIDATE_BLOCK
+
+    with pytest.raises(ValueError, match="takes no sampled_negatives"):
+        model_config("miir", {"next_item_exclude_history": True, "sampled_negatives": 8})
+    model = miir(sampled_negatives=8).eval()
+    items = random_windows(3, 6, seed=4, min_len=2)  # a few windows: most items not in them
+    masked = model.draw_mask(items, torch.Generator().manual_seed(0))
+    drawn = masked.negatives
+    assert drawn.shape == (8,) and drawn.unique().numel() == 8
+    assert int(drawn.min()) >= 0 and int(drawn.max()) < N_ITEMS
+    with torch.no_grad():
+        softmax = model.id_softmax(items, drawn)
+        full = model.output_table()[FIRST_VALUE_ID:]
+    batch_ids = (items[items >= FIRST_VALUE_ID] - FIRST_VALUE_ID).unique()
+    outside = drawn[~torch.isin(drawn, batch_ids)]
+    size = batch_ids.numel() + outside.numel()
+    assert softmax.table.shape[0] % CANDIDATE_BLOCK == 0 and softmax.table.shape[0] >= size
+    rows = softmax.column[torch.cat([batch_ids, outside]) + FIRST_VALUE_ID]
+    assert sorted(rows.tolist()) == list(range(size))  # every candidate once, padding after
+    assert torch.equal(softmax.table[rows], full[torch.cat([batch_ids, outside])])
+    bias = softmax.bias
+    assert torch.equal(bias[rows[: batch_ids.numel()]], torch.zeros(batch_ids.numel()))
+    assert torch.allclose(bias[rows[batch_ids.numel() :]], torch.tensor(math.log(N_ITEMS / 8)))
+    assert torch.isinf(bias[size:]).all()
+    # unbiased: E[exp(sampled loss)] = exp(full loss) for every state and batch target
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(5, full.shape[1], generator=g) * 4
+    targets = items[items >= FIRST_VALUE_ID][:5]
+    with torch.no_grad():
+        want = model.id_softmax(items).loss(h, targets).exp()
+        draws = [
+            model.id_softmax(items, torch.randperm(N_ITEMS, generator=g)[:8]).loss(h, targets)
+            for _ in range(3000)
+        ]
+    torch.testing.assert_close(torch.stack(draws).exp().mean(0), want, rtol=0.03, atol=0)
+    # the training loss reads it: with every item drawn in, the sampled loss is the full one
+    shown = torch.zeros(*items.shape, 1 + len(FIELDS_OF), dtype=torch.bool)
+    hidden = shown.clone()
+    hidden[..., 0] = items >= FIRST_VALUE_ID
+    with torch.no_grad():
+        _, plain = model.masked_loss(items, Masked(hidden, hidden))
+        everything = torch.arange(N_ITEMS)
+        _, parts = model.masked_loss(items, Masked(hidden, hidden, negatives=everything))
+    for name in ("item_id", "next_item"):
+        torch.testing.assert_close(parts[name], plain[name])
+    # at 0 no number is drawn: the masks equal a plain model's, draw for draw
+    a = miir().draw_mask(items, torch.Generator().manual_seed(3))
+    b = miir(sampled_negatives=0).draw_mask(items, torch.Generator().manual_seed(3))
+    assert b.negatives is None and torch.equal(a.hidden, b.hidden)
+    assert successor_accuracy(100, sampled_negatives=8) > 0.8

@@ -88,3 +88,24 @@ def test_mismatched_shapes_are_named() -> None:
         softmax_cross_entropy(
             torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long)
         )
+
+
+def test_a_bias_per_row_of_the_table_is_added_to_every_logit() -> None:
+    """``bias`` (the log-Q correction of a sampled softmax; -inf for padding rows): the loss
+    and both gradients of the cross-entropy of ``h @ table.T + bias``; padding never wins."""
+    g = torch.Generator().manual_seed(2)
+    h0, t0 = torch.randn(11, 5, generator=g), torch.randn(9, 5, generator=g)
+    bias = torch.rand(9, generator=g) * 2
+    bias[7:] = float("-inf")
+    target, weights = torch.randint(7, (11,), generator=g), torch.rand(11, generator=g)
+
+    def biased(h, table, y):
+        return F.cross_entropy((h @ table.T).float() + bias, y, reduction="none")
+
+    want = run(biased, h0, t0, target, weights)
+    got = run(lambda h, t, y: softmax_cross_entropy(h, t, y, 4, bias=bias), h0, t0, target, weights)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-5)
+    assert torch.equal(got[2][7:], torch.zeros(2, 5))  # the padding rows get no gradient
+    with pytest.raises(ValueError, match=r"bias \(8,\) for a table of 9 rows"):
+        softmax_cross_entropy(h0, t0, target, bias=bias[:8])

@@ -119,6 +119,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "next_item_clean": False,  # MIIR (issue 9)
     "next_item_exclude_history": False,  # MIIR (issue 9)
     "next_item_fraction": 1.0,  # MIIR (issue 9)
+    "sampled_negatives": 0,  # MIIR (issue 9)
     "side_output": False,  # MIIR (issue 9)
     "readout": "id",  # MIIR (issue 9)
     "id_stream": False,  # MIIR (issue 9)

@@ -5,7 +5,9 @@
 - :func:`rec_mask`: Eq. 14: hide whole items, supervise only their IDs (MIIR-R);
 - :func:`cloze_mask`: BERT4Rec's cloze task over item positions, with its extra examples that
   mask only the last item of a sequence;
-- :func:`rfs_drop`: random feature sampling (RFS): drop present side values in training.
+- :func:`rfs_drop`: random feature sampling (RFS): drop present side values in training;
+- :func:`sample_items`, :func:`sample_negatives`: the share of a step's rows and of the catalogue
+  that the item-ID losses read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class Masked:
     #: (B, n) bool: the items whose next-item loss this step computes (None: every item);
     #: see :func:`sample_items`
     next_items: Tensor | None = None
+    #: (k,) catalogue items (0-based) drawn for a sampled ID softmax (None: the whole
+    #: catalogue); see :func:`sample_negatives`
+    negatives: Tensor | None = None
 
 
 def sample_items(
@@ -36,6 +41,19 @@ def sample_items(
         return None
     u = torch.rand(items.shape, generator=generator, device=items.device)
     return u < fraction
+
+
+def sample_negatives(
+    n_items: int,
+    k: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor | None:
+    """(k,) distinct catalogue items (0-based), each of the ``n_items`` equally likely (``None``
+    at 0, or with k >= n_items: the whole catalogue, and no random number drawn)."""
+    if k <= 0 or k >= n_items:
+        return None
+    return torch.randperm(n_items, generator=generator, device=device)[:k]
 
 
 def mii_mask(

@@ -107,6 +107,7 @@ from miir.models.masking import (
     mii_mask,
     rec_mask,
     sample_items,
+    sample_negatives,
 )
 from miir.models.softmax import softmax_cross_entropy
 
@@ -238,6 +239,18 @@ class MIIRConfig(SideInfoConfig):
         "every-prefix signal).",
     )
 
+    sampled_negatives: int = Field(
+        0,
+        ge=0,
+        description="0: the item-ID losses (MII's item-ID loss and the next-item loss) are "
+        "softmaxes over the whole catalogue. k > 0: in training, both run over one candidate "
+        "set per step, every item of the batch plus k items drawn uniformly from the "
+        "catalogue; a drawn item outside the batch has its logit raised by log(N / k) (the "
+        "log-Q correction: the softmax's denominator is then an unbiased estimate of the whole "
+        "catalogue's). Evaluation and serving always rank the whole catalogue. The "
+        "catalogue-wide softmaxes are about half of a default step (bench/results/recipe.md).",
+    )
+
     readout: Literal["id", "item"] = Field(
         "id",
         description="With a next-item loss: what the next-item head reads at an item, its ID "
@@ -310,6 +323,10 @@ class MIIRConfig(SideInfoConfig):
             )
         if self.next_item_fraction < 1 and self.next_item_weight == 0:
             raise ValueError("next_item_fraction < 1 needs a next-item loss (next_item_weight > 0)")
+        if self.next_item_exclude_history and self.sampled_negatives > 0:
+            raise ValueError(
+                "next_item_exclude_history ranks the whole catalogue: it takes no sampled_negatives"
+            )
         if self.next_item_exclude_history and self.next_item_weight == 0:
             raise ValueError(
                 "next_item_exclude_history needs a next-item loss (next_item_weight > 0)"
@@ -338,6 +355,28 @@ class MIIRConfig(SideInfoConfig):
         if self.mask_missing:
             name += "-M"
         return name
+
+
+#: a sampled softmax's candidate set is padded to a multiple of this many rows (the padding
+#: never wins: its logits are -inf), so that steps share matrix shapes (oneDNN keeps a kernel
+#: per shape: bench/results/recipe.md, "Memory")
+CANDIDATE_BLOCK = 64
+
+
+@dataclass
+class IdSoftmax:
+    """The item-ID softmax of one training step, shared by MII's item-ID loss and the
+    next-item loss: over the whole catalogue, or (``sampled_negatives``) over candidates."""
+
+    table: Tensor  # (C, e): the candidates' output rows (every item: C = N, in catalogue order)
+    #: (N + 2,) item ID -> its row of ``table`` (None: the ID minus FIRST_VALUE_ID)
+    column: Tensor | None = None
+    bias: Tensor | None = None  # (C,): added to each candidate's logit (log-Q; -inf: padding)
+
+    def loss(self, h: Tensor, ids: Tensor) -> Tensor:
+        """(M, e) states, (M,) target item IDs -> (M,) float32 cross-entropy."""
+        target = ids - FIRST_VALUE_ID if self.column is None else self.column[ids]
+        return softmax_cross_entropy(h, self.table, target, bias=self.bias)
 
 
 @dataclass
@@ -478,6 +517,29 @@ class MIIR(SequenceModel):
         side = self.encoder.embed(items)  # (1, N + 2, F_side, e): the observed fields
         extra = self.side_out(side[0].sum(dim=1))  # (N + 2, e)
         return table + extra * (items[0] >= FIRST_VALUE_ID)[:, None]
+
+    def id_softmax(self, items: Tensor, negatives: Tensor | None = None) -> IdSoftmax:
+        """The item-ID softmax of a training step on ``items`` (B, n): over the whole
+        catalogue, or given ``negatives`` (k,) (drawn uniformly, 0-based: :attr:`Masked.negatives`)
+        over the batch's items and the drawn ones, each drawn item outside the batch corrected
+        by log(N / k), the inverse of its chance to be drawn."""
+        table = self.output_table()[FIRST_VALUE_ID:]  # (N, e)
+        if negatives is None:
+            return IdSoftmax(table)
+        n, k, device = table.shape[0], negatives.numel(), items.device
+        in_batch = torch.zeros(n, dtype=torch.bool, device=device)
+        in_batch[items[items >= FIRST_VALUE_ID] - FIRST_VALUE_ID] = True
+        batch_items = in_batch.nonzero().squeeze(1)
+        drawn = negatives[~in_batch[negatives]]
+        size = batch_items.numel() + drawn.numel()
+        pad = -size % CANDIDATE_BLOCK
+        rows = torch.cat([batch_items, drawn, batch_items.new_zeros(pad)])
+        bias = torch.zeros(size + pad, device=device)
+        bias[batch_items.numel() : size] = math.log(n / k)
+        bias[size:] = float("-inf")
+        column = torch.full((n + FIRST_VALUE_ID,), -1, dtype=torch.long, device=device)
+        column[rows[:size] + FIRST_VALUE_ID] = torch.arange(size, device=device)
+        return IdSoftmax(table.index_select(0, rows), column, bias)
 
     # ------------------------------------------------------------------ forward
     def side_inputs(self, items: Tensor) -> SideInputs:
@@ -664,22 +726,20 @@ class MIIR(SequenceModel):
         owner: Tensor,
         n_seqs: int,
         skip: frozenset[str] = frozenset(),
-        table: Tensor | None = None,
+        softmax: IdSoftmax | None = None,
     ) -> dict[str, Tensor]:
         """Per-sequence loss sums of each field on the supervised positions: name -> (S,).
         ``owner`` (B, n): the sequence (0 .. S - 1) each position belongs to. The fields in
-        ``skip`` (weighted 0) are not computed: zeros. ``table``: the output table (default
-        :meth:`output_table`)."""
+        ``skip`` (weighted 0) are not computed: zeros. ``softmax``: the step's item-ID
+        softmax (default :meth:`id_softmax` over the whole catalogue)."""
         S = n_seqs
         losses: dict[str, Tensor] = {}
         sel = targets[..., 0]  # (B, n)
         if sel.any() and ID_FIELD not in skip:
             b, t, w = gather_positions(sel)  # (M,) each, M a multiple of SELECT_BLOCK
-            if table is None:
-                table = self.output_table()
-            ce = softmax_cross_entropy(
-                out[b, t, 0], table[FIRST_VALUE_ID:], items[b, t] - FIRST_VALUE_ID
-            )
+            if softmax is None:
+                softmax = self.id_softmax(items)
+            ce = softmax.loss(out[b, t, 0], items[b, t])
             losses[ID_FIELD] = torch.zeros(S, device=items.device).index_add(0, owner[b, t], ce * w)
         else:
             losses[ID_FIELD] = out.new_zeros(S).float()
@@ -706,6 +766,9 @@ class MIIR(SequenceModel):
         if self.objective == "rec":
             masked = rec_mask(present, cfg.mask_prob, generator=generator)
             masked.next_items = sample_items(items, cfg.next_item_fraction, generator)
+            masked.negatives = sample_negatives(
+                self.n_items, cfg.sampled_negatives, generator, items.device
+            )
             return masked
         masked = mii_mask(present, cfg.mask_prob, cfg.item_mask_prob, generator=generator)
         if cfg.last_item_prob > 0:
@@ -722,6 +785,9 @@ class MIIR(SequenceModel):
                 generator=generator,
             )
         masked.next_items = sample_items(items, cfg.next_item_fraction, generator)
+        masked.negatives = sample_negatives(
+            self.n_items, cfg.sampled_negatives, generator, items.device
+        )
         return masked
 
     def loss(
@@ -743,20 +809,21 @@ class MIIR(SequenceModel):
         weights = {**self.config.field_weights}
         names = [ID_FIELD, *(f.name for f in self.fields)]
         clean = self.next_proj is not None and self.config.next_item_clean
-        table = self.output_table()  # (N + 2, e): once per step, shared by both ID losses
+        # once per step, shared by both ID losses
+        softmax = self.id_softmax(items, masked.negatives)
         if clean and all(weights.get(name, 1.0) == 0 for name in names):
             # every MII loss weighted 0: the masked pass would only be logged (as zeros)
             per_field = {name: torch.zeros(n_seqs, device=items.device) for name in names}
         else:
             out = self(items, masked.hidden, packing)  # (B, n, F, e)
             skip = frozenset(name for name in names if weights.get(name, 1.0) == 0)
-            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs, skip, table)
+            per_field = self.field_losses(items, out, masked.targets, owner, n_seqs, skip, softmax)
         n_items = batch.items_per_sequence()  # (S,)
         if self.next_proj is not None:  # the scoring head, trained in every stage
             if clean:
                 out = self(items, torch.zeros_like(masked.hidden), packing)
             per_field["next_item"] = self.next_item_losses(
-                items, out, batch, table, masked.next_items
+                items, out, batch, softmax, masked.next_items
             )
             weights["next_item"] = self.config.next_item_weight
         by_item = self.config.loss_mean == "item"
@@ -773,13 +840,14 @@ class MIIR(SequenceModel):
         items: Tensor,
         out: Tensor,
         batch: Batch,
-        table: Tensor | None = None,
+        softmax: IdSoftmax | None = None,
         sample: Tensor | None = None,
     ) -> Tensor:
         """Per-sequence sums of the next-item loss (causal models): the next-item head's state
         (``readout``) at every item with a successor in its window predicts that successor,
         whatever the masks hid.
-        ``table``: the output table (default :meth:`output_table`). ``sample`` (B, n) bool:
+        ``softmax``: the step's item-ID softmax (default :meth:`id_softmax` over the whole
+        catalogue). ``sample`` (B, n) bool:
         only these items predict their successor, each weighted 1 / ``next_item_fraction``
         (:attr:`Masked.next_items`; None: every item, weight 1)."""
         owner = batch.owner()  # (B, n)
@@ -794,15 +862,15 @@ class MIIR(SequenceModel):
             b, t, w = gather_positions(pair)  # t: the item; t + 1: its successor
             ids = self.id_states(items, batch.packing) if self.id_blocks is not None else None
             h = self._next_state(out[b, t], ids[b, t] if ids is not None else None)  # (M, e)
-            if table is None:
-                table = self.output_table()
-            target = items[b, t + 1] - FIRST_VALUE_ID  # (M,)
-            if self.config.next_item_exclude_history:
-                logits = (h @ table[FIRST_VALUE_ID:].T).float()  # (M, N)
+            if softmax is None:
+                softmax = self.id_softmax(items)
+            if self.config.next_item_exclude_history:  # never sampled (the config's check)
+                target = items[b, t + 1] - FIRST_VALUE_ID  # (M,)
+                logits = (h @ softmax.table.T).float()  # (M, N)
                 logits = self._without_history(logits, items, owner, b, t, target)
                 ce = F.cross_entropy(logits, target, reduction="none")
             else:
-                ce = softmax_cross_entropy(h, table[FIRST_VALUE_ID:], target)
+                ce = softmax.loss(h, items[b, t + 1])
             losses = losses.index_add(0, owner[b, t], ce * (w * scale))
         return losses
 

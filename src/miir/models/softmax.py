@@ -14,6 +14,9 @@ logits and their gradients: 300 bf16 steps of the default MIIR peak at 835 MiB i
 for 0.99x the step time in bf16 and 0.93x in float32 (``bench/bench_softmax.py``,
 ``bench/results/softmax.md``).
 
+A ``bias`` per table row is added to every row's logits (the log-Q correction of a sampled
+softmax, ``miir.models.miir.IdSoftmax``); it gets no gradient.
+
 Precision follows autocast: under an autocast context the two products run in its dtype (as
 autocast runs ``h @ table.T``), the softmax and the gradient accumulation of the table in
 float32.
@@ -36,7 +39,9 @@ def _compute_dtype(h: Tensor, table: Tensor) -> torch.dtype:
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, table: Tensor, target: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx, h: Tensor, table: Tensor, target: Tensor, chunk: int, bias: Tensor | None
+    ) -> Tensor:  # type: ignore[override]
         dtype = _compute_dtype(h, table)
         with torch.autocast(h.device.type, enabled=False):
             hc, tc = h.to(dtype), table.to(dtype)
@@ -45,16 +50,18 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             for start in range(0, h.shape[0], chunk):
                 rows = slice(start, start + chunk)
                 logits = (hc[rows] @ tc.T).float()  # (c, N)
+                if bias is not None:
+                    logits += bias
                 lse[rows] = torch.logsumexp(logits, dim=1)
                 picked[rows] = logits.gather(1, target[rows, None]).squeeze(1)
-        ctx.save_for_backward(hc, tc, target, lse)
+        ctx.save_for_backward(hc, tc, target, lse, bias)
         ctx.chunk = chunk
         ctx.dtypes = (h.dtype, table.dtype)
         return lse - picked
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        hc, tc, target, lse = ctx.saved_tensors
+        hc, tc, target, lse, bias = ctx.saved_tensors
         need_h, need_table = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hc) if need_h else None
         grad_table = (
@@ -65,6 +72,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             for start in range(0, hc.shape[0], ctx.chunk):
                 rows = slice(start, start + ctx.chunk)
                 probs = (hc[rows] @ tc.T).float()  # (c, N): recomputed
+                if bias is not None:
+                    probs += bias
                 probs.sub_(lse[rows, None]).exp_()  # softmax
                 idx = torch.arange(probs.shape[0], device=probs.device)
                 probs[idx, target[rows]] -= 1.0  # d ce / d logits
@@ -79,15 +88,23 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             grad_table.to(table_dtype) if grad_table is not None else None,
             None,
             None,
+            None,
         )
 
 
-def softmax_cross_entropy(h: Tensor, table: Tensor, target: Tensor, chunk: int = CHUNK) -> Tensor:
+def softmax_cross_entropy(
+    h: Tensor, table: Tensor, target: Tensor, chunk: int = CHUNK, bias: Tensor | None = None
+) -> Tensor:
     """(M, e) states, (N, e) table, (M,) target rows of the table -> (M,) float32
     cross-entropy of ``softmax(h @ table.T)``: ``F.cross_entropy((h @ table.T).float(), target,
-    reduction="none")`` without keeping the ``(M, N)`` logits (see the module's docstring)."""
+    reduction="none")`` without keeping the ``(M, N)`` logits (see the module's docstring).
+    ``bias`` (N,): added to every row's logits (no gradient)."""
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"states {tuple(h.shape)} and table {tuple(table.shape)} do not match")
     if target.shape != h.shape[:1]:
         raise ValueError(f"{target.shape[0]} targets for {h.shape[0]} states")
-    return _SoftmaxCrossEntropy.apply(h, table, target, chunk)
+    if bias is not None:
+        if bias.shape != table.shape[:1]:
+            raise ValueError(f"bias {tuple(bias.shape)} for a table of {table.shape[0]} rows")
+        bias = bias.detach().float()
+    return _SoftmaxCrossEntropy.apply(h, table, target, chunk, bias)
