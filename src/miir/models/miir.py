@@ -247,8 +247,10 @@ class MIIRConfig(SideInfoConfig):
         "set per step, every item of the batch plus k items drawn uniformly from the "
         "catalogue; a drawn item outside the batch has its logit raised by log(N / k) (the "
         "log-Q correction: the softmax's denominator is then an unbiased estimate of the whole "
-        "catalogue's). Evaluation and serving always rank the whole catalogue. The "
-        "catalogue-wide softmaxes are about half of a default step (bench/results/recipe.md).",
+        "catalogue's). Evaluation and serving always rank the whole catalogue. Measured "
+        "(bench/results/recipe.md, 'Speed'): k = 1024 takes 0.71x the default step on "
+        "amazon-beauty and 0.62x on amazon-sports, and lands 0.002 lower in full-ranking "
+        "NDCG@10 on Beauty (seed 1), reaching SASRec's level no sooner: off by default.",
     )
 
     readout: Literal["id", "item"] = Field(
