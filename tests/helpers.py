@@ -1,9 +1,13 @@
 """Helpers shared by the model tests (imported as ``from helpers import ...``): a random item
 catalogue with every field kind, random right-aligned windows, small models built through the
-registry, checks that several models' tests make, and the options of a short ``miir train``
-run."""
+registry, checks that several models' tests make, the options of a short ``miir train``
+run, and the bench scripts as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +19,17 @@ from miir.models.batch import make_batch
 from miir.models.fields import FieldInfo, ItemCatalogue
 
 N_ITEMS = 30
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """The script ``bench/<name>.py`` as a module (``bench/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 FIELDS = [
     FieldInfo("brand", FieldKind.CATEGORICAL, cardinality=7),
     FieldInfo("cats", FieldKind.MULTI_CATEGORICAL, cardinality=9, width=3),

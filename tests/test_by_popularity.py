@@ -3,21 +3,16 @@ targets (the numbers of bench/results/by_popularity/ rest on these two)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "by_popularity.py"
+from helpers import BENCH, load_bench
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("by_popularity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("by_popularity")
 
 
 def test_training_counts_leave_out_the_validation_and_test_targets() -> None:
@@ -45,7 +40,7 @@ def test_buckets_split_at_quantiles_and_keep_every_value() -> None:
 def test_breakdown_reads_one_based_ranks_per_bucket() -> None:
     import sys
 
-    sys.path.insert(0, str(SCRIPT.parents[1] / "src"))
+    sys.path.insert(0, str(BENCH.parent / "src"))
     bp = load()
     ranks = np.array([1, 3, 10, 11])
     runs = {"a": {p: ranks for p in bp.PROTOCOLS}, "b": {p: ranks[::-1] for p in bp.PROTOCOLS}}

@@ -4,17 +4,7 @@ title where there is none (amazon-sports: keywords)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "imputation.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("imputation_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_bench
 
 
 def cell(diff: float, p: float) -> dict:
@@ -22,7 +12,7 @@ def cell(diff: float, p: float) -> dict:
 
 
 def test_the_table_11_reading_judges_each_claim_and_reads_the_text_field() -> None:
-    bench = load()
+    bench = load_bench("imputation")
     art = {"path": "artifacts/sports-d"}
     pair = {
         "a": "MIIR (run)",

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import load_bench
 from miir.models.layers import Block, dropout, dropout_multipliers
 
 
@@ -66,13 +67,7 @@ def test_block_matches_transformer_encoder_layer() -> None:
 def test_dropout_multipliers_equal_their_previous_form_from_the_same_seed(p, dtype) -> None:
     """bench/bench_dropout.py times today's form against the previous one as equals: the same
     bits give the same mask and the same values."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_dropout.py"
-    spec = importlib.util.spec_from_file_location("bench_dropout", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_dropout")
     torch.manual_seed(5)
     before = bench.previous_multipliers((7, 33, 5), p, dtype)
     torch.manual_seed(5)

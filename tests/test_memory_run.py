@@ -3,13 +3,12 @@ process's peak and when it rose."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "memory_run.py"
+from helpers import load_bench
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc (Linux only)"
@@ -17,10 +16,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("memory_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("memory_run")
 
 
 def test_trace_sees_the_peak_of_a_process_and_when_it_rose(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from helpers import (
     N_ITEMS,
     assert_same_gradients,
     gen,
+    load_bench,
     random_catalogue,
     random_windows,
     small_model,
@@ -544,13 +545,7 @@ def test_bench_train_naive_formulation_computes_our_loss(options) -> None:
     nn.TransformerEncoder, every head at every position): the speed-up compares like with
     like only while both compute one loss, packed or padded, under the config's weights and
     mean."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_train")
     model = small_model("miir", causal=False, **options).eval()
     naive = bench.NaiveMIIR(model).eval()
     items = random_windows(6, 8, seed=3)
