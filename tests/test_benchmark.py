@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from miir.benchmark import (
     Cell,
     ClaimSpec,
+    RecordStore,
+    _dry_run,
     ensure_artifact,
     grid_cases,
     judge_claim,
@@ -133,6 +135,29 @@ def test_bad_yaml_and_bad_only(tmp_path) -> None:
         "model": {"sasrec", "miir"},
         "seed": {"1"},
     }
+
+
+def test_dry_run_without_the_artifact_does_not_call_a_record_shared(
+    tmp_path, planted_artifact
+) -> None:
+    """Where a case's artifact is absent the run has no key and its record is found by its
+    configs; the dry run says so instead of calling the run shared with another setting."""
+    grid = {"data": {"p": {"artifacts": {"given": str(planted_artifact)}}}, "models": ["sasrec"]}
+    runs = plan(load_grid(write_grid(tmp_path / "grid.yaml", grid)))
+    run = runs[0]
+    store = RecordStore(tmp_path / "records")
+    store.by_key["k1"] = {
+        "key": "k1",
+        "config_sha256": run.config_sha,
+        "data": run.data,
+        "setting": run.setting,
+        "date": "2026-12-06",
+    }
+    run.key = None  # as plan() leaves it when the artifact is absent
+    lines: list[str] = []
+    _dry_run(runs, [run], store, tmp_path / "runs", lines.append)
+    assert "found by its configs" in lines[0] and "shared" not in lines[0]
+    assert "1 recorded, 0 to run" in lines[-1]
 
 
 def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:

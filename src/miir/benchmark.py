@@ -1195,7 +1195,9 @@ def _dry_run(
     todo = []
     for i, run in enumerate(chosen, 1):
         found = store.find(run)
-        if found is not None and found.get("key") != run.key:
+        if found is not None and run.key is None:
+            state = "recorded (artifact absent: the record found by its configs)"
+        elif found is not None and found.get("key") != run.key:
             state = f"recorded (shared: the same run on {run.twin.case.title if run.twin else '?'})"
         elif found is not None:
             state = "recorded"
