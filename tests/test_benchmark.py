@@ -146,18 +146,81 @@ def test_dry_run_without_the_artifact_does_not_call_a_record_shared(
     runs = plan(load_grid(write_grid(tmp_path / "grid.yaml", grid)))
     run = runs[0]
     store = RecordStore(tmp_path / "records")
-    store.by_key["k1"] = {
-        "key": "k1",
-        "config_sha256": run.config_sha,
-        "data": run.data,
-        "setting": run.setting,
-        "date": "2026-12-06",
-    }
+    record = _record_of(run, ("cases-a", "identity-a"))
+    store.by_key[record["key"]] = record
     run.key = None  # as plan() leaves it when the artifact is absent
     lines: list[str] = []
     _dry_run(runs, [run], store, tmp_path / "runs", lines.append)
     assert "found by its configs" in lines[0] and "shared" not in lines[0]
     assert "1 recorded, 0 to run" in lines[-1]
+
+
+def _record_of(run, sums: tuple[str, str], setting: str | None = None) -> dict:
+    """A minimal record of ``run`` trained on an artifact with checksums ``sums``."""
+    from miir.benchmark import run_key
+
+    return {
+        "key": run_key(run.model, run.model_config, run.train_config, *sums),
+        "config_sha256": "written-under-older-keying-rules",
+        "data": run.data,
+        "setting": setting or run.setting,
+        "imputed_by": None,
+        "artifact": {"cases_sha256": sums[0], "identity_sha256": sums[1]},
+        "date": "2026-12-06",
+    }
+
+
+def test_a_record_is_found_by_its_own_checksums_when_the_artifact_is_absent(
+    tmp_path, planted_artifact
+) -> None:
+    """Without the artifact a run has no key; its record is the one whose key is the run's key
+    over the record's own artifact checksums, even where the record's stored config hash came
+    from older keying rules (a neutral option added since), and never a record of another seed."""
+    grid = {"data": {"p": {"artifacts": {"given": str(planted_artifact)}}}, "models": ["sasrec"]}
+    grid["seeds"] = [1, 2]
+    runs = plan(load_grid(write_grid(tmp_path / "grid.yaml", grid)))
+    store = RecordStore(tmp_path / "records")
+    record = _record_of(runs[0], ("cases-a", "identity-a"))
+    store.by_key[record["key"]] = record
+    for run in runs:
+        run.key = None  # as plan() leaves it when the artifact is absent
+    assert store.find(runs[0]) is record
+    assert store.find(runs[1]) is None  # seed 2: another key over the same checksums
+
+
+def test_an_id_only_run_shares_a_record_of_the_same_cases_when_its_twin_is_absent(
+    tmp_path, planted_artifact, planted_discard_artifact
+) -> None:
+    """An ID-only model's run on the discard setting is its given run (same cases); with the
+    given artifact absent there is no twin, and the record is found by the cases checksum. A
+    side-aware model never shares, and other cases are not the same computation."""
+    from miir.benchmark import artifact_checksums
+
+    grid = {
+        "data": {
+            "p": {"artifacts": {"given": str(planted_artifact), "D": str(planted_discard_artifact)}}
+        },
+        "settings": {"given": {"discard": 0.0}, "D": {"discard": 0.5}},
+        "models": ["sasrec", {"name": "fdsa", "model": {"fields": ["color"]}}],
+    }
+    runs = plan(load_grid(write_grid(tmp_path / "grid.yaml", grid)))
+    by = {(r.model, r.setting): r for r in runs}
+    sums = artifact_checksums(planted_artifact)
+    assert sums is not None and sums[0] == artifact_checksums(planted_discard_artifact)[0]
+    store = RecordStore(tmp_path / "records")
+    for model in ("sasrec", "fdsa"):
+        record = _record_of(by[(model, "given")], sums)
+        store.by_key[record["key"]] = record
+    d_sasrec, d_fdsa = by[("sasrec", "D")], by[("fdsa", "D")]
+    d_sasrec.twin = None  # as plan() leaves it when the given artifact is absent
+    assert d_sasrec.key is not None and store.find(d_sasrec)["setting"] == "given"
+    assert store.find(d_fdsa) is None
+    d_sasrec.cases_sha256 = "other-cases"
+    assert store.find(d_sasrec) is None
+    lines: list[str] = []
+    d_sasrec.cases_sha256 = sums[0]
+    _dry_run(runs, [d_sasrec], store, tmp_path / "runs", lines.append)
+    assert "recorded (shared: the same run on p (given))" in lines[0]
 
 
 def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:

@@ -498,6 +498,8 @@ class PlannedRun:
     train_config: Any
     config_sha: str
     key: str | None = None  # None until the artifact exists
+    #: the artifact's cases checksum (users, sequences, split, negatives); None while absent
+    cases_sha256: str | None = None
     #: the run whose imputations fill this run's data (a grid model's ``imputed_by``)
     imputer: PlannedRun | None = None
     #: an earlier run that is the same computation (an ID-only model on another setting of the
@@ -783,6 +785,7 @@ def set_key(run: PlannedRun, sums: tuple[str, str] | None = None) -> None:
     if sums is None and run.data_path is not None:
         sums = artifact_checksums(run.data_path)
     if sums is not None:
+        run.cases_sha256 = sums[0]
         run.key = run_key(run.model, run.model_config, run.train_config, *sums)
 
 
@@ -833,19 +836,53 @@ class RecordStore:
                     self.by_key[path.stem] = record
 
     def find(self, run: PlannedRun) -> dict[str, Any] | None:
-        """The record of ``run``: by key; where the artifact is absent (no key), the newest
-        record with the same configs on the same data set and setting."""
+        """The record of ``run``: by its key, else its twin's (the same computation on another
+        setting). Failing that (an artifact absent, or the twin's), a record on the same data
+        set whose key is this run's key over the record's own artifact checksums (today's
+        keying rules, whatever they were when it was written): of the same setting where the
+        run has no key; for an ID-only model also of another setting with the same cases (the
+        twin the plan finds when both artifacts exist); for a run on imputed data, one whose
+        imputer is the recorded imputer run."""
         if run.key is not None:
             record = self.by_key.get(run.key)
             if record is None and run.twin is not None:
-                return self.find(run.twin)  # the same computation, recorded under its key
-            return record
-        same = [
-            r
-            for r in self.by_key.values()
-            if r.get("config_sha256") == run.config_sha
-            and (r.get("data"), r.get("setting")) == (run.data, run.setting)
-        ]
+                record = self.find(run.twin)  # the same computation, recorded under its key
+            if record is not None:
+                return record
+        imputer_key = None
+        if run.imputer is not None:
+            found = self.find(run.imputer)
+            if found is None:
+                return None
+            imputer_key = found.get("key")
+        shareable = imputer_key is None and "fields" not in type(run.model_config).model_fields
+        if run.key is not None and not shareable:
+            return None
+        mine, others = [], []
+        for r in self.by_key.values():
+            sums = r.get("artifact") or {}
+            if r.get("data") != run.data or r.get("imputed_by") != imputer_key:
+                continue
+            if not {"cases_sha256", "identity_sha256"} <= sums.keys():
+                continue
+            key = run_key(
+                run.model,
+                run.model_config,
+                run.train_config,
+                sums["cases_sha256"],
+                sums["identity_sha256"],
+            )
+            if key != r.get("key"):
+                continue
+            if r.get("setting") == run.setting and run.key is None:
+                mine.append(r)
+            elif (
+                r.get("setting") != run.setting
+                and shareable
+                and run.cases_sha256 in (None, sums["cases_sha256"])
+            ):
+                others.append(r)
+        same = mine or others
         return max(same, key=lambda r: r.get("date", "")) if same else None
 
     def ranks_path(self, key: str) -> Path:
@@ -1198,7 +1235,8 @@ def _dry_run(
         if found is not None and run.key is None:
             state = "recorded (artifact absent: the record found by its configs)"
         elif found is not None and found.get("key") != run.key:
-            state = f"recorded (shared: the same run on {run.twin.case.title if run.twin else '?'})"
+            where = run.twin.case.title if run.twin else f"{found['data']} ({found['setting']})"
+            state = f"recorded (shared: the same run on {where})"
         elif found is not None:
             state = "recorded"
         elif run.key is None and run.imputer is not None:
@@ -1497,8 +1535,8 @@ def _runs_rows(runs: list[PlannedRun], store: RecordStore) -> list[dict[str, Any
                     "not run"
                     if rec is None
                     else "recorded"
-                    if rec.get("key") == run.key
-                    else f"shared with {run.twin.setting if run.twin else '?'}"
+                    if rec.get("key") == run.key or rec.get("setting") == run.setting
+                    else f"shared with {rec.get('setting')}"
                 ),
             }
         )
