@@ -506,6 +506,11 @@ class PlannedRun:
     #: same cases): this run shares its record instead of training
     twin: PlannedRun | None = None
 
+    @property
+    def id_only(self) -> bool:
+        """The model reads item IDs only (nothing a discard changes)."""
+        return "fields" not in type(self.model_config).model_fields
+
     def describe(self) -> str:
         name = self.model if self.imputer is None else self.label
         return f"{name} · {self.case.title} · seed {self.seed}"
@@ -579,9 +584,12 @@ def run_key(
     (seed included; display-only options left out) and the artifact's cases and identity
     checksums (:func:`~miir.evaluation.compare.identity_checksum`: the same prepare options on
     the same sources, wherever prepared; the miir version is not part of it)."""
-    payload = _keyed_payload(model, model_config, train_config)
-    payload.update(cases_sha256=cases_sha256, identity_sha256=identity_sha256)
-    return _sha(payload)[:16]
+    return _key_of(_keyed_payload(model, model_config, train_config), cases_sha256, identity_sha256)
+
+
+def _key_of(payload: dict[str, Any], cases_sha256: str, identity_sha256: str) -> str:
+    """:func:`run_key` from a :func:`_keyed_payload` already built."""
+    return _sha({**payload, "cases_sha256": cases_sha256, "identity_sha256": identity_sha256})[:16]
 
 
 def artifact_checksums(path: Path) -> tuple[str, str] | None:
@@ -770,8 +778,7 @@ def plan(grid: Grid, cases: list[Case] | None = None) -> list[PlannedRun]:
     first: dict[tuple[str, str], PlannedRun] = {}
     for run in runs:
         sums = checksums.get(run.case.path)
-        side_aware = "fields" in type(run.model_config).model_fields
-        if run.imputer is not None or sums is None or side_aware:
+        if run.imputer is not None or sums is None or not run.id_only:
             continue
         twin = first.setdefault((run.config_sha, sums[0]), run)
         if twin is not run:
@@ -855,9 +862,10 @@ class RecordStore:
             if found is None:
                 return None
             imputer_key = found.get("key")
-        shareable = imputer_key is None and "fields" not in type(run.model_config).model_fields
+        shareable = imputer_key is None and run.id_only
         if run.key is not None and not shareable:
             return None
+        payload = _keyed_payload(run.model, run.model_config, run.train_config)
         mine, others = [], []
         for r in self.by_key.values():
             sums = r.get("artifact") or {}
@@ -865,14 +873,7 @@ class RecordStore:
                 continue
             if not {"cases_sha256", "identity_sha256"} <= sums.keys():
                 continue
-            key = run_key(
-                run.model,
-                run.model_config,
-                run.train_config,
-                sums["cases_sha256"],
-                sums["identity_sha256"],
-            )
-            if key != r.get("key"):
+            if _key_of(payload, sums["cases_sha256"], sums["identity_sha256"]) != r.get("key"):
                 continue
             if r.get("setting") == run.setting and run.key is None:
                 mine.append(r)
