@@ -397,6 +397,7 @@ def _curve(run: Path) -> list[dict]:
 def run_arm(
     arm: str, seed: int, epochs: int | None, test: bool, data: Path, threads: int = 2
 ) -> dict:
+    from miir.provenance import machine
     from miir.training.train import TrainConfig, train
 
     model, tr = arm_settings(arm)
@@ -451,7 +452,8 @@ def run_arm(
         "curve": curve,
         "commit": _commit(),
         "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cpus",
+        # the CPU, its bf16 support (which decides `--precision auto`), torch and its threads
+        "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     RECORDS.mkdir(parents=True, exist_ok=True)
