@@ -84,7 +84,8 @@ def run_record(command: str | None = None, **fields: Any) -> dict[str, Any]:
         "command": command or shlex.join(["python", *sys.argv]),
         **git_commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        # a script that read the machine itself (before a server started, say) passes it
+        "machine": fields.pop("machine") if "machine" in fields else machine(),
         **fields,
     }
 
