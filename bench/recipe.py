@@ -19,12 +19,9 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,15 +360,6 @@ def arm_settings(arm: str) -> tuple[dict, dict]:
     return {**BASE_MODEL, **model}, {**BASE_TRAIN, **train}
 
 
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "--", "src"], cwd=ROOT) != 0
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _curve(run: Path) -> list[dict]:
     rows = []
     for log in sorted((run / "logs").glob("*/metrics.csv")):
@@ -397,7 +385,7 @@ def _curve(run: Path) -> list[dict]:
 def run_arm(
     arm: str, seed: int, epochs: int | None, test: bool, data: Path, threads: int = 2
 ) -> dict:
-    from miir.provenance import machine
+    from miir.provenance import git_commit, run_record
     from miir.training.train import TrainConfig, train
 
     model, tr = arm_settings(arm)
@@ -416,6 +404,7 @@ def run_arm(
     if resume:
         print(f"{name}: resuming from {out}")
     logs_before = {p.parent.name for p in (out / "logs").glob("*/metrics.csv")}
+    code = git_commit()  # the code that trains, read before a commit can land during the run
     started = time.perf_counter()
     results = train(
         data,
@@ -433,29 +422,26 @@ def run_arm(
     epochs_run = len(curve)
     # train_seconds covers this invocation only: a resumed run's speed is over its new epochs
     epochs_now = sum(1 for r in curve if r["stage"] not in logs_before)
-    record = {
-        "arm": arm,
-        "seed": seed,
-        "kind": kind,
-        "model_overrides": ARMS[arm][0],
-        "train_overrides": ARMS[arm][1],
-        "model_config": results["run"]["model_config"],
-        "train_config": results["run"]["train_config"],
-        "train_seconds": round(results["train_seconds"], 1),
-        "wall_seconds": round(wall, 1),
-        "epochs_run": epochs_run,
-        "seconds_per_epoch": round(results["train_seconds"] / max(epochs_now, 1), 2),
-        "resumed": resume,
-        "best_epoch": results["checkpoint_epoch"],
-        "valid": results["valid"],
-        "test": results.get("test"),
-        "curve": curve,
-        "commit": _commit(),
-        "command": " ".join(["python", *sys.argv]),
-        # the CPU, its bf16 support (which decides `--precision auto`), torch and its threads
-        "machine": machine(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    # the header every bench record has (command, commit, date, machine: its CPU and bf16 support)
+    record = run_record(
+        **code,
+        arm=arm,
+        seed=seed,
+        kind=kind,
+        model_overrides=ARMS[arm][0],
+        train_overrides=ARMS[arm][1],
+        model_config=results["run"]["model_config"],
+        train_config=results["run"]["train_config"],
+        train_seconds=round(results["train_seconds"], 1),
+        wall_seconds=round(wall, 1),
+        epochs_run=epochs_run,
+        seconds_per_epoch=round(results["train_seconds"] / max(epochs_now, 1), 2),
+        resumed=resume,
+        best_epoch=results["checkpoint_epoch"],
+        valid=results["valid"],
+        test=results.get("test"),
+        curve=curve,
+    )
     RECORDS.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -822,8 +808,8 @@ def main() -> None:
         "# MIIR's training recipe on amazon-beauty (issue 9)\n\n"
         "Written by `python bench/recipe.py table` from the records in `bench/results/recipe/` "
         "(each names its command, commit, machine and date). Validation decides; test is "
-        "evaluated once per recipe, for runs to convergence only. Machine: "
-        f"{platform.node()} · {os.cpu_count()} cpus (2 threads per run).\n\n"
+        "evaluated once per recipe, for runs to convergence only; 2 threads per run, on the "
+        "machine each record names.\n\n"
     )
     out = ROOT / "bench" / "results" / "recipe_runs.md"
     tmp = out.with_suffix(".tmp")
