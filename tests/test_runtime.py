@@ -115,3 +115,25 @@ def test_lightning_is_imported_without_what_torchmetrics_would_load() -> None:
     assert lean["torch"] and lean["numpy"] and not lean["scipy_seen"]
     full = lean_child("0")  # turned off: the checks are untouched (with torchmetrics 1.9 the
     assert not full["active"] and full["scipy_seen"]  # three modules load then)
+
+
+def test_training_and_serving_do_not_import_the_data_readers_stack() -> None:
+    """Polars (about 25 MiB resident) is for reading raw data: `miir train`, `evaluate` and
+    `serve` read prepared NumPy/JSON artifacts and never load it (issue 9's memory goal)."""
+    code = (
+        "import sys\n"
+        "import miir.cli, miir.training.train, miir.evaluation.evaluate, miir.serve\n"
+        "import miir.recommender, miir.inference, miir.data.artifact\n"
+        "print(sorted(m for m in ('polars', 'pyarrow') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    # and the readers still work where a format is read (polars imported on demand)
+    import polars as pl
+
+    from miir.data.schema import FieldKind, infer_schema
+
+    schema = infer_schema(pl.DataFrame({"item_id": ["a"], "tags": [["x", "y"]]}))
+    assert schema.fields[0].kind == FieldKind.MULTI_CATEGORICAL

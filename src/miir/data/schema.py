@@ -17,12 +17,14 @@ import json
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from miir.errors import DataError
+
+if TYPE_CHECKING:  # polars only where data is read: training and serving never load it
+    import polars as pl
 
 # Vocabulary ids 0 and 1 are reserved in every categorical vocabulary (items included).
 PAD_ID = 0
@@ -163,6 +165,8 @@ def infer_schema(items: pl.DataFrame) -> Schema:
     like free text (mostly distinct and several words long) and ``categorical`` otherwise.
     Booleans are categorical. Any guess can be overridden (``--field name=kind``).
     """
+    import polars as pl
+
     specs: list[FieldSpec] = []
     for name in items.columns:
         if name == "item_id":

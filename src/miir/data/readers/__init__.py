@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from miir.data.raw import RawDataset
 from miir.data.schema import Schema
 from miir.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # polars (raw.py) is imported only where a format is read
+    from miir.data.raw import RawDataset
 
 
 def _sequences(path: Path, schema: Schema | None, **_: object) -> RawDataset:
@@ -163,7 +166,7 @@ def read_source(
         return READERS[fmt](path, schema, fields=overrides, dedupe_meta=dedupe_meta)
     raw = READERS[fmt](path, schema, dedupe_meta=dedupe_meta)
     if overrides:
-        from miir.data.raw import normalize_items
+        from miir.data.raw import RawDataset, normalize_items
 
         new_schema = raw.schema.with_overrides(overrides)
         items = raw.items.select(["item_id", *new_schema.names])
