@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from miir.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "bench" / "results" / "recipe"
 RUNS = ROOT / "runs" / "recipe"
@@ -443,9 +445,7 @@ def run_arm(
         curve=curve,
     )
     RECORDS.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, record_path)
+    atomic_write_text(record_path, json.dumps(record, indent=1))
     _keep_ranks(record_path, out)
     v = record["valid"]
     print(
@@ -812,9 +812,7 @@ def main() -> None:
         "machine each record names.\n\n"
     )
     out = ROOT / "bench" / "results" / "recipe_runs.md"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(header + text, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, header + text)
     print(text)
 
 

@@ -24,9 +24,10 @@ def test_run_record_names_the_command_commit_date_and_machine(monkeypatch) -> No
 
 def test_fields_replace_the_header_where_a_script_knows_better(monkeypatch) -> None:
     def no_second_read() -> None:
-        raise AssertionError("the machine was passed in; run_record must not read it again")
+        raise AssertionError("it was passed in; run_record must not read it again")
 
     monkeypatch.setattr("miir.provenance.machine", no_second_read)
+    monkeypatch.setattr("miir.provenance.git_commit", no_second_read)  # nor the commit
     early = {"commit": "a" * 40, "dirty": False}  # the code measured, read before the runs
     rec = run_record(command="python bench/y.py", machine={"cpu": "x"}, **early)
     assert rec["command"] == "python bench/y.py"

@@ -80,9 +80,15 @@ def run_record(command: str | None = None, **fields: Any) -> dict[str, Any]:
     """A record's header (the command, by default this process's as run; the commit and
     whether the tree was dirty; the date; the machine) followed by ``fields``, which may
     replace any of them."""
+    # a script that read the commit before its runs (the code measured) passes it
+    code = (
+        {"commit": fields.pop("commit"), "dirty": fields.pop("dirty", None)}
+        if "commit" in fields
+        else git_commit()
+    )
     return {
         "command": command or shlex.join(["python", *sys.argv]),
-        **git_commit(),
+        **code,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         # a script that read the machine itself (before a server started, say) passes it
         "machine": fields.pop("machine") if "machine" in fields else machine(),
