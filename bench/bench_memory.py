@@ -15,7 +15,9 @@ and ``train`` also without oneDNN's primitive cache (``no-kernel-cache``: its JI
 matmul kernels for every shape seen stay in memory; the phase's time is compared), ``fit+val``,
 ``eval@512`` and ``train`` also with evaluation's shapes not blocked (``any-shape``:
 ``TRIM_BLOCK`` 1 and no ``padded_rows``, every chunk its own widths; the evaluation's time is
-compared; ``--primitives`` counts the distinct primitives of both), ``imports``, ``fit+val``
+compared; ``--primitives`` counts the distinct primitives of both), the same three also with
+each evaluation batch ranked whole (``whole-ranks``: its chunks' scores gathered into one
+matrix, as before ``rank_in_chunks``; the evaluation's time is compared), ``imports``, ``fit+val``
 and ``train`` also with Lightning's full imports (``full-imports``: every other arm applies
 :func:`miir.runtime.skip_unused_imports` first, as the CLI does), and with
 ``--untuned`` also with malloc untuned (``MIIR_MALLOC_TUNING=0``):
@@ -81,6 +83,13 @@ if arm in ("before", "any-shape"):  # trimmed widths and compact rows not blocke
     import miir.models.batch as mb, miir.models.miir as mm
     mb.TRIM_BLOCK = 1
     mm.padded_rows = lambda m: m
+if arm == "whole-ranks":  # scored in chunks into one (B, N + 2) buffer, ranked as a whole
+    def _whole_ranks(ranks, score_fn, history, target, negatives, seen):
+        chunks = [score_fn(history[i : i + ev.SCORE_CHUNK]) for i in range(0, len(history), ev.SCORE_CHUNK)]
+        scores = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        del chunks
+        ranks.update(scores.float(), target, negatives, seen)
+    ev.rank_in_chunks = mod.rank_in_chunks = _whole_ranks
 if arm == "before":  # evaluation before issue 9's change: whole batches, no release
     ev.SCORE_CHUNK = 1 << 30
     ev.release_freed_memory = mod.release_freed_memory = lambda: False
@@ -166,6 +175,7 @@ ARMS = {  # arm: the phases where it differs from today's code
     "kept-callback": ("train",),  # the same: the callback outlived training, not its stage
     "no-kernel-cache": ("fit+val", "train"),
     "any-shape": ("fit+val", "eval@512", "train"),
+    "whole-ranks": ("fit+val", "eval@512", "train"),
     "full-imports": ("imports", "fit+val", "train"),
 }
 ARM_HEADS = {
@@ -176,6 +186,7 @@ ARM_HEADS = {
     "kept-callback": "today with the stage's callback kept",
     "no-kernel-cache": "today without oneDNN's kernel cache",
     "any-shape": "today with evaluation's shapes not blocked",
+    "whole-ranks": "today with each batch ranked whole",
     "full-imports": "today with Lightning's full imports",
 }
 
@@ -334,7 +345,10 @@ def main() -> None:
         "batches and evaluation chunks come in hundreds of shapes). *With evaluation's shapes "
         "not blocked*: trimmed batches cut to the longest history's width, and the compact "
         "inference pass on exactly its real tokens (`TRIM_BLOCK` 1, no `padded_rows`), as "
-        "before: a set of matmul shapes for every evaluation chunk. *With Lightning's full "
+        "before: a set of matmul shapes for every evaluation chunk. *With each batch ranked "
+        "whole*: the chunks' scores gathered into one (512, N + 2) matrix and the batch ranked "
+        "from it (the masks and comparisons of 512 users at once), as before `rank_in_chunks`. "
+        "*With Lightning's full "
         "imports*: without `miir.runtime.skip_unused_imports` (`MIIR_LEAN_IMPORTS=0`), which "
         "the CLI and every other arm here apply: `import lightning` imports torchmetrics, "
         "whose import loads scipy.signal, matplotlib.pyplot and transformers."
@@ -368,6 +382,9 @@ def main() -> None:
         ("eval@512", "any-shape", "today",
          "Evaluation time with its shapes not blocked (`evaluate_run` as above, rounds "
          "interleaved)", "not blocked", "today"),
+        ("eval@512", "whole-ranks", "today",
+         "Evaluation time with each batch ranked whole (`evaluate_run` as above, rounds "
+         "interleaved)", "ranked whole", "today"),
         ("fit+val", "no-kernel-cache", "today",
          "Time of the fit+val phase (`train()`, rounds interleaved)",
          "without oneDNN's kernel cache", "today"),

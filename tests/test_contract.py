@@ -101,17 +101,25 @@ def test_scores_do_not_depend_on_padding_or_other_rows(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_chunked_scoring_is_the_same_scoring(name: str, monkeypatch) -> None:
-    """Evaluation scores a batch in forward passes of SCORE_CHUNK rows (issue 9: memory); the
-    scores are those of one pass, whatever the chunks' padding."""
+def test_chunked_ranking_is_the_same_ranking(name: str, monkeypatch) -> None:
+    """Evaluation scores and ranks a batch in passes of SCORE_CHUNK rows (issue 9: memory); the
+    ranks are those of one pass over the whole batch, whatever the chunks' padding."""
     model = small(name).eval()
-    history = windows(B=7, n=MAX_LEN - 1, seed=5)
+    B = 7
+    history = windows(B=B, n=MAX_LEN - 1, seed=5)
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(1, N_ITEMS + 1, (B,), generator=g)
+    negatives = torch.randint(1, N_ITEMS + 1, (B, 5), generator=g)
+    seen = history.clone()
     with torch.no_grad():
-        whole = model.score(history)
+        whole = evaluate.ProtocolRanks()
+        whole.update(model.score(history).float(), target, negatives, seen)
         monkeypatch.setattr(evaluate, "SCORE_CHUNK", 3)  # chunks of 3, 3 and 1 rows
-        chunked = evaluate.score_in_chunks(model.score, history)
-    assert chunked.shape == whole.shape and chunked.dtype == whole.dtype
-    assert torch.allclose(chunked, whole, atol=1e-5)
+        chunked = evaluate.ProtocolRanks()
+        evaluate.rank_in_chunks(chunked, model.score, history, target, negatives, seen)
+    for protocol, ranks in whole.ranks().items():
+        assert len(ranks) == B
+        assert torch.equal(chunked.ranks()[protocol], ranks), protocol
 
 
 @pytest.mark.parametrize("name", NAMES)

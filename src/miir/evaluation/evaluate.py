@@ -24,10 +24,11 @@ from miir.evaluation.metrics import RankAccumulator, metrics_from_ranks, sampled
 from miir.runtime import release_freed_memory
 
 PROTOCOLS = ("sampled", "full", "full_masked")
-#: most histories per forward pass when scoring an evaluation batch: a batch of 512 is scored in
-#: four passes of 128, whose activations need about a quarter of the memory (issue 9: 250-275 MiB
-#: of transient memory for the default MIIR at 512 on amazon-beauty, 66-94 at 128); the batch
-#: size stays what it was, so no recorded run's key changes
+#: most histories per forward pass when scoring an evaluation batch: a batch of 512 is scored and
+#: ranked in four passes of 128, whose activations, scores and masks need about a quarter of the
+#: memory (issue 9: 250-275 MiB of transient memory for the default MIIR at 512 on
+#: amazon-beauty, 66-94 at 128); the batch size stays what it was, so no recorded run's key
+#: changes
 SCORE_CHUNK = 128
 PROTOCOL_LABELS = {
     "sampled": "sampled (99 negatives)",
@@ -44,22 +45,6 @@ def history_exclusion(scores: Tensor, seen: Tensor, target: Tensor) -> Tensor:
     exclude[:, 0] = False  # the padding id (its score is -inf anyway)
     exclude[torch.arange(len(target), device=scores.device), target] = False
     return exclude
-
-
-def score_in_chunks(score_fn: Callable[[Tensor], Tensor], history: Tensor) -> Tensor:
-    """``score_fn(history)`` computed :data:`SCORE_CHUNK` rows at a time (rows are independent);
-    each chunk's scores are written into one (B, N + 2) buffer, so the model's activations
-    exist for one chunk at a time."""
-    chunk = SCORE_CHUNK
-    if len(history) <= chunk:
-        return score_fn(history)
-    first = score_fn(history[:chunk])
-    out = first.new_empty((len(history), *first.shape[1:]))
-    out[:chunk] = first
-    del first
-    for start in range(chunk, len(history), chunk):
-        out[start : start + chunk] = score_fn(history[start : start + chunk])
-    return out
 
 
 class ProtocolRanks:
@@ -89,6 +74,25 @@ class ProtocolRanks:
         return {p: getattr(self, p).compute(ks) for p in PROTOCOLS}
 
 
+def rank_in_chunks(
+    ranks: ProtocolRanks,
+    score_fn: Callable[[Tensor], Tensor],
+    history: Tensor,
+    target: Tensor,
+    negatives: Tensor,
+    seen: Tensor,
+) -> None:
+    """Score the rows ``history`` (B, n) :data:`SCORE_CHUNK` at a time and add each chunk's
+    target ranks to ``ranks`` (rows are independent, so the ranks are those of one pass): the
+    model's activations, the (B, N + 2) scores and the masks and comparisons derived from them
+    exist for one chunk at a time (issue 9: memory)."""
+    for start in range(0, len(history), SCORE_CHUNK):
+        rows = slice(start, start + SCORE_CHUNK)
+        scores = score_fn(history[rows]).float()  # (chunk, N + 2)
+        ranks.update(scores, target[rows], negatives[rows], seen[rows])
+        del scores
+
+
 @torch.no_grad()
 def evaluate_scores(
     score_fn: Callable[[Tensor], Tensor],
@@ -108,8 +112,8 @@ def evaluate_scores(
     Rows are scored in order of history length (right-aligned, 0 = padding), so that a batch
     holds histories of similar length and a model that cuts shared padding
     (:func:`miir.models.batch.trim_left_padding`) does less work; rows are independent, so the
-    order changes no score. Each batch is scored in forward passes of at most
-    :data:`SCORE_CHUNK` rows, and the memory that malloc keeps is handed back before and after
+    order changes no score. Each batch is scored and ranked in passes of at most
+    :data:`SCORE_CHUNK` rows (:func:`rank_in_chunks`), and the memory that malloc keeps is handed back before and after
     the pass (:func:`miir.runtime.release_freed_memory`), and the ranks go into buffers
     allocated before the first batch, which bounds evaluation's memory (issue 9)."""
     release_freed_memory()
@@ -117,9 +121,13 @@ def evaluate_scores(
     order = torch.argsort((history != 0).sum(1), stable=True)  # (U,)
     for start in range(0, len(target), batch_size):
         idx = order[start : start + batch_size]
-        scores = score_in_chunks(score_fn, history[idx].to(device))
-        acc.update(
-            scores.float(), target[idx].to(device), negatives[idx].to(device), seen[idx].to(device)
+        rank_in_chunks(
+            acc,
+            score_fn,
+            history[idx].to(device),
+            target[idx].to(device),
+            negatives[idx].to(device),
+            seen[idx].to(device),
         )
     release_freed_memory()
     back = torch.empty_like(order)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from miir.evaluation.evaluate import ProtocolRanks, score_in_chunks
+from miir.evaluation.evaluate import ProtocolRanks, rank_in_chunks
 from miir.models.base import SequenceModel
 from miir.models.batch import BatchMode, make_batch
 from miir.runtime import release_freed_memory
@@ -89,9 +89,12 @@ class SequenceModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         history, target, negatives, seen = batch  # (B, n - 1), (B,), (B, K), (B, S)
+        rank_in_chunks(self.ranks, self._score, history, target, negatives, seen)
+
+    def _score(self, history: Tensor) -> Tensor:
+        """The model's scores (b, N + 2) of the histories (b, n), under the run's precision."""
         with self._autocast():
-            scores = score_in_chunks(self.model.score, history)  # (B, N + 2)
-        self.ranks.update(scores.float(), target, negatives, seen)
+            return self.model.score(history)
 
     def on_validation_epoch_end(self) -> None:
         release_freed_memory()
