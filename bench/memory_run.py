@@ -112,8 +112,9 @@ def write_table(out: Path, records: dict[str, Any]) -> None:
         "sampled `VmHWM` (before that change; a spike in the last half second would be "
         "missed).",
         "",
-        "| label | arm | runs | peak MiB, median (min-max) | seconds, median | command | commit |",
-        "|---|---|---|---|---|---|---|",
+        "| label | arm | runs | peak MiB, median (min-max) | seconds, median | command | commit "
+        "| CPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, rec in records.items():
         for arm, runs in rec["arms"].items():
@@ -123,7 +124,8 @@ def write_table(out: Path, records: dict[str, Any]) -> None:
             sampled = "*" if any("peak_source" not in r for r in runs) else ""
             lines.append(
                 f"| {label} | {arm} | {len(runs)} | {median(peaks):.0f}{spread}{sampled} | "
-                f"{median(secs):.0f} | `{rec['command']}` | {str(rec['commit'])[:10]} |"
+                f"{median(secs):.0f} | `{rec['command']}` | {str(rec['commit'])[:10]} | "
+                f"{rec.get('machine', {}).get('cpu', '-')} |"
             )
     lines.append("")
     for label, rec in records.items():
