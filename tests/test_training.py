@@ -212,6 +212,24 @@ def test_variants_train(planted_artifact, tmp_path, variant) -> None:
         assert (tmp_path / variant / "best_pretrain" / "model.safetensors").exists()
 
 
+def test_min_epochs_binds_the_first_stage_only(planted_artifact, tmp_path, monkeypatch) -> None:
+    """MIIR-F's fine-tuning starts from the best MII model: the floor on epochs (for MII's
+    plateau at the popularity level) does not hold it, early stopping may stop it at once."""
+    import lightning as L
+
+    floors = []
+    init = L.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        floors.append(kwargs["min_epochs"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "__init__", spy)
+    cfg = TrainConfig(max_epochs=2, min_epochs=2, limit_train_batches=2, **FAST)
+    train(planted_artifact, tmp_path / "f", "miir-f", small_model("miir-f"), cfg, stages=())
+    assert floors == [2, 0]  # pretrain (MII), then the fine-tuning
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(planted_artifact, tmp_path) -> None:
     """Two DDP processes (gloo on CPU) train one short epoch through the CLI."""

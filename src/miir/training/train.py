@@ -68,7 +68,8 @@ class TrainConfig(BaseModel):
         20,
         ge=0,
         description="Early stopping cannot stop before this epoch: MII training sits at the popularity level for "
-        "several epochs before it improves (8 on amazon-beauty at lr 1e-3; patience 4 stopped it there).",
+        "several epochs before it improves (8 on amazon-beauty at lr 1e-3; patience 4 stopped it there). "
+        "First stage only: a later stage (MIIR-F's fine-tuning) starts from a trained model.",
     )
     patience: int = Field(
         10, ge=1, description="Early stopping: epochs without improvement of the monitored metric."
@@ -256,6 +257,7 @@ def _fit_stage(
     out: Path,
     *,
     stage: str,
+    first: bool,
     final: bool,
     extra: dict[str, Any],
     resume: bool,
@@ -297,7 +299,10 @@ def _fit_stage(
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=cfg.max_epochs,
-        min_epochs=min(cfg.min_epochs, cfg.max_epochs),
+        # the floor is for a model trained from scratch (MII's plateau at the popularity
+        # level); MIIR-F's fine-tuning starts from the best MII model and declined from its
+        # first epochs on Sports, so the floor made it run 20 epochs for a best epoch of 1 or 2
+        min_epochs=min(cfg.min_epochs, cfg.max_epochs) if first else 0,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
@@ -419,6 +424,7 @@ def train(
             cfg,
             out,
             stage=stage,
+            first=k == 0,
             final=k == len(names) - 1,
             extra=extra,
             resume=resume,
