@@ -113,9 +113,10 @@ def evaluate_scores(
     holds histories of similar length and a model that cuts shared padding
     (:func:`miir.models.batch.trim_left_padding`) does less work; rows are independent, so the
     order changes no score. Each batch is scored and ranked in passes of at most
-    :data:`SCORE_CHUNK` rows (:func:`rank_in_chunks`), and the memory that malloc keeps is handed back before and after
-    the pass (:func:`miir.runtime.release_freed_memory`), and the ranks go into buffers
-    allocated before the first batch, which bounds evaluation's memory (issue 9)."""
+    :data:`SCORE_CHUNK` rows (:func:`rank_in_chunks`), the memory that malloc keeps is handed
+    back before and after the pass (:func:`miir.runtime.release_freed_memory`), and the ranks
+    go into buffers allocated before the first batch, which bounds evaluation's memory
+    (issue 9)."""
     release_freed_memory()
     acc = ProtocolRanks(len(target), device)
     order = torch.argsort((history != 0).sum(1), stable=True)  # (U,)
