@@ -83,11 +83,16 @@ if arm in ("before", "any-shape"):  # trimmed widths and compact rows not blocke
     import miir.models.batch as mb, miir.models.miir as mm
     mb.TRIM_BLOCK = 1
     mm.padded_rows = lambda m: m
-if arm == "whole-ranks":  # scored in chunks into one (B, N + 2) buffer, ranked as a whole
-    def _whole_ranks(ranks, score_fn, history, target, negatives, seen):
-        chunks = [score_fn(history[i : i + ev.SCORE_CHUNK]) for i in range(0, len(history), ev.SCORE_CHUNK)]
-        scores = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-        del chunks
+if arm == "whole-ranks":  # as before rank_in_chunks: the chunks' scores written into one
+    def _whole_ranks(ranks, score_fn, history, target, negatives, seen):  # buffer, ranked whole
+        c = ev.SCORE_CHUNK
+        scores = score_fn(history[:c])
+        if len(history) > c:
+            first, scores = scores, scores.new_empty((len(history), *scores.shape[1:]))
+            scores[:c] = first
+            del first
+            for i in range(c, len(history), c):
+                scores[i : i + c] = score_fn(history[i : i + c])
         ranks.update(scores.float(), target, negatives, seen)
     ev.rank_in_chunks = mod.rank_in_chunks = _whole_ranks
 if arm == "before":  # evaluation before issue 9's change: whole batches, no release
