@@ -90,7 +90,6 @@ def rank_in_chunks(
         rows = slice(start, start + SCORE_CHUNK)
         scores = score_fn(history[rows]).float()  # (chunk, N + 2)
         ranks.update(scores, target[rows], negatives[rows], seen[rows])
-        del scores
 
 
 @torch.no_grad()
