@@ -107,6 +107,29 @@ def test_missing_file_is_named(art: Path, verify: str) -> None:
     assert err.value.file == str(target)
 
 
+def test_a_damaged_manifest_is_named(art: Path) -> None:
+    """A truncated, non-object or incomplete manifest.json is a DataError naming it, never a
+    bare JSONDecodeError or KeyError."""
+    manifest_path = art / "manifest.json"
+    text = manifest_path.read_text(encoding="utf-8")
+    manifest = json.loads(text)
+    del manifest["files"]
+    for damaged, reason in (
+        (text[: len(text) // 2], "damaged manifest"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps(manifest), "'files'"),
+    ):
+        manifest_path.write_text(damaged, encoding="utf-8")
+        with pytest.raises(DataError, match=reason) as err:
+            Artifact(art)
+        assert err.value.file == str(manifest_path) and "miir prepare" in str(err.value)
+    manifest_path.write_bytes(b"\xff\xfe{")
+    with pytest.raises(DataError, match="damaged manifest"):
+        Artifact(art)
+    manifest_path.write_text(text, encoding="utf-8")
+    Artifact(art)
+
+
 def test_recorded_size_is_checked(art: Path) -> None:
     manifest_path = art / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

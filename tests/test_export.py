@@ -95,6 +95,19 @@ def test_export_run_writes_a_checked_folder(tmp_path) -> None:
         app, ["export", "--run", str(tmp_path / "run"), "--format", "tflite", "--out", str(out)]
     )
     assert res.exit_code == 2 and "tflite" in res.output
+    # a saved model's folder (the checkpoint itself) exports as its run does; a file as --out
+    # is refused
+    again = tmp_path / "again"
+    res = runner.invoke(
+        app, ["export", "--run", str(tmp_path / "run" / "best"), "--out", str(again)]
+    )
+    assert res.exit_code == 0, res.output
+    assert (again / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(
+        app, ["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "file")]
+    )
+    assert res.exit_code == 2 and "a file, not a folder" in res.output
 
 
 def test_export_refuses_a_graph_that_scores_differently(tmp_path, monkeypatch) -> None:

@@ -24,9 +24,16 @@ from miir.data.prepare import PrepareConfig, prepare
 from miir.data.raw import RawDataset
 from miir.data.schema import FieldKind, FieldSpec, Schema
 from miir.errors import DataError, MiirError
-from miir.inference import InlineItemsNotSupported, TextIndex, UnknownItemError
+from miir.inference import (
+    Codebook,
+    InlineItemsNotSupported,
+    ItemTables,
+    TextIndex,
+    UnknownItemError,
+)
 from miir.models import REGISTRY
 from miir.models.base import Imputer
+from miir.models.fields import FieldInfo
 from miir.models.miir import SideInputs
 from miir.recommender import Recommender
 from miir.training.checkpoint import save_checkpoint
@@ -230,6 +237,33 @@ def test_unknown_item_ids_are_named(miir: Recommender, sasrec: Recommender) -> N
         miir.recommend(["i000", {"colour": "c0"}])
     with pytest.raises(DataError, match="empty"):
         miir.recommend([])
+    # a record carrying only an id the catalogue lacks is that id mistyped, for every model;
+    # with fields it is a new item, and the answer says its id was not found
+    for rec in (miir, sasrec):
+        with pytest.raises(UnknownItemError, match="'i00x'"):
+            rec.recommend(["i000", {"item_id": "i00x"}])
+        with pytest.raises(UnknownItemError, match="'i00y'"):
+            rec.recommend(["i000", {"item_id": "i00y", "color": None}])
+        with pytest.raises(DataError, match="item 1: item_id must be a string"):
+            rec.recommend(["i000", {"item_id": ["i001"]}])
+    new = miir.recommend(["i000", {"item_id": "i00x", "color": "c1"}], k=3)
+    assert any("1 ('i00x') is not in the catalogue" in w for w in new.warnings)
+
+
+def test_ill_typed_record_values_are_missing_with_a_warning(miir: Recommender) -> None:
+    """Values of the wrong shape (a list for a single value, a number or an object for a
+    list, unhashable list members) are missing with a warning, never a TypeError."""
+    for value_of, field in (
+        ({"color": ["c1"]}, "color"),
+        ({"color": {"a": 1}}, "color"),
+        ({"tags": 5}, "tags"),
+        ({"tags": [["t1"]]}, "tags"),
+    ):
+        result = miir.recommend(["i001", value_of], k=3)
+        assert any(f"field {field!r}" in w for w in result.warnings), result.warnings
+    mixed = miir.recommend(["i001", {"tags": ["t1", ["t2"]]}], k=3)
+    assert any("['t2']" in w for w in mixed.warnings)
+    assert mixed.items == miir.recommend(["i001", {"tags": ["t1"]}], k=3).items
 
 
 def test_inline_new_items_for_miir_and_refused_by_sasrec(
@@ -384,6 +418,14 @@ def test_cli_writes_parquet_and_names_a_malformed_line(
         res = CliRunner().invoke(app, [*args, "--no-progress"])
         assert res.exit_code == 2 and f"{broken}:3" in res.output and reason in res.output
         assert not out2.exists() and not list(tmp_path.glob(".broken.parquet*"))
+    # bytes that are not UTF-8 (a UTF-16 export, say) name their line too
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((lines[0] + "\n").encode() + b'{"history": ["caf\xe9"]}\n')
+    res = CliRunner().invoke(
+        app, ["recommend", "-r", str(miir_run), "-i", str(latin), "-o", str(out2)]
+    )
+    assert res.exit_code == 2 and f"{latin}:2" in res.output and "not UTF-8" in res.output
+    assert not out2.exists()
 
 
 @pytest.mark.slow
@@ -401,3 +443,20 @@ def test_inline_text_uses_the_preparation_encoder(miir_run: Path) -> None:
     rec = Recommender.load(miir_run, text_encoder=encoder)  # the one loaded above
     with pytest.raises(MiirError, match=r"384-dimensional.*trained on 8"):
         rec.recommend(["i000", {"title": "colour 0 thing"}])
+
+
+def test_an_imputed_number_without_a_raw_value_is_shown_by_its_bucket() -> None:
+    """A derived artifact keeps its parent's raw numbers, NaN where the data lacked one and
+    the imputer filled its bucket in: the display shows that bucket, never a null."""
+    price = FieldInfo("price", FieldKind.NUMERIC, cardinality=4)
+    vocab = ["<pad>", "<missing>", "<= 5", "> 5"]
+    book = Codebook(["<pad>", "<missing>", "a", "b"], [price], {"price": vocab}, {"price": [5.0]})
+    tables = ItemTables(
+        [price],
+        {"price": vocab},
+        {"price": np.array([False, False, True, True])},
+        {"price": np.array([0, 1, 2, 3])},
+        {"price": np.array([np.nan, np.nan, 4.5, np.nan])},
+    )
+    assert book.display(tables, 2) == {"price": 4.5}  # the raw number where there is one
+    assert book.display(tables, 3) == {"price": "> 5"}  # imputed: its bucket

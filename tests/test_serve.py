@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from helpers import small_model
 from miir.cli import app as cli
+from miir.errors import ConfigError
 from miir.recommender import Recommender
 from miir.serve import (
     BatchOut,
@@ -327,6 +328,11 @@ def test_a_model_without_side_inputs_refuses_records_and_imputation(tmp_path: Pa
         assert ok.status_code == 200 and ok.json()["next_item"] is None
         inline = http.post("/recommend", json={"history": ["item3", {"brand": "b1"}]})
         assert inline.status_code == 422 and "item 1 is an inline record" in inline.text
+        # ill-typed or unknown ids in records are named (422), for a model without records too
+        typed = http.post("/recommend", json={"history": ["item3", {"item_id": ["item7"]}]})
+        assert typed.status_code == 422 and "item_id must be a string" in typed.text
+        typo = http.post("/recommend", json={"history": ["item3", {"item_id": "item_x"}]})
+        assert typo.status_code == 422 and "'item_x'" in typo.text
         impute = http.post("/impute", json={"history": ["item3"]})
         assert impute.status_code == 400 and "'sasrec' does not impute" in impute.text
         meta = http.get("/metadata").json()
@@ -336,6 +342,18 @@ def test_a_model_without_side_inputs_refuses_records_and_imputation(tmp_path: Pa
 def test_cli_serve_names_a_wrong_run_folder(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["serve", "--run", str(tmp_path / "nothing")])
     assert res.exit_code != 0 and "nothing" in res.output and "best/model.json" in res.output
+
+
+def test_serve_settings_out_of_range_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    """No worker thread would hold every request forever; no torch thread fails inside the
+    server's start-up: both are refused up front, by the CLI and by ServeConfig."""
+    for option in ("--workers-threads", "--torch-threads", "--max-batch"):
+        res = CliRunner().invoke(cli, ["serve", "--run", str(tmp_path), option, "0"])
+        assert res.exit_code == 2 and option in res.output
+    for bad in ({"worker_threads": 0}, {"torch_threads": 0}, {"max_wait_ms": -1.0}):
+        with pytest.raises(ConfigError, match="out of range"):
+            ServeConfig(**bad)
+    assert ServeConfig(torch_threads=None).worker_threads == 2
 
 
 def test_cli_serve_with_two_worker_processes(miir_run: Path, rec: Recommender) -> None:  # noqa: F811

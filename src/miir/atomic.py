@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,20 @@ def atomic_npz(path: str | Path, arrays: dict[str, Any], compressed: bool = Fals
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is replaced, and kept
+    (renamed back) if the final rename fails."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old)

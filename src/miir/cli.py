@@ -540,7 +540,7 @@ def explain(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `miir train`.")],
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the export to.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
 ) -> None:
@@ -568,8 +568,8 @@ def recommend(
         typer.Option("--input", "-i", help='JSONL: {"user": optional, "history": [...]} a line.'),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
-    k: Annotated[int, typer.Option("--k", help="Items per user.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Users scored together.")] = 256,
+    k: Annotated[int, typer.Option("--k", min=1, help="Items per user.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Users scored together.")] = 256,
     exclude_seen: Annotated[
         bool, typer.Option("--exclude-seen/--keep-seen", help="Leave out the history's items.")
     ] = True,
@@ -637,11 +637,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers_threads: Annotated[
-        int, typer.Option("--workers-threads", help="Requests scored at the same time.")
+        int, typer.Option("--workers-threads", min=1, help="Requests scored at the same time.")
     ] = 2,
-    torch_threads: Annotated[int, typer.Option(help="torch threads per scoring call.")] = 1,
-    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
-    max_batch: Annotated[int, typer.Option(help="Histories per /recommend/batch.")] = 256,
+    torch_threads: Annotated[int, typer.Option(min=1, help="torch threads per scoring call.")] = 1,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger bodies get 413.")] = 1 << 20,
+    max_batch: Annotated[int, typer.Option(min=1, help="Histories per /recommend/batch.")] = 256,
     batching: Annotated[
         bool, typer.Option(help="Score concurrent /recommend requests together (one pass).")
     ] = True,
@@ -675,12 +675,12 @@ def serve(
     from miir.serve import ServeConfig
     from miir.serve import serve as serve_run
 
-    config = ServeConfig(
-        max_body_bytes, max_batch, workers_threads, torch_threads,
-        batching=batching, micro_batch=micro_batch, max_wait_ms=max_wait_ms,
-        batch_threads=batch_threads, trim_seconds=trim_seconds,
-    )  # fmt: skip
     try:
+        config = ServeConfig(
+            max_body_bytes, max_batch, workers_threads, torch_threads,
+            batching=batching, micro_batch=micro_batch, max_wait_ms=max_wait_ms,
+            batch_threads=batch_threads, trim_seconds=trim_seconds,
+        )  # fmt: skip
         serve_run(run, host, port, config, access_log=access_log, workers=workers)
     except MiirError as exc:
         _fail(exc)

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from miir.atomic import atomic_json
+from miir.atomic import atomic_json, replace_dir
 from miir.errors import ConfigError, MiirError
 from miir.models.base import SequenceModel
-from miir.training.checkpoint import load_checkpoint
+from miir.training.checkpoint import checkpoint_dir, load_checkpoint
 
 OPSET = 17
 INPUT = "history"
@@ -185,16 +185,6 @@ def max_difference(model: SequenceModel, path: Path) -> tuple[float, float]:
     return float(np.abs(got[finite] - ref[finite]).max()), float(np.abs(ref[finite]).max())
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-
-
 def export_run(run: str | Path, out: str | Path, fmt: str = "onnx") -> dict[str, Any]:
     """Export the best checkpoint of ``run`` to the folder ``out`` (written to a temporary
     folder, checked, then renamed; an existing export there is replaced, any other non-empty
@@ -202,14 +192,17 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "onnx") -> dict[str,
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     run, out = Path(run), Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not (out / METADATA).is_file():
         raise ConfigError(
             f"{out}: not empty and not an export (no {METADATA}); choose another --out"
         )
-    model, meta = load_checkpoint(run / "best")
+    best = checkpoint_dir(run)  # a run folder's best/, or a saved model's folder
+    model, meta = load_checkpoint(best)
     names = model.catalogue.item_names
     if names is None or len(names) != model.n_items + 2:
-        raise ConfigError(f"{run / 'best'}: the checkpoint has no item names")
+        raise ConfigError(f"{best}: the checkpoint has no item names")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -224,9 +217,9 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "onnx") -> dict[str,
                 "written"
             )
         (tmp / "items.json").write_text(json.dumps(names, ensure_ascii=False), encoding="utf-8")
-        info = _metadata(model, meta, run, tmp, diff, scale)
+        info = _metadata(model, meta, run, best, tmp, diff, scale)
         atomic_json(tmp / METADATA, info)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -234,7 +227,13 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "onnx") -> dict[str,
 
 
 def _metadata(
-    model: SequenceModel, meta: dict[str, Any], run: Path, folder: Path, diff: float, scale: float
+    model: SequenceModel,
+    meta: dict[str, Any],
+    run: Path,
+    best: Path,
+    folder: Path,
+    diff: float,
+    scale: float,
 ) -> dict[str, Any]:
     import onnx
     import onnxruntime
@@ -254,7 +253,7 @@ def _metadata(
         "checksums": {name: _sha256(folder / name) for name in ("model.onnx", "items.json")},
         "source": {
             "run": str(run.resolve()),
-            "checkpoint_sha256": _sha256(run / "best" / "model.safetensors"),
+            "checkpoint_sha256": _sha256(best / "model.safetensors"),
             "epoch": meta.get("epoch"),
         },
         "check": {

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, FieldKind
-from miir.errors import DataError, MiirError
+from miir.errors import ConfigError, DataError, MiirError
 from miir.models.fields import FieldInfo
 
 if TYPE_CHECKING:
@@ -211,6 +211,17 @@ class Codebook:
         warnings: list[str] = []
         unknown: list[str] = []
         for pos, entry in enumerate(history):
+            if isinstance(entry, dict) and "item_id" in entry:
+                name = entry["item_id"]
+                if not isinstance(name, str):
+                    raise DataError(f"item {pos}: item_id must be a string, got {name!r}")
+                if name not in self.item_index and not any(
+                    v is not None for k, v in entry.items() if k != "item_id"
+                ):
+                    # an id the catalogue lacks, and nothing else to read the item from: a
+                    # typo of a catalogue id, not a new item
+                    unknown.append(name)
+                    continue
             if isinstance(entry, dict) and entry.get("item_id") in self.item_index:
                 ignored = sorted(set(entry) - {"item_id"})
                 if ignored:
@@ -230,6 +241,11 @@ class Codebook:
                     raise InlineItemsNotSupported(
                         f"item {pos} is an inline record; this model takes catalogue ids only "
                         "(inline items need a model that reads side fields per position: MIIR)"
+                    )
+                if "item_id" in entry:
+                    warnings.append(
+                        f"item {pos} ({entry['item_id']!r}) is not in the catalogue: read as "
+                        "a new item from its given fields"
                     )
                 records[len(ids)] = self.encode_record(entry, pos, warnings)
                 ids.append(MISSING_ID)
@@ -275,6 +291,11 @@ class Codebook:
     def _encode_value(self, info: FieldInfo, value: Any, pos: int, warnings: list[str]) -> Any:
         name = info.name
         if info.kind == FieldKind.CATEGORICAL:
+            if not isinstance(value, str | int | float):
+                warnings.append(
+                    f"item {pos} field {name!r}: one value expected, got {value!r}: missing"
+                )
+                return None
             index = self.value_index[name]
             vid = index.get(value)
             if vid is None and not isinstance(value, str):
@@ -283,12 +304,18 @@ class Codebook:
                 warnings.append(f"item {pos} field {name!r}: unknown value {value!r}: missing")
             return vid
         if info.kind == FieldKind.MULTI_CATEGORICAL:
+            if not isinstance(value, str | list | tuple):
+                warnings.append(
+                    f"item {pos} field {name!r}: a value or a list of values expected, got "
+                    f"{value!r}: missing"
+                )
+                return None
             values = [value] if isinstance(value, str) else list(value)
             index = self.value_index[name]
-            bad = [v for v in values if v not in index]
+            bad = [v for v in values if not isinstance(v, str | int | float) or v not in index]
             if bad:
                 warnings.append(f"item {pos} field {name!r}: unknown value(s) {bad}: ignored")
-            kept = list(dict.fromkeys(index[v] for v in values if v in index))
+            kept = list(dict.fromkeys(index[v] for v in values if v not in bad))
             return kept or None
         if info.kind == FieldKind.NUMERIC:
             try:
@@ -320,11 +347,19 @@ class Codebook:
             v = tables.values[name][item]
             if info.kind == FieldKind.MULTI_CATEGORICAL:
                 out[name] = [tables.vocabs[name][i] for i in v if i >= FIRST_VALUE_ID]
-            elif info.kind == FieldKind.NUMERIC and name in tables.raw:
-                out[name] = float(tables.raw[name][item])
+            elif info.kind == FieldKind.NUMERIC and not math.isnan(raw := _raw(tables, name, item)):
+                out[name] = raw
             else:
                 out[name] = tables.vocabs[name][int(v)]
         return out
+
+
+def _raw(tables: ItemTables, name: str, item: int) -> float:
+    """An item's raw number where the artifact has it; NaN where it has none: the field not
+    kept raw, or a value the data lacked and an imputer filled in (a derived artifact keeps
+    its parent's raw numbers), which is then shown by its bucket."""
+    raw = tables.raw.get(name)
+    return math.nan if raw is None else float(raw[item])
 
 
 @dataclass
@@ -544,8 +579,17 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, str | None, list[Any]]]:
     names the file and the line."""
     import json
 
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded line by line, so that bad bytes name their line
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                    "JSONL input is UTF-8",
+                    file=path,
+                    line=n,
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -584,6 +628,10 @@ def recommend_jsonl(
     path, out = Path(path), Path(out)
     if not path.is_file():
         raise DataError("input file not found", file=path)
+    if k < 1 or batch_size < 1:
+        raise ConfigError(
+            f"k and batch_size must be at least 1, got k={k}, batch_size={batch_size}"
+        )
     schema = pa.schema(
         [("user", pa.string()), ("line", pa.int64()), ("rank", pa.int32()),
          ("item", pa.string()), ("score", pa.float32()), ("cut", pa.int32())]
@@ -596,7 +644,12 @@ def recommend_jsonl(
         batch: list[tuple[int, str | None, Resolved]] = []
 
         def flush() -> None:
-            recs = recommender._score([r for _, _, r in batch], k, exclude_seen, False, False)
+            try:
+                recs = recommender._score([r for _, _, r in batch], k, exclude_seen, False, False)
+            except MiirError as exc:  # scoring takes the batch at once: name its lines
+                reason = exc.reason if isinstance(exc, DataError) else str(exc)
+                where = f"one of lines {batch[0][0]}-{batch[-1][0]}: " if len(batch) > 1 else ""
+                raise DataError(where + reason, file=path, line=batch[0][0]) from None
             cols: dict[str, list[Any]] = {name: [] for name in schema.names}
             for (n, user, r), rec in zip(batch, recs, strict=True):
                 for rank, item in enumerate(rec.items, start=1):

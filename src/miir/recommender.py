@@ -69,25 +69,16 @@ from miir.inference import (
 from miir.models.base import Imputer, SequenceModel
 from miir.models.batch import append_query
 from miir.models.fields import FieldEncoder, ItemCatalogue
-from miir.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from miir.training.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 #: keys save_checkpoint writes itself (the rest of a loaded checkpoint's metadata is kept)
 _OWN_KEYS = {"format_version", "model", "display_name", "config", "catalogue", "n_items"}
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """The checkpoint folder of ``path``: a checkpoint itself, or a run folder's ``best/``."""
-    path = Path(path)
-    if (path / "model.json").is_file():
-        return path
-    if (path / "best" / "model.json").is_file():
-        return path / "best"
-    raise CheckpointError(
-        f"{path}: neither a checkpoint (model.json) nor a run folder written by `miir train` "
-        "(best/model.json)"
-    )
 
 
 class Recommender:

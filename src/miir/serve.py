@@ -103,6 +103,22 @@ class ServeConfig:
     # of throughput under load (bench/results/serve_runs/README.md); once a second is cheap.
     trim_seconds: float = 1.0
 
+    def __post_init__(self) -> None:
+        counts = {
+            "max_body_bytes": self.max_body_bytes,
+            "max_batch": self.max_batch,
+            "worker_threads": self.worker_threads,  # 0 would hold every request forever
+            "micro_batch": self.micro_batch,
+            "batch_threads": self.batch_threads,
+        }
+        if self.torch_threads is not None:
+            counts["torch_threads"] = self.torch_threads
+        bad = [f"{name} {value}" for name, value in counts.items() if value < 1]
+        if self.max_wait_ms < 0 or self.trim_seconds < 0:
+            bad.append(f"max_wait_ms {self.max_wait_ms}, trim_seconds {self.trim_seconds}")
+        if bad:
+            raise ConfigError(f"serve settings out of range (counts >= 1, times >= 0): {bad}")
+
 
 # ---------------------------------------------------------------------- request and response models
 
@@ -725,7 +741,7 @@ def serve(
     SIGTERM, and all of them when one exits."""
     import uvicorn
 
-    from miir.recommender import checkpoint_dir
+    from miir.training.checkpoint import checkpoint_dir
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")

@@ -19,6 +19,8 @@ from miir.data.schema import FieldKind, Schema
 from miir.errors import ConfigError, DataError
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
+# the manifest keys every artifact has (prepare writes them; the properties below read them)
+REQUIRED_KEYS = ("files", "name", "schema", "config", "counts")
 
 Verify = Literal["auto", "full", "off"] | bool
 
@@ -169,11 +171,24 @@ class Artifact:
         manifest_path = self.path / "manifest.json"
         if not manifest_path.exists():
             raise DataError("not an artifact folder (no manifest.json)", file=self.path)
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        redo = "re-run `miir prepare` for this folder"
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"damaged manifest ({exc}); {redo}", file=manifest_path) from None
+        if not isinstance(manifest, dict):
+            raise DataError(f"damaged manifest (not a JSON object); {redo}", file=manifest_path)
+        self.manifest: dict[str, Any] = manifest
         version = self.manifest.get("format_version")
         if version not in SUPPORTED_FORMAT_VERSIONS:
             raise DataError(
                 f"artifact format version {version} is not supported {SUPPORTED_FORMAT_VERSIONS}",
+                file=manifest_path,
+            )
+        lacking = [k for k in REQUIRED_KEYS if k not in self.manifest]
+        if lacking or not isinstance(self.manifest["files"], dict):
+            raise DataError(
+                f"damaged manifest (missing or malformed: {lacking or ['files']}); {redo}",
                 file=manifest_path,
             )
         verify_files(self.path, self.manifest["files"], verify)

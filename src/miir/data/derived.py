@@ -40,11 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from miir.atomic import replace_dir
 from miir.data.artifact import Artifact, FieldData
-from miir.data.prepare import _versions, _write_json, _write_npy, replace_dir
+from miir.data.prepare import _versions, _write_json, _write_npy
 from miir.data.readers._io import file_sha256
 from miir.data.schema import FIRST_VALUE_ID, FieldKind
 from miir.errors import ConfigError, DataError
+from miir.training.checkpoint import CheckpointError, checkpoint_dir
 
 __all__ = ["DERIVED_FORMAT", "fill_field", "impute_artifact"]
 
@@ -64,15 +66,10 @@ def _sha_bytes(path: Path) -> str:
 
 def _checkpoint_dir(imputer_run: Path) -> Path:
     """A run folder's ``best/`` checkpoint, or ``imputer_run`` itself if it is a checkpoint."""
-    if (imputer_run / "model.json").is_file():
-        return imputer_run
-    best = imputer_run / "best"
-    if (best / "model.json").is_file():
-        return best
-    raise ConfigError(
-        f"{imputer_run}: neither a run folder with best/model.json nor a checkpoint folder; "
-        "train the imputer first (miir train --model lrmm ...)"
-    )
+    try:
+        return checkpoint_dir(imputer_run)
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc}; train the imputer first (miir train --model lrmm ...)") from None
 
 
 def _check_trained_on_parent(meta: dict[str, Any], parent_sha: str, checkpoint: Path) -> None:

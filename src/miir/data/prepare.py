@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from miir.atomic import replace_dir
 from miir.data.raw import RawDataset, sort_interactions
 from miir.data.readers._io import file_sha256
 from miir.data.schema import FIRST_VALUE_ID, MISSING_ID, PAD_ID, FieldKind, FieldSpec
@@ -479,22 +480,6 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is replaced, and kept
-    if the final rename fails."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old)
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

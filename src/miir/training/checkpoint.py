@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from miir.atomic import replace_dir
 from miir.errors import MiirError
 from miir.models import build_model, get_entry
 from miir.models.base import SequenceModel
@@ -50,13 +51,7 @@ def save_checkpoint(
         (tmp / "model.json").write_text(
             json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8"
         )
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -64,6 +59,19 @@ def save_checkpoint(
 
 
 RETRAIN = "re-run `miir train` (or restore the folder from a copy)"
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint folder of ``path``: a checkpoint itself, or a run folder's ``best/``."""
+    path = Path(path)
+    if (path / "model.json").is_file():
+        return path
+    if (path / "best" / "model.json").is_file():
+        return path / "best"
+    raise CheckpointError(
+        f"{path}: neither a checkpoint (model.json) nor a run folder written by `miir train` "
+        "(best/model.json)"
+    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
