@@ -22,6 +22,7 @@ from miir.data.prepare import PrepareConfig, prepare
 from miir.data.raw import RawDataset
 from miir.data.schema import MISSING_ID, FieldKind, FieldSpec, Schema
 from miir.evaluation.imputation import (
+    Cells,
     CoOccurrenceImputer,
     ModelImputer,
     MostFrequentImputer,
@@ -34,6 +35,7 @@ from miir.evaluation.imputation import (
     sequence_windows,
     text_metrics,
 )
+from miir.evaluation.metrics import paired_t
 from miir.evaluation.report import imputation_table
 from miir.models import REGISTRY, model_config
 from miir.models.base import Imputer
@@ -79,8 +81,9 @@ def test_multi_metrics_hand_computed() -> None:
     torch.testing.assert_close(m["f1"], torch.tensor([0.5, 0.0, 6 / 7]))
     for k in ("precision@k", "recall@k", "f1@k"):
         torch.testing.assert_close(m[k], torch.tensor([0.5, 1.0, 1.0]))
-    # with no constant value the informative F1s are the F1s
-    torch.testing.assert_close(m["inf_f1"], m["f1"])
+    # with no constant value the informative metrics are the plain ones
+    for inf, plain in (("inf_precision", "precision"), ("inf_recall", "recall"), ("inf_f1", "f1")):
+        torch.testing.assert_close(m[inf], m[plain])
     torch.testing.assert_close(m["inf_f1@k"], m["f1@k"])
 
 
@@ -104,6 +107,18 @@ def test_multi_metrics_without_the_value_every_item_has() -> None:
     torch.testing.assert_close(m["f1"], torch.tensor([2 / 3, 1.0, 2 / 3]))
     assert m["inf_f1"][:2].tolist() == [0.0, 1.0] and m["inf_f1@k"][:2].tolist() == [0.0, 1.0]
     assert m["inf_f1"][2].isnan() and m["inf_f1@k"][2].isnan()
+    # precision 1 from the constant value alone (row 0) is informative precision 0
+    assert m["precision"][0] == 1.0 and m["inf_precision"][:2].tolist() == [0.0, 1.0]
+    assert m["inf_recall"][:2].tolist() == [0.0, 1.0] and m["inf_recall"][2].isnan()
+
+
+def test_the_constant_value_never_takes_a_top_k_place() -> None:
+    """A reference imputer with zeros beside one positive value: the constant value (2, zeroed
+    for the informative metrics) must not win the tie for the second place over value 4."""
+    probs = torch.tensor([[0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0]])
+    truth = torch.tensor([[2, 4, 5]])  # informative truth {4, 5}: k = 2
+    m = multi_metrics(probs, truth, constant=torch.tensor([2]))
+    assert m["inf_f1@k"].tolist() == [0.5]  # top 2 of {3, 4, 5, 6}: 3 and 4 (lowest id on ties)
 
 
 def test_text_metrics_hand_computed() -> None:
@@ -394,14 +409,37 @@ def test_paired_cells_match_cells_by_user_and_distance() -> None:
     rng = np.random.default_rng(0)
     n = 200
     rows, dist = np.repeat(np.arange(100), 2), np.tile([0, 3], 100)
+    items = np.arange(n) + 2  # every cell its own item
     base = rng.random(n)
-    a = (rows, dist, {"accuracy": base + 0.1 + rng.normal(0, 0.01, n)})
+    a = Cells(rows, dist, items, {"accuracy": base + 0.1 + rng.normal(0, 0.01, n)})
     order = rng.permutation(n)[: n - 10]  # b scored 190 of the cells, in another order
     b_vals = base[order].copy()
     b_vals[0] = np.nan
-    b = (rows[order], dist[order], {"accuracy": b_vals})
+    b = Cells(rows[order], dist[order], items[order], {"accuracy": b_vals})
     out = paired_cells(a, b)["accuracy"]
-    assert out["cells"] == n - 11
+    assert out["cells"] == n - 11 and out["items"] == n - 11
     assert out["diff"] == pytest.approx(0.1, abs=0.005) and out["p"] < 1e-10
     same = paired_cells(a, a)["accuracy"]
     assert same["diff"] == 0 and same["p"] == 1.0
+
+
+def test_paired_cells_count_an_items_repeats_once() -> None:
+    """The same hidden value scored in 60 users' windows is one piece of evidence, not 60:
+    per-item differences with no consistent sign are not significant, however many repeats a
+    t-test over cells would count (here p < 1e-10), and a consistent per-item gain still is."""
+    rng = np.random.default_rng(1)
+    n_items, repeats = 40, 60
+    items = np.repeat(np.arange(n_items) + 2, repeats)  # (2400,)
+    rows = rng.permutation(len(items))  # each cell its own user
+    dist = np.ones(len(items), dtype=np.int64)
+    per_item = rng.normal(0.0, 0.1, n_items)
+    per_item -= per_item.mean() - 0.02  # a mean gain of 0.02, per-item spread 0.1
+    a_vals = np.repeat(per_item, repeats) + rng.normal(0, 0.001, len(items))
+    a = Cells(rows, dist, items, {"accuracy": a_vals})
+    b = Cells(rows, dist, items, {"accuracy": np.zeros(len(items))})
+    out = paired_cells(a, b)["accuracy"]
+    assert out["items"] == n_items and out["diff"] == pytest.approx(0.02, abs=1e-3)
+    assert paired_t(a_vals, np.zeros(len(items)))[1] < 1e-10  # what a test over cells says
+    assert out["p"] > 0.1  # 40 items, sd 0.1: a mean of 0.02 is about one standard error
+    steady = Cells(rows, dist, items, {"accuracy": 0.02 + rng.normal(0, 0.001, len(items))})
+    assert paired_cells(steady, b)["accuracy"]["p"] < 1e-10

@@ -540,7 +540,9 @@ def explain(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")],
+    run: Annotated[
+        Path, typer.Option("--run", "-r", help="Run folder of `miir train` (or a saved model).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the export to.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="Export format: onnx.")] = "onnx",
 ) -> None:

@@ -36,10 +36,11 @@ Imputers: anything with ``name``, ``field_names``, ``max_len`` and ``impute(item
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,7 +58,8 @@ SCOPES = ("history", "target", "all")
 METRICS: dict[FieldKind, tuple[str, ...]] = {
     FieldKind.MULTI_CATEGORICAL: (
         *("precision", "recall", "f1", "precision@k", "recall@k", "f1@k"),
-        *("inf_f1", "inf_f1@k"),  # without the values every item has
+        # without the values every item has
+        *("inf_precision", "inf_recall", "inf_f1", "inf_f1@k"),
     ),
     FieldKind.CATEGORICAL: ("accuracy", "top5_accuracy"),
     FieldKind.NUMERIC: ("accuracy",),
@@ -123,10 +125,11 @@ def multi_metrics(
     real) -> per-cell precision, recall, F1 of the values with probability > ``threshold``,
     and of the top-k values (k = true set size: ``precision@k`` = ``recall@k`` = ``f1@k``).
 
-    ``inf_f1`` and ``inf_f1@k``: the same F1s over the informative values only, without the
-    ``constant`` value ids (those every catalogue item has, such as Amazon's root category
-    "Beauty": predicting them is free, and they lift precision to 1 for any imputer); NaN
-    for a cell whose true set is only constant values (left out of the means)."""
+    ``inf_precision``, ``inf_recall``, ``inf_f1`` and ``inf_f1@k``: the same over the
+    informative values only, without the ``constant`` value ids (those every catalogue item
+    has, such as Amazon's root category "Beauty": predicting them is free, and they lift
+    precision to 1 for any imputer that names nothing else); NaN for a cell whose true set is
+    only constant values (left out of the means)."""
     p = _real_values(probs)
     true_hot = torch.zeros_like(p, dtype=torch.bool)  # (M, V + 2)
     true_hot.scatter_(1, truth.long(), truth >= FIRST_VALUE_ID)
@@ -140,12 +143,16 @@ def multi_metrics(
     keep = torch.ones(p.shape[1], dtype=torch.bool)  # (V + 2,)
     if constant is not None and len(constant):
         keep[constant.long()] = False
-    p_inf, true_inf = p * keep, true_hot & keep
+    # constant values rank below every other one (a 0 could win a tie in the top k)
+    p_inf, true_inf = p.masked_fill(~keep, -math.inf), true_hot & keep
     n_inf = true_inf.sum(1).float()
     pred_inf = pred & keep
-    _, _, f1_inf = _prf((pred_inf & true_inf).sum(1).float(), pred_inf.sum(1).float(), n_inf)
+    hits_inf = (pred_inf & true_inf).sum(1).float()
+    prec_inf, rec_inf, f1_inf = _prf(hits_inf, pred_inf.sum(1).float(), n_inf)
     _, _, fk_inf = _prf(_top_k_hits(p_inf, true_inf, n_inf), n_inf, n_inf)
     scored = n_inf > 0
+    out["inf_precision"] = torch.where(scored, prec_inf, torch.nan)
+    out["inf_recall"] = torch.where(scored, rec_inf, torch.nan)
     out["inf_f1"] = torch.where(scored, f1_inf, torch.nan)
     out["inf_f1@k"] = torch.where(scored, fk_inf, torch.nan)
     return out
@@ -401,24 +408,38 @@ def query_inputs(windows: Tensor, hidden_cells: dict[str, Tensor], names: list[s
 @dataclass
 class CellRecords:
     """Per-cell results of one field: the row (user index into the evaluated windows), the
-    distance from the end of the window (0 = the target) and each metric's value."""
+    distance from the end of the window (0 = the target), the item whose value it is, and
+    each metric's value."""
 
     kind: FieldKind
     rows: list[Tensor] = field(default_factory=list)
     distance: list[Tensor] = field(default_factory=list)
+    items: list[Tensor] = field(default_factory=list)
     values: dict[str, list[Tensor]] = field(default_factory=dict)
     raw_missing: int = 0
 
-    def add(self, rows: Tensor, distance: Tensor, metrics: dict[str, Tensor]) -> None:
+    def add(
+        self, rows: Tensor, distance: Tensor, items: Tensor, metrics: dict[str, Tensor]
+    ) -> None:
         self.rows.append(rows)
         self.distance.append(distance)
+        self.items.append(items)
         for k, v in metrics.items():
             self.values.setdefault(k, []).append(v.float().cpu())
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
+    def arrays(self) -> Cells:
+        cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
         metrics = {k: cat(self.values.get(k, [])) for k in METRICS[self.kind]}
-        return cat(self.rows), cat(self.distance), metrics
+        return Cells(cat(self.rows), cat(self.distance), cat(self.items), metrics)
+
+
+class Cells(NamedTuple):
+    """One field's scored cells as arrays (:meth:`CellRecords.arrays`), for paired tests."""
+
+    rows: np.ndarray  # (M,) user row into the evaluated windows
+    distance: np.ndarray  # (M,) from the end of the window, 0 = the target
+    items: np.ndarray  # (M,) the item whose hidden value the cell is
+    metrics: dict[str, np.ndarray]  # metric -> (M,) per-cell values
 
 
 class _Truth:
@@ -498,7 +519,7 @@ def score_cells(
                 continue
             true_items = windows[idx[r], first + c]
             metrics = truths[name].metrics(preds[name][r, c], true_items, threshold)
-            records[name].add(idx[r], n - 1 - (first + c), metrics)
+            records[name].add(idx[r], n - 1 - (first + c), true_items, metrics)
     return records
 
 
@@ -525,7 +546,7 @@ def summarize(records: dict[str, CellRecords]) -> dict[str, Any]:
     by_position: dict[str, list[dict[str, Any]]] = {}
     cells = dict.fromkeys(SCOPES, 0)
     for name, rec in records.items():
-        _, distance, metrics = rec.arrays()
+        _, distance, _, metrics = rec.arrays()
         scopes = {"history": distance > 0, "target": distance == 0, "all": distance >= 0}
         fields[name] = {
             "kind": rec.kind.value,
@@ -588,31 +609,38 @@ def evaluate_imputation(
     return out
 
 
-def paired_cells(
-    a: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
-    b: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
-) -> dict[str, dict[str, Any]]:
+def paired_cells(a: Cells, b: Cells) -> dict[str, dict[str, Any]]:
     """Two imputers' per-cell results of one field (``cells`` of :func:`evaluate_imputation`)
     compared on the cells both scored (same user row and distance from the window's end):
-    metric -> mean of a, mean of b, their difference and the paired two-sided t-test's p
-    (cells where either value is NaN are left out)."""
-    from miir.evaluation.metrics import paired_t
+    metric -> cells, items, mean of a, mean of b, their difference and its two-sided p.
 
-    def keyed(x: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> dict[tuple, int]:
-        return {(int(r), int(d)): i for i, (r, d) in enumerate(zip(x[0], x[1], strict=True))}
+    The cells are not independent: the discard hides an item's value once, so the same hidden
+    value is scored in every test window that holds the item (17 windows per item on average
+    on Sports D, some in hundreds), and each user's window gives several cells. The p is
+    therefore that of the mean difference with a variance clustered two ways, by item and by
+    user (:func:`miir.evaluation.metrics.clustered_mean_test`); a t-test over cells would count
+    each repeat as new evidence. Cells where either value is NaN are left out."""
+    from miir.evaluation.metrics import clustered_mean_test
+
+    def keyed(x: Cells) -> dict[tuple, int]:
+        return {
+            (int(r), int(d)): i for i, (r, d) in enumerate(zip(x.rows, x.distance, strict=True))
+        }
 
     ka, kb = keyed(a), keyed(b)
     shared = [k for k in ka if k in kb]
     ia = np.array([ka[k] for k in shared], dtype=np.int64)
     ib = np.array([kb[k] for k in shared], dtype=np.int64)
     out: dict[str, dict[str, Any]] = {}
-    for metric, va in a[2].items():
-        x, y = va[ia], b[2][metric][ib]
+    for metric, va in a.metrics.items():
+        x, y = va[ia], b.metrics[metric][ib]
         ok = ~(np.isnan(x) | np.isnan(y))
         x, y = x[ok], y[ok]
-        p = paired_t(x, y)[1] if len(x) > 1 else None
+        items, users = a.items[ia][ok], a.rows[ia][ok]
+        p = clustered_mean_test(x - y, items, users)[1] if len(x) > 1 else None
         out[metric] = {
             "cells": len(x),
+            "items": len(np.unique(items)),
             "a": float(x.mean()) if len(x) else None,
             "b": float(y.mean()) if len(y) else None,
             "diff": float((x - y).mean()) if len(x) else None,
