@@ -159,6 +159,24 @@ def test_validation_ranks_fill_one_buffer_sized_to_the_split(
     assert seen == [(240, 240)] * 2  # 240 planted users
 
 
+def test_validation_scores_in_float32_under_bf16_training() -> None:
+    """A bf16 run trains under autocast but validates in float32, as the test evaluation
+    does: bf16 scores would tie items with the target, and ties count against it."""
+    from helpers import small_model as build
+
+    model = build("sasrec", max_len=6).eval()
+    module = SequenceModule(model, lr=1e-3, seed=1, bf16=True)
+    history = torch.randint(2, model.n_items + 2, (4, model.history_len))
+    with torch.no_grad():
+        got = module._score(history)
+        expected = model.score(history)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            low = model.score(history).float()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    assert not torch.equal(low, expected)  # what autocast would have given
+
+
 def test_no_trainer_outlives_its_stage(planted_artifact, tmp_path, monkeypatch) -> None:
     """By the final evaluation every stage's trainer is gone, with its module, optimizer state
     and validation rows (a callback kept past ``fit`` held them all through Lightning's bound

@@ -92,9 +92,11 @@ class SequenceModule(L.LightningModule):
         rank_in_chunks(self.ranks, self._score, history, target, negatives, seen)
 
     def _score(self, history: Tensor) -> Tensor:
-        """The model's scores (b, N + 2) of the histories (b, n), under the run's precision."""
-        with self._autocast():
-            return self.model.score(history)
+        """The model's scores (b, N + 2) of the histories (b, n), in float32 whatever the
+        training precision: bf16 scores (8 bits of mantissa) tie many items with the target,
+        and ties count against it, so a bf16 validation ranks lower and chooses the best epoch
+        on other numbers than the float32 test evaluation reads."""
+        return self.model.score(history).float()
 
     def on_validation_epoch_end(self) -> None:
         release_freed_memory()
