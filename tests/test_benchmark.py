@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from miir.benchmark import (
+    CaseTable,
     Cell,
     ClaimSpec,
     RecordStore,
@@ -669,6 +670,9 @@ class _ClaimTable:
 
     def __init__(self, cells: dict[str, list[float]], users: dict[str, np.ndarray]) -> None:
         self.cells, self.users = cells, users
+        self.labels = list(cells)
+
+    seed_spread = CaseTable.seed_spread
 
     def cell(self, label: str, protocol: str, metric: str) -> Cell:
         return Cell(self.cells.get(label, []))
@@ -703,6 +707,11 @@ def test_claims_are_held_only_beyond_the_noise_and_the_seed_spread() -> None:
     )  # fmt: skip
     assert flat["p"] > 0.05 and flat["verdict"] == "inside the noise"
     assert judge({"A": [5.0]}, 0.01)["verdict"] == "not run"
+    # one run a side, but another model's two seeds landed 1.5 points apart in this table
+    # (sampled metrics spread wider than full-ranking ones): 1 point ahead is noise there
+    wide = judge({"A": [5.0], "B": [4.0], "C": [30.0, 31.5]}, 0.01)
+    assert wide["floor"] == pytest.approx(0.015) and wide["verdict"] == "inside the noise"
+    assert judge({"A": [6.6], "B": [4.0], "C": [30.0, 31.5]}, 0.026)["verdict"] == "held"
 
 
 def test_recorded_runs_keep_their_keys() -> None:

@@ -58,8 +58,10 @@ The grid's ``claims`` (the paper's, such as "MIIR beats MIIR-M") are judged unde
 table, per protocol, on one metric (NDCG@10 unless named): the difference of the two columns'
 means, the same paired test, and a verdict: ``held`` or ``not held`` when p < 0.05 and the
 difference is beyond a floor (the larger seed standard deviation when both sides have two or
-more seeds, else the grid's ``noise``, 0.0021 by default: two runs of one objective land up to
-that far apart in full NDCG@10), ``inside the noise`` otherwise, ``not run`` when a side has no
+more seeds; else the larger of the grid's ``noise``, 0.0021 by default: two runs of one
+objective land up to that far apart in full NDCG@10, and the widest gap between two seeds of
+one model in the case's table under that protocol, since sampled metrics spread several times
+wider over seeds), ``inside the noise`` otherwise, ``not run`` when a side has no
 record. The verdicts are also in ``results.json``.
 
 A model that reads item ids only (no ``fields`` in its config) computes the same thing on
@@ -261,7 +263,8 @@ class GridSpec(_Strict):
         0.0021,
         ge=0,
         description="Absolute difference of a claim's metric inside which it is noise when a "
-        "side has one seed (two runs of one objective: up to 0.0021 full NDCG@10); with two "
+        "side has one seed (two runs of one objective: up to 0.0021 full NDCG@10), or the "
+        "widest gap between two seeds of one model in the table if that is wider; with two "
         "or more seeds on both sides, the larger seed standard deviation.",
     )
 
@@ -1332,6 +1335,17 @@ class CaseTable:
             ]
         )
 
+    def seed_spread(self, protocol: str, metric: str) -> float | None:
+        """The widest gap between two seeds of one model in this table (absolute, not %):
+        how far two runs of one objective land apart here under ``protocol``; None without a
+        model of two or more seeds."""
+        gaps = [
+            max(c.values) - min(c.values)
+            for c in (self.cell(lb, protocol, metric) for lb in self.labels)
+            if c.n > 1
+        ]
+        return max(gaps) / 100 if gaps else None
+
     def best_baseline(self, protocol: str, metric: str) -> str | None:
         scored = [(self.cell(b, protocol, metric).mean, b) for b in self.baselines]
         scored = [(m, b) for m, b in scored if m is not None]
@@ -1389,7 +1403,11 @@ def _paired_users(
 def judge_claim(table: CaseTable, claim: ClaimSpec, protocol: str, noise: float) -> dict[str, Any]:
     """One claim under one protocol of one case: the difference of the two columns' means
     (absolute, ``better`` minus ``worse``), the paired t-test's p over the test users (each
-    side's per-user metric averaged over its seeds), the noise floor, and the verdict:
+    side's per-user metric averaged over its seeds), the noise floor (the larger seed standard
+    deviation where both sides have seeds; where a side has one run, the larger of ``noise``
+    and the widest gap between two seeds of one model in the table under this protocol:
+    sampled metrics spread several times wider over seeds than full-ranking ones), and the
+    verdict:
     ``held`` (ahead by more than the floor, p < 0.05), ``not held`` (behind by more than the
     floor, p < 0.05), ``inside the noise``, or ``not run`` (a side without records)."""
     better, worse = claim.better, claim.worse  # column labels (see write_report)
@@ -1403,7 +1421,10 @@ def judge_claim(table: CaseTable, claim: ClaimSpec, protocol: str, noise: float)
         return out
     out["seeds"] = (a.n, b.n)
     out["diff"] = (a.mean - b.mean) / 100  # cells are in %
-    out["floor"] = max(a.std, b.std) / 100 if a.std is not None and b.std is not None else noise
+    if a.std is not None and b.std is not None:
+        out["floor"] = max(a.std, b.std) / 100
+    else:  # a single run is as far from its objective's mean as two runs land apart
+        out["floor"] = max(noise, table.seed_spread(protocol, claim.metric) or 0.0)
     out["p"] = _paired_users(table, better, worse, protocol, claim.metric)[1]
     significant = out["p"] is not None and out["p"] < SIGNIFICANCE
     if significant and out["diff"] > out["floor"]:
@@ -1420,11 +1441,19 @@ def _claims_markdown(table: CaseTable, claims: list[ClaimSpec], noise: float) ->
 
     if not claims:
         return []
+    metric = claims[0].metric
+    spreads = ", ".join(
+        f"{PROTOCOL_LABELS[p]} {gap:.4f}"
+        if (gap := table.seed_spread(p, metric))
+        else f"{PROTOCOL_LABELS[p]} -"
+        for p in PROTOCOLS
+    )
     lines = [
         f"**The paper's claims on {table.case.title}** (difference: the claimed-better column "
         "minus the other, absolute; held / not held: p < 0.05 and a difference beyond the "
-        f"floor, the larger seed standard deviation, or {noise:.4f} where a side has one "
-        "seed; otherwise inside the noise):",
+        "floor, the larger seed standard deviation, or where a side has one seed the larger "
+        f"of {noise:.4f} and the widest gap between two seeds of one model in this table "
+        f"under that protocol ({spreads}); otherwise inside the noise):",
         "",
         "| claim | better | worse | metric | "
         + " | ".join(PROTOCOL_LABELS[p] for p in PROTOCOLS)
