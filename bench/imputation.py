@@ -12,6 +12,15 @@ artifact's observed training windows and scored over the same cells. Written to
 ``NAME_position.png`` (quality by distance from the end of the window, 0 = the target);
 with runs on artifacts of several discard rates (0.2, 0.5, 0.8), ``NAME_discard.png``
 (quality vs discard rate). ``--max-users`` scores only the first users (smoke runs).
+
+Runs that differ only in the seed (the same model, config and training options in their
+``model.json``, on one artifact) form a seed group: its cells are each cell's mean over the
+seeds, and the paired comparisons and the Table 11 reading treat it as one model. Every
+difference is tested with its variance clustered by item and user, and a verdict needs it
+beyond a floor: the larger seed standard deviation where both sides are groups, else the widest
+gap between two seeds of one group on the artifact; with no group (one run each) the reading
+says the verdict is not established (two runs of one MIIR differ by as much as the gaps
+Table 11 is read on: ``bench/results/imputation/sports-d-seeds.md``).
 """
 
 from __future__ import annotations
@@ -43,7 +52,14 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
         imputer, artifact = load_run_imputer(run, data, args.device)
         started = time.perf_counter()
         res = evaluate_imputation(artifact, imputer, **kw)
-        res.update(label=f"{imputer.name} ({Path(run).name})", run=str(run), kind="model")
+        group, seed = run_identity(run)
+        res.update(
+            label=f"{imputer.name} ({Path(run).name})",
+            run=str(run),
+            kind="model",
+            group=group,
+            seed=seed,
+        )
         rows.append(res)
         print(
             f"{res['label']} on {artifact.name}: {time.perf_counter() - started:.1f} s", flush=True
@@ -77,30 +93,137 @@ PAPER_TABLE11: dict[tuple[str, str], int] = {
 LOWER_IS_BETTER = {"mse"}
 
 
-def pair_results(rows: list[dict]) -> list[dict]:
-    """Every model row against every other row on the same artifact, per field and metric,
-    over the cells both scored (:func:`miir.evaluation.imputation.paired_cells`); pops the
-    per-cell arrays from the rows (they are not JSON)."""
+#: train options that change nothing a run learns (the seed is what a seed group varies)
+RUN_NEUTRAL = {
+    *("seed", "progress", "threads", "num_workers", "accelerator", "devices", "num_nodes"),
+    *("strategy", "precision", "eval_batch_size"),
+}
+
+
+def run_identity(run: str | Path) -> tuple[str, int | None]:
+    """(identity, seed) of a run: runs of one model, config and training options that differ
+    only in the seed share the identity (a seed group)."""
+    import hashlib
+    import json
+
+    from miir.training.checkpoint import checkpoint_dir
+
+    meta = json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
+    train = meta.get("train_config") or {}
+    kept = {k: v for k, v in train.items() if k not in RUN_NEUTRAL}
+    key = json.dumps([meta.get("model"), meta.get("config"), kept], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16], train.get("seed")
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """A row per group of two or more model runs that differ only in the seed (same artifact):
+    its cells are each cell's mean over the seeds (cells matched by user row and distance),
+    its ``fields`` the mean over the seeds of every summary metric, ``spread`` the gap between
+    the seeds' highest and lowest summary value and ``sd`` their standard deviation."""
+    import numpy as np
+
+    from miir.evaluation.imputation import Cells
+
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "model" and r.get("group"):
+            by_key.setdefault((r["artifact"]["path"], r["group"]), []).append(r)
+    groups = []
+    for members in by_key.values():
+        if len(members) < 2:
+            continue
+        first = members[0]
+        cells = {}
+        for name, c0 in first["cells"].items():
+            index = {
+                (int(u), int(d)): i
+                for i, (u, d) in enumerate(zip(c0.rows, c0.distance, strict=True))
+            }
+            stacks = {m: [v] for m, v in c0.metrics.items()}
+            for other in members[1:]:
+                c = other["cells"][name]
+                order = np.array(
+                    [index[(int(u), int(d))] for u, d in zip(c.rows, c.distance, strict=True)]
+                )
+                for m, v in c.metrics.items():
+                    aligned = np.full(len(c0.rows), np.nan)
+                    aligned[order] = v
+                    stacks[m].append(aligned)
+            metrics = {m: np.mean(np.stack(vs), axis=0) for m, vs in stacks.items()}
+            cells[name] = Cells(c0.rows, c0.distance, c0.items, metrics)
+        fields, spread, sd = {}, {}, {}
+        for name, f in first["fields"].items():
+            fields[name] = {**f}
+            spread[name], sd[name] = {}, {}
+            for scope in ("all", "history", "target"):
+                fields[name][scope] = {**f[scope]}
+                for m in f["metrics"]:
+                    vals = [r["fields"][name][scope][m] for r in members]
+                    if any(v is None for v in vals):
+                        fields[name][scope][m] = None
+                        continue
+                    fields[name][scope][m] = float(np.mean(vals))
+                    if scope == "all":
+                        spread[name][m] = float(max(vals) - min(vals))
+                        sd[name][m] = float(np.std(vals, ddof=1))
+        seeds = ", ".join(str(r["seed"]) for r in members)
+        groups.append(
+            {
+                "label": f"{first['imputer']} (seeds {seeds}: mean)",
+                "imputer": first["imputer"],
+                "kind": "group",
+                "artifact": first["artifact"],
+                "members": [r["label"] for r in members],
+                "fields": fields,
+                "spread": spread,
+                "sd": sd,
+                "cells": cells,
+            }
+        )
+    return groups
+
+
+def pair_results(rows: list[dict], groups: list[dict] | None = None) -> list[dict]:
+    """Every model unit (a seed group, or a run in none) against every other unit and every
+    reference on the same artifact, per field and metric, over the cells both scored
+    (:func:`miir.evaluation.imputation.paired_cells`), with a floor for each difference: the
+    larger seed standard deviation where both sides are seed groups, else the widest gap
+    between two seeds of one group on the artifact (None: no group, one run each). Pops the
+    per-cell arrays from the rows and groups (they are not JSON)."""
     from miir.evaluation.imputation import paired_cells
 
+    groups = groups or []
+    grouped = {label for g in groups for label in g["members"]}
+    units = [*groups, *(r for r in rows if r["kind"] == "model" and r["label"] not in grouped)]
+    references = [r for r in rows if r["kind"] == "reference"]
+
+    def widest(path: str, field: str, metric: str) -> float | None:
+        gaps = [
+            g["spread"][field][metric]
+            for g in groups
+            if g["artifact"]["path"] == path and metric in g["spread"].get(field, {})
+        ]
+        return max(gaps) if gaps else None
+
     pairs = []
-    for i, a in enumerate(rows):
-        if a["kind"] != "model":
-            continue
-        for j, b in enumerate(rows):
-            if b is a or b["artifact"]["path"] != a["artifact"]["path"]:
-                continue
-            if b["kind"] == "model" and j < i:
-                continue  # each pair of models once, in the order given
-            fields = {
-                name: paired_cells(a["cells"][name], b["cells"][name])
-                for name in a["cells"]
-                if name in b.get("cells", {})
-            }
+    for i, a in enumerate(units):
+        path = a["artifact"]["path"]
+        others = [u for u in units[i + 1 :] if u["artifact"]["path"] == path]
+        for b in [*others, *(r for r in references if r["artifact"]["path"] == path)]:
+            fields = {}
+            for name in a["cells"]:
+                if name not in b.get("cells", {}):
+                    continue
+                fields[name] = paired_cells(a["cells"][name], b["cells"][name])
+                for metric, c in fields[name].items():
+                    if a["kind"] == b["kind"] == "group":
+                        c["floor"] = max(a["sd"][name][metric], b["sd"][name][metric])
+                    else:
+                        c["floor"] = widest(path, name, metric)
             pairs.append(
                 {"a": a["label"], "b": b["label"], "artifact": a["artifact"], "fields": fields}
             )
-    for r in rows:
+    for r in [*rows, *groups]:
         r.pop("cells", None)
     return pairs
 
@@ -110,12 +233,13 @@ def _digits(metric: str) -> int:
     return 6 if metric in LOWER_IS_BETTER else 4
 
 
-def _verdict(metric: str, diff: float | None, p: float | None) -> str:
-    """held: a better than b (p < 0.05); not held: worse (p < 0.05); else inside the noise."""
+def _verdict(metric: str, diff: float | None, p: float | None, floor: float | None = None) -> str:
+    """better / worse: a ahead of (behind) b with p < 0.05 and by more than ``floor`` (how far
+    two seeds of one model land apart; None: unknown); else inside the noise."""
     if diff is None or p is None:
         return "not scored"
     better = -diff if metric in LOWER_IS_BETTER else diff
-    if p >= 0.05 or better == 0:
+    if p >= 0.05 or better == 0 or (floor is not None and abs(better) <= floor):
         return "inside the noise"
     return "better" if better > 0 else "worse"
 
@@ -166,11 +290,14 @@ def pairs_markdown(record: dict, artifact_path: str) -> list[str]:
             "**The paper's Table 11 reading, MIIR against LRMM** (paper: MIIR better on "
             "categories precision and title MSE, worse on categories recall and brand "
             "accuracy; held when ours goes the paper's way with p < 0.05, clustered by item "
-            "and user; `inf_`: the informative values, without the root category every item "
-            "has; one training run each, so run-to-run variation is not in the p):",
+            "and user, and by more than the floor: the larger seed standard deviation where "
+            "both sides have seeds, else the widest gap between two seeds of one model here; "
+            "`–`: no seeds, one run each, and the verdict is not established, since two runs "
+            "of one model differ by as much as these gaps; `inf_`: the informative values, "
+            "without the root category every item has):",
             "",
-            "| MIIR | LRMM | field metric | paper | ours (difference, p) | held? |",
-            "|---|---|---|---|---|---|",
+            "| MIIR | LRMM | field metric | paper | ours (difference, p) | floor | held? |",
+            "|---|---|---|---|---|---|---|",
         ]
         for pr in claims:
             for (f, m), sign in PAPER_TABLE11.items():
@@ -179,14 +306,18 @@ def pairs_markdown(record: dict, artifact_path: str) -> list[str]:
                 c = pr["fields"].get(f, {}).get(m)
                 if c is None:
                     continue
-                ours = _verdict(m, c["diff"], c["p"])
+                floor = c.get("floor")
+                ours = _verdict(m, c["diff"], c["p"], floor)
                 paper = "better" if sign > 0 else "worse"
                 held = {"inside the noise": "inside the noise", "not scored": "not scored"}
                 held = held.get(ours, "held" if ours == paper else "not held")
+                if floor is None and held in ("held", "not held"):
+                    held += " (one run each: not established)"
                 p_text = "–" if c["p"] is None else f"{c['p']:.1e}"
+                f_text = "–" if floor is None else f"{floor:.{_digits(m)}f}"
                 lines.append(
                     f"| {pr['a']} | {pr['b']} | {f} {m} | {paper} | {ours} "
-                    f"({c['diff']:+.{_digits(m)}f}, p {p_text}) | {held} |"
+                    f"({c['diff']:+.{_digits(m)}f}, p {p_text}) | {f_text} | {held} |"
                 )
         lines.append("")
     return lines
@@ -217,7 +348,16 @@ def markdown(record: dict) -> list[str]:
         by_artifact.setdefault(r["artifact"]["path"], []).append(r)
     for rows in by_artifact.values():
         a = rows[0]["artifact"]
+        groups = [g for g in record.get("groups", []) if g["artifact"]["path"] == a["path"]]
         lines += [f"## {a['name']} (discard {a['discard']:g})", "", imputation_table(rows), ""]
+        if groups:
+            lines += [
+                "**Seed groups** (runs that differ only in the seed: the mean over the seeds, "
+                "cell by cell; the comparisons below read a group as one model):",
+                "",
+                imputation_table(groups, scopes=("all",)),
+                "",
+            ]
         lines += pairs_markdown(record, a["path"])
     return lines
 
@@ -330,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     from miir.provenance import run_record, write_result
 
     rows = evaluate_all(args)
-    pairs = pair_results(rows)
+    groups = seed_groups(rows)
+    pairs = pair_results(rows, groups)
     record = run_record(
         command=None if argv is None else shlex.join(["python", "bench/imputation.py", *argv]),
         name=args.name,
@@ -338,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         max_users=args.max_users,
         threshold=rows[0]["threshold"],
         results=rows,
+        groups=groups,
         pairs=pairs,
     )
     write_result(args.out, args.name, record, markdown(record))

@@ -4,11 +4,13 @@ title where there is none (amazon-sports: keywords)."""
 
 from __future__ import annotations
 
+import pytest
+
 from helpers import load_bench
 
 
 def cell(diff: float, p: float) -> dict:
-    return {"diff": diff, "p": p}
+    return {"diff": diff, "p": p, "floor": 0.0}  # a known floor (seeds) of zero
 
 
 def test_the_table_11_reading_judges_each_claim_and_reads_the_text_field() -> None:
@@ -51,5 +53,73 @@ def test_the_reading_does_not_depend_on_the_order_the_runs_are_given() -> None:
     pair = {"a": "LRMM (run)", "b": "MIIR (run)", "artifact": art, "fields": fields}
     lines = bench.pairs_markdown({"pairs": [pair]}, "artifacts/sports-d")
     rows = {line.split(" | ")[2]: line for line in lines if line.startswith("| MIIR (run) | LRMM")}
-    assert "(+0.1200, p 1.0e-09) | held |" in rows["categories precision"]
-    assert "(-0.3000, p 1.0e-09) | not held |" in rows["categories inf_precision"]
+    assert "(+0.1200, p 1.0e-09) | 0.0000 | held |" in rows["categories precision"]
+    assert "(-0.3000, p 1.0e-09) | 0.0000 | not held |" in rows["categories inf_precision"]
+
+
+def _row(label: str, kind: str, group: str | None, seed: int | None, acc) -> dict:
+    """A scored run (or reference) of one field, brand accuracy per cell ``acc`` over 300
+    cells of 30 items (each in 10 users' windows)."""
+    import numpy as np
+
+    from miir.evaluation.imputation import Cells
+
+    acc = np.asarray(acc, dtype=np.float64)
+    n = len(acc)
+    cells = Cells(
+        np.arange(n), np.ones(n, dtype=np.int64), np.arange(n) % 30 + 2, {"accuracy": acc}
+    )
+    scope = {"cells": n, "accuracy": float(acc.mean())}
+    fields = {"brand": {"kind": "categorical", "metrics": ["accuracy"], "all": scope,
+                        "history": scope, "target": {"cells": 0, "accuracy": None}}}  # fmt: skip
+    return {"label": label, "imputer": label.split(" ")[0], "kind": kind, "group": group,
+            "seed": seed, "artifact": {"path": "art", "name": "toy", "discard": 0.5},
+            "fields": fields, "cells": {"brand": cells}}  # fmt: skip
+
+
+def test_seed_groups_are_read_as_one_model_with_their_spread_as_the_floor() -> None:
+    """Two MIIR runs that differ only in the seed form one group (cell means over the seeds);
+    LRMM, one run, is compared with the group; a gap smaller than the two seeds' gap is inside
+    the noise however small its p, and a wider one is judged."""
+    import numpy as np
+
+    bench = load_bench("imputation")
+    rng = np.random.default_rng(0)
+    base = (rng.random(300) < 0.5).astype(float)
+    flip = rng.random(300)
+    s1 = np.where(flip < 0.05, 1.0, base)  # seed 1: 5% of the cells more right
+    s2 = np.where(flip > 0.95, 0.0, base)  # seed 2: 5% fewer: the seeds are ~0.05 apart
+    lrmm_close = np.where(flip < 0.02, 0.0, base)  # LRMM just below the group's mean
+    rows = [
+        _row("MIIR (s1)", "model", "g", 1, s1),
+        _row("MIIR (s2)", "model", "g", 2, s2),
+        _row("LRMM (run)", "model", "h", 1, lrmm_close),
+        _row("most-frequent", "reference", None, None, np.zeros(300)),
+    ]
+    groups = bench.seed_groups(rows)
+    assert len(groups) == 1 and groups[0]["members"] == ["MIIR (s1)", "MIIR (s2)"]
+    gap = groups[0]["spread"]["brand"]["accuracy"]
+    assert gap == pytest.approx(abs(s1.mean() - s2.mean()))
+    mean = groups[0]["fields"]["brand"]["all"]["accuracy"]
+    assert mean == pytest.approx((s1.mean() + s2.mean()) / 2)
+    pairs = bench.pair_results(rows, groups)
+    # the group against LRMM and the reference; LRMM against the reference; no seed alone
+    assert [(p["a"], p["b"]) for p in pairs] == [
+        ("MIIR (seeds 1, 2: mean)", "LRMM (run)"),
+        ("MIIR (seeds 1, 2: mean)", "most-frequent"),
+        ("LRMM (run)", "most-frequent"),
+    ]
+    close = pairs[0]["fields"]["brand"]["accuracy"]
+    assert close["floor"] == pytest.approx(gap) and 0 < close["diff"] < gap
+    assert bench._verdict("accuracy", close["diff"], 1e-9, close["floor"]) == "inside the noise"
+    far = pairs[1]["fields"]["brand"]["accuracy"]
+    assert bench._verdict("accuracy", far["diff"], far["p"], far["floor"]) == "better"
+    lines = bench.pairs_markdown({"pairs": pairs}, "art")
+    brand = next(line for line in lines if line.startswith("| MIIR") and "brand accuracy" in line)
+    assert "| inside the noise |" in brand  # the paper's "MIIR worse on brands": not settled
+    # with no seeds anywhere a verdict says it rests on one run each
+    lone = [_row("MIIR (s1)", "model", "g", 1, s1), _row("LRMM (run)", "model", "h", 1, lrmm_close)]
+    lone = bench.pair_results(lone, bench.seed_groups(lone))
+    lines = bench.pairs_markdown({"pairs": lone}, "art")
+    brand = next(line for line in lines if line.startswith("| MIIR") and "brand accuracy" in line)
+    assert "(one run each: not established)" in brand and "| – |" in brand
