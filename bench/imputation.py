@@ -135,16 +135,11 @@ def seed_groups(rows: list[dict]) -> list[dict]:
         first = members[0]
         cells = {}
         for name, c0 in first["cells"].items():
-            index = {
-                (int(u), int(d)): i
-                for i, (u, d) in enumerate(zip(c0.rows, c0.distance, strict=True))
-            }
+            index = c0.index()
             stacks = {m: [v] for m, v in c0.metrics.items()}
             for other in members[1:]:
                 c = other["cells"][name]
-                order = np.array(
-                    [index[(int(u), int(d))] for u, d in zip(c.rows, c.distance, strict=True)]
-                )
+                order = np.array([index[key] for key in c.index()])  # c's cells in c0's order
                 for m, v in c.metrics.items():
                     aligned = np.full(len(c0.rows), np.nan)
                     aligned[order] = v

@@ -441,6 +441,11 @@ class Cells(NamedTuple):
     items: np.ndarray  # (M,) the item whose hidden value the cell is
     metrics: dict[str, np.ndarray]  # metric -> (M,) per-cell values
 
+    def index(self) -> dict[tuple[int, int], int]:
+        """(user row, distance) -> position: how two scorings of the same windows match."""
+        pairs = zip(self.rows, self.distance, strict=True)
+        return {(int(r), int(d)): i for i, (r, d) in enumerate(pairs)}
+
 
 class _Truth:
     """The ground truth of one field as tensors, and for text the catalogue of distinct texts."""
@@ -622,12 +627,7 @@ def paired_cells(a: Cells, b: Cells) -> dict[str, dict[str, Any]]:
     each repeat as new evidence. Cells where either value is NaN are left out."""
     from miir.evaluation.metrics import clustered_mean_test
 
-    def keyed(x: Cells) -> dict[tuple, int]:
-        return {
-            (int(r), int(d)): i for i, (r, d) in enumerate(zip(x.rows, x.distance, strict=True))
-        }
-
-    ka, kb = keyed(a), keyed(b)
+    ka, kb = a.index(), b.index()
     shared = [k for k in ka if k in kb]
     ia = np.array([ka[k] for k in shared], dtype=np.int64)
     ib = np.array([kb[k] for k in shared], dtype=np.int64)

@@ -96,7 +96,7 @@ class SequenceModule(L.LightningModule):
         training precision: bf16 scores (8 bits of mantissa) tie many items with the target,
         and ties count against it, so a bf16 validation ranks lower and chooses the best epoch
         on other numbers than the float32 test evaluation reads."""
-        return self.model.score(history).float()
+        return self.model.score(history)  # rank_in_chunks takes it to float32 as it is
 
     def on_validation_epoch_end(self) -> None:
         release_freed_memory()
