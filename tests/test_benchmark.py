@@ -591,6 +591,26 @@ def test_shipped_grids_are_valid() -> None:
     assert smoke.spec.train["max_epochs"] == 1
 
 
+@pytest.mark.parametrize("data", ["beauty", "sports"])
+def test_table11_grids_retrain_the_grid_runs_they_name(data: str) -> None:
+    """bench/grids/table11-*.yaml retrain the main grid's default MIIR and LRMM on the discard
+    setting with seeds 1-3 (Table 11 needs their checkpoints): every run the main grid has is
+    the same computation (same config digest), so its key and record agree."""
+    root = Path(__file__).resolve().parents[1] / "bench" / "grids"
+    table11 = plan(load_grid(root / f"table11-{data}.yaml"))
+    main = {
+        (r.model, r.seed): r.config_sha
+        for r in plan(load_grid(root / f"{data}.yaml"))
+        if r.setting == "D" and r.label in ("MIIR", "LRMM")
+    }
+    assert sorted((r.model, r.setting, r.seed) for r in table11) == [
+        (m, "D", s) for m in ("lrmm", "miir") for s in (1, 2, 3)
+    ]
+    shared = [r for r in table11 if (r.model, r.seed) in main]
+    assert len(shared) == 4  # the main grids hold MIIR seeds 1-3 and LRMM seed 1 on D
+    assert all(r.config_sha == main[r.model, r.seed] for r in shared)
+
+
 def test_a_model_trains_on_data_another_run_imputed(
     tmp_path, dirs, planted_discard_artifact
 ) -> None:
