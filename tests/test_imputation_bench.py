@@ -123,3 +123,53 @@ def test_seed_groups_are_read_as_one_model_with_their_spread_as_the_floor() -> N
     lines = bench.pairs_markdown({"pairs": lone}, "art")
     brand = next(line for line in lines if line.startswith("| MIIR") and "brand accuracy" in line)
     assert "(one run each: not established)" in brand and "| – |" in brand
+
+
+def test_a_second_seed_group_sets_the_floor_by_the_larger_seed_sd() -> None:
+    """Two groups against each other: the floor is the larger of their seed standard
+    deviations (not the widest gap of one group)."""
+    import numpy as np
+
+    bench = load_bench("imputation")
+    rng = np.random.default_rng(1)
+    base = (rng.random(300) < 0.5).astype(float)
+    flip = rng.random(300)
+    rows = [
+        _row("MIIR (s1)", "model", "g", 1, np.where(flip < 0.10, 1.0, base)),
+        _row("MIIR (s2)", "model", "g", 2, np.where(flip > 0.90, 0.0, base)),
+        _row("LRMM (s1)", "model", "h", 1, np.where(flip < 0.02, 1.0, base)),
+        _row("LRMM (s2)", "model", "h", 2, base),
+    ]
+    groups = bench.seed_groups(rows)
+    assert [len(g["members"]) for g in groups] == [2, 2]
+    sds = [g["sd"]["brand"]["accuracy"] for g in groups]
+    assert sds[0] > sds[1] > 0
+    (pair,) = bench.pair_results(rows, groups)
+    assert pair["fields"]["brand"]["accuracy"]["floor"] == pytest.approx(max(sds))
+
+
+def test_run_identity_ignores_the_seed_machine_options_and_options_at_their_neutral_value(
+    tmp_path,
+) -> None:
+    """Runs that differ in the seed, the threads or an option added later at its neutral
+    value share an identity; a changed learning rate does not."""
+    import json
+
+    bench = load_bench("imputation")
+
+    def run(name: str, config: dict, train: dict):
+        folder = tmp_path / name / "best"
+        folder.mkdir(parents=True)
+        meta = {"model": "miir", "config": config, "train_config": train}
+        (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+        return bench.run_identity(tmp_path / name)
+
+    old = run("old", {"mask_prob": 0.3}, {"lr": 1e-3, "seed": 1, "threads": 2})
+    new = run(
+        "new",
+        {"mask_prob": 0.3, "rfs_prob": 0.0},  # rfs_prob: added later, neutral at 0
+        {"lr": 1e-3, "seed": 2, "threads": 1, "copies": 1},
+    )
+    other = run("other", {"mask_prob": 0.3}, {"lr": 2e-3, "seed": 3, "threads": 2})
+    assert old[0] == new[0] != other[0]
+    assert (old[1], new[1]) == (1, 2)
