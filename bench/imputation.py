@@ -106,14 +106,16 @@ def run_identity(run: str | Path) -> tuple[str, int | None]:
     import hashlib
     import json
 
-    from miir.benchmark import _keyed
+    from miir.benchmark import keyed_config
     from miir.training.checkpoint import checkpoint_dir
 
     meta = json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
     train = meta.get("train_config") or {}
-    kept = _keyed({k: v for k, v in train.items() if k not in RUN_NEUTRAL})
+    kept = keyed_config({k: v for k, v in train.items() if k not in RUN_NEUTRAL})
     # options added later, at their neutral value, as the grid's run keys leave them out
-    key = json.dumps([meta.get("model"), _keyed(meta.get("config") or {}), kept], sort_keys=True)
+    key = json.dumps(
+        [meta.get("model"), keyed_config(meta.get("config") or {}), kept], sort_keys=True
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16], train.get("seed")
 
 

@@ -136,7 +136,7 @@ KEY_NEUTRAL: dict[str, Any] = {
 }
 
 
-def _keyed(values: dict[str, Any]) -> dict[str, Any]:
+def keyed_config(values: dict[str, Any]) -> dict[str, Any]:
     """A dumped config without display-only options and without options at their neutral
     value (see :data:`KEY_NEUTRAL`)."""
     return {
@@ -575,8 +575,8 @@ def _sha(obj: Any) -> str:
 def _keyed_payload(model: str, model_config: Any, train_config: Any) -> dict[str, Any]:
     return {
         "model": model,
-        "model_config": _keyed(model_config.model_dump(mode="json")),
-        "train_config": _keyed(train_config.model_dump(mode="json")),
+        "model_config": keyed_config(model_config.model_dump(mode="json")),
+        "train_config": keyed_config(train_config.model_dump(mode="json")),
     }
 
 
@@ -1088,8 +1088,10 @@ def _check_adopted(run: PlannedRun, results: dict[str, Any], run_dir: Path) -> N
     info = results.get("run", {})
     if (
         info.get("model") != run.model
-        or _keyed(info.get("model_config", {})) != _keyed(run.model_config.model_dump(mode="json"))
-        or _keyed(info.get("train_config", {})) != _keyed(run.train_config.model_dump(mode="json"))
+        or keyed_config(info.get("model_config", {}))
+        != keyed_config(run.model_config.model_dump(mode="json"))
+        or keyed_config(info.get("train_config", {}))
+        != keyed_config(run.train_config.model_dump(mode="json"))
     ):
         raise ConfigError(
             f"{run_dir}: holds a finished run that is not {run.describe()} with the grid's "
