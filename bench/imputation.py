@@ -21,6 +21,15 @@ beyond a floor: the larger seed standard deviation where both sides are groups, 
 gap between two seeds of one group on the artifact; with no group (one run each) the reading
 says the verdict is not established (two runs of one MIIR differ by as much as the gaps
 Table 11 is read on: ``bench/results/imputation/sports-d-seeds.md``).
+
+Stored scorings. Run folders live on the machine that trained them, and a seed group can take
+longer to train than one session has. ``--keep DIR`` writes each run's scoring (its summary and
+per-cell scores, lossless, with the run's ``model.json`` and the identity of the artifact it was
+scored on) to ``DIR/<artifact>/<run>.npz``; such a file may stand in for the run folder in a
+later scoring, which reads it beside freshly scored runs as if it had been scored again (the
+cells are the same: the artifact's sequences, split, discard and truth must match it exactly,
+and the text truth to within float rounding). The committed ones are under
+``bench/results/imputation/scores/``.
 """
 
 from __future__ import annotations
@@ -49,32 +58,174 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     fitted: set[tuple[str, int]] = set()
     for run in args.runs:
-        imputer, artifact = load_run_imputer(run, data, args.device)
-        started = time.perf_counter()
-        res = evaluate_imputation(artifact, imputer, **kw)
-        group, seed = run_identity(run)
-        res.update(
-            label=f"{imputer.name} ({Path(run).name})",
-            run=str(run),
-            kind="model",
-            group=group,
-            seed=seed,
-        )
+        if Path(run).suffix == ".npz":
+            res, artifact = load_scores(run, data, stage=args.stage, max_users=args.max_users)
+            print(f"{res['label']} on {artifact.name}: stored scoring {run}", flush=True)
+        else:
+            imputer, artifact = load_run_imputer(run, data, args.device)
+            started = time.perf_counter()
+            res = evaluate_imputation(artifact, imputer, **kw)
+            group, seed = run_identity(run)
+            res.update(
+                label=f"{imputer.name} ({Path(run).name})",
+                run=str(run),
+                kind="model",
+                group=group,
+                seed=seed,
+                source="scored",
+            )
+            print(
+                f"{res['label']} on {artifact.name}: {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            if args.keep:
+                print(f"  kept in {save_scores(res, artifact, run, args.keep)}", flush=True)
+        res["artifact"]["path"] = str(artifact.path.resolve())  # one spelling per artifact
+        if any(r["label"] == res["label"] for r in rows):
+            raise SystemExit(
+                f"{res['label']} is given twice (a run folder and its stored scoring?)"
+            )
         rows.append(res)
-        print(
-            f"{res['label']} on {artifact.name}: {time.perf_counter() - started:.1f} s", flush=True
-        )
-        key = (str(artifact.path.resolve()), imputer.max_len)
+        key = (str(artifact.path.resolve()), res["max_len"])
         if key in fitted:
             continue
         fitted.add(key)
         for name in references:
-            ref = reference_imputer(name, artifact, imputer.max_len)
-            r = evaluate_imputation(artifact, ref, fields=imputer.field_names, **kw)
+            ref = reference_imputer(name, artifact, res["max_len"])
+            r = evaluate_imputation(artifact, ref, fields=list(res["cells"]), **kw)
             r.update(label=name, run=None, kind="reference")
+            r["artifact"]["path"] = str(artifact.path.resolve())
             rows.append(r)
             print(f"{name} on {artifact.name}: {r['seconds']:.1f} s", flush=True)
     return rows
+
+
+# ---------------------------------------------------------------------- stored scorings
+
+
+def artifact_identity(artifact) -> dict:
+    """What a stored scoring must share with the artifact it is read beside: its identity
+    (:func:`miir.evaluation.compare.identity_checksum`: every file but the text vectors, so
+    the sequences, split, discard and truth byte for byte), and per text field the sum and the
+    sum of squares of the true vectors (another encoder version may round their last bits
+    differently; the vectors must still agree)."""
+    import numpy as np
+
+    from miir.data.schema import FieldKind
+    from miir.evaluation.compare import identity_checksum
+
+    vectors = {}
+    for name, f in artifact.fields.items():
+        if f.kind == FieldKind.TEXT:
+            v = np.asarray(f.truth_values, dtype=np.float64)
+            v = v[np.asarray(f.truth_present, dtype=bool)]
+            vectors[name] = [float(v.sum()), float(np.square(v).sum())]
+    return {"files": identity_checksum(artifact.manifest), "text": vectors}
+
+
+def identity_mismatch(stored: dict, local: dict) -> str | None:
+    """Why two :func:`artifact_identity` differ, or None when a scoring carries over."""
+    import math
+
+    if stored["files"] != local["files"]:
+        return "its sequences, split, discard or truth differ (another preparation)"
+    for name, (total, squares) in stored["text"].items():
+        if name not in local["text"]:
+            return f"it has no text field {name!r}"
+        t, q = local["text"][name]
+        if not (math.isclose(total, t, rel_tol=1e-5, abs_tol=1e-3) and
+                math.isclose(squares, q, rel_tol=1e-5)):  # fmt: skip
+            return f"the true vectors of {name!r} differ (sum {t:.6g} against {total:.6g})"
+    return None
+
+
+def _portable(path: Path) -> str:
+    """``path`` relative to the checkout where it lies in it (artifacts/...), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def save_scores(row: dict, artifact, run: str | Path, folder: Path) -> Path:
+    """Write one run's scoring (``row`` of :func:`evaluate_all` with its cells) to
+    ``folder/<artifact>-d<discard>/<run>.npz``, atomically: the cells' user rows, distances,
+    items and per-metric values (float32, as scored), and a JSON ``meta`` array with the
+    summary, the run's ``model.json``, the artifact's identity and who scored it when."""
+    import json
+
+    import numpy as np
+
+    from miir.atomic import atomic_npz
+    from miir.provenance import git_commit
+    from miir.training.checkpoint import checkpoint_dir
+
+    meta = {k: v for k, v in row.items() if k != "cells"}
+    meta["artifact"] = {**meta["artifact"], "path": _portable(artifact.path)}
+    meta["identity"] = artifact_identity(artifact)
+    model_json = json.loads((checkpoint_dir(run) / "model.json").read_text("utf-8"))
+    model_json.pop("catalogue", None)  # the vocabularies: the artifact has them
+    meta["model_json"] = model_json
+    meta["scored"] = {**git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    arrays: dict[str, np.ndarray] = {}
+    meta["stored_fields"] = []
+    for i, (name, c) in enumerate(row["cells"].items()):
+        meta["stored_fields"].append([name, list(c.metrics)])
+        arrays[f"f{i}_rows"] = np.asarray(c.rows, dtype=np.int32)
+        arrays[f"f{i}_distance"] = np.asarray(c.distance, dtype=np.int16)
+        arrays[f"f{i}_items"] = np.asarray(c.items, dtype=np.int32)
+        for j, v in enumerate(c.metrics.values()):
+            arrays[f"f{i}_m{j}"] = np.asarray(v, dtype=np.float32)
+    arrays["meta"] = np.array(json.dumps(meta))
+    out = Path(folder) / f"{artifact.name}-d{meta['artifact']['discard']:g}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(run).name}.npz"
+    atomic_npz(path, arrays, compressed=True)
+    return path
+
+
+def load_scores(
+    path: str | Path, data=None, *, stage: str = "test", max_users: int | None = None
+) -> tuple[dict, object]:
+    """A stored scoring (:func:`save_scores`) as a row of :func:`evaluate_all` with its cells,
+    and the local artifact it stands beside (``data``, else the one it names, relative to the
+    checkout); refused, with the reason, where the artifact, stage or user count differ."""
+    import json
+
+    import numpy as np
+
+    from miir.data.artifact import Artifact
+    from miir.errors import ConfigError
+    from miir.evaluation.imputation import Cells
+
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        cells = {}
+        for i, (name, metrics) in enumerate(meta.pop("stored_fields")):
+            values = {m: z[f"f{i}_m{j}"] for j, m in enumerate(metrics)}
+            cells[name] = Cells(
+                z[f"f{i}_rows"].astype(np.int64),
+                z[f"f{i}_distance"].astype(np.int64),
+                z[f"f{i}_items"].astype(np.int64),
+                values,
+            )
+    where = Path(meta["artifact"]["path"])
+    where = where if where.is_absolute() else ROOT / where
+    if data is None and not (where / "manifest.json").exists():
+        raise ConfigError(
+            f"{path}: scored on {meta['artifact']['path']}, which is not here; prepare it (the "
+            "same source and --discard) or pass --data"
+        )
+    artifact = data or Artifact(where)
+    why = identity_mismatch(meta.pop("identity"), artifact_identity(artifact))
+    if why:
+        raise ConfigError(f"{path} was scored on another artifact than {artifact.path}: {why}")
+    users = min(max_users, artifact.n_users) if max_users else artifact.n_users
+    if (meta["stage"], meta["users"]) != (stage, users):
+        raise ConfigError(
+            f"{path}: scored on the {meta['stage']} stage of {meta['users']} users, not the "
+            f"{stage} stage of {users}"
+        )
+    meta.update(cells=cells, source=f"stored {Path(path).name}")
+    return meta, artifact
 
 
 #: the paper's reading of Table 11 (Section 5.4): MIIR against LRMM, field metric -> the sign
@@ -345,6 +496,15 @@ def markdown(record: dict) -> list[str]:
     by_artifact: dict[str, list[dict]] = {}
     for r in record["results"]:
         by_artifact.setdefault(r["artifact"]["path"], []).append(r)
+    models = [r for r in record["results"] if r["kind"] == "model"]
+    if any("source" in r for r in models):
+        lines += ["**Runs** (scored here, or read from a stored scoring of the run):", ""]
+        lines += ["| run | seed | source | scored at |", "|---|---:|---|---|"]
+        for r in models:
+            at = r.get("scored") or {}
+            when = f"{(at.get('commit') or 'no commit')[:10]}, {at['date']}" if at else "here"
+            lines.append(f"| {r['label']} | {r.get('seed')} | {r.get('source')} | {when} |")
+        lines.append("")
     for rows in by_artifact.values():
         a = rows[0]["artifact"]
         groups = [g for g in record.get("groups", []) if g["artifact"]["path"] == a["path"]]
@@ -455,7 +615,11 @@ def plot_discard(record: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="Run folders of `miir train` (models with impute).")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="Run folders of `miir train` (models with impute), or stored scorings (.npz).",
+    )
     p.add_argument("--data", help="Score every run on this artifact (default: its own).")
     p.add_argument("--name", default="imputation", help="Base name of the result files.")
     p.add_argument("--imputers", default="most-frequent,co-occurrence", help="References.")
@@ -464,6 +628,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=OUT, help="Result folder.")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="Also store each run's scoring here (<artifact>/<run>.npz), for later scorings.",
+    )
     args = p.parse_args(argv)
 
     from miir.provenance import run_record, write_result

@@ -173,3 +173,83 @@ def test_run_identity_ignores_the_seed_machine_options_and_options_at_their_neut
     other = run("other", {"mask_prob": 0.3}, {"lr": 2e-3, "seed": 3, "threads": 2})
     assert old[0] == new[0] != other[0]
     assert (old[1], new[1]) == (1, 2)
+
+
+def test_a_stored_scoring_stands_in_for_its_run_and_is_refused_on_another_artifact(
+    planted_discard_artifact, tmp_path
+) -> None:
+    """Two seeds scored from their run folders, and again with one of them read from the file
+    ``--keep`` wrote: the same table, groups and paired comparisons. A stored scoring is refused
+    beside an artifact prepared otherwise, and a run given twice is refused."""
+    import json
+    import shutil
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from conftest import planted_raw
+    from helpers import SHORT_RUN
+    from miir.cli import app
+    from miir.data.artifact import Artifact
+    from miir.data.prepare import PrepareConfig, prepare
+    from miir.errors import ConfigError
+
+    bench = load_bench("imputation")
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"miir-s{seed}"
+        args = ["train", "--data", str(planted_discard_artifact), "--out", str(out), *SHORT_RUN]
+        args += ["--set", "max_len=8", "--set", "embedding_size=16", "--seed", str(seed)]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        runs.append(str(out))
+    common = ["--imputers", "most-frequent", "--batch-size", "64"]
+    kept = tmp_path / "scores"
+    bench.main([*runs, *common, "--name", "fresh", "--out", str(tmp_path), "--keep", str(kept)])
+    stored = sorted(kept.rglob("*.npz"))
+    assert [p.name for p in stored] == ["miir-s1.npz", "miir-s2.npz"]
+    with np.load(stored[0], allow_pickle=False) as z:  # no pickled objects in it
+        assert json.loads(str(z["meta"]))["model_json"]["train_config"]["seed"] == 1
+    bench.main([str(stored[0]), runs[1], *common, "--name", "mixed", "--out", str(tmp_path)])
+    fresh, mixed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("fresh", "mixed"))
+
+    def summary(record: dict) -> list:
+        return [(r["label"], r["fields"]) for r in record["results"]]
+
+    assert summary(mixed) == summary(fresh)
+    assert [g["fields"] for g in mixed["groups"]] == [g["fields"] for g in fresh["groups"]]
+    assert len(fresh["groups"]) == 1  # the two seeds form a group, stored or not
+    assert mixed["pairs"] == fresh["pairs"]
+    table = (tmp_path / "mixed.md").read_text()
+    assert "| stored miir-s1.npz |" in table and "| scored |" in table
+    # the same run twice, once stored and once from its folder
+    with pytest.raises(SystemExit, match="given twice"):
+        bench.main([str(stored[0]), runs[0], *common, "--name", "twice", "--out", str(tmp_path)])
+    # beside an artifact with another discard the cells are not the same: refused
+    other = tmp_path / "planted-d3"
+    config = PrepareConfig(n_negatives=20, max_len=8, encode_text=False, discard=0.3)
+    prepare(planted_raw(), other, config, progress=False)
+    with pytest.raises(ConfigError, match=r"another artifact.*another preparation"):
+        bench.load_scores(stored[0], Artifact(other))
+    # and where the artifact it names is gone, the message says what to do
+    with pytest.raises(ConfigError, match="prepare it"):
+        moved = tmp_path / "moved.npz"
+        moved.write_bytes(stored[0].read_bytes())
+        shutil.move(planted_discard_artifact, tmp_path / "elsewhere")
+        try:
+            bench.load_scores(moved)
+        finally:
+            shutil.move(tmp_path / "elsewhere", planted_discard_artifact)
+
+
+def test_text_vectors_may_round_differently_but_not_differ() -> None:
+    bench = load_bench("imputation")
+    stored = {"files": "abc", "text": {"title": [12.5, 300.0]}}
+    assert (
+        bench.identity_mismatch(stored, {"files": "abc", "text": {"title": [12.5, 300.0]}}) is None
+    )
+    rounded = {"files": "abc", "text": {"title": [12.5 + 1e-6, 300.0 * (1 + 1e-7)]}}
+    assert bench.identity_mismatch(stored, rounded) is None
+    moved = {"files": "abc", "text": {"title": [13.0, 310.0]}}
+    assert "true vectors of 'title'" in bench.identity_mismatch(stored, moved)
+    assert "another preparation" in bench.identity_mismatch(stored, {**stored, "files": "abd"})
