@@ -73,6 +73,7 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
                 group=group,
                 seed=seed,
                 source="scored",
+                trained=trained_summary(_results_json(run)),
             )
             print(
                 f"{res['label']} on {artifact.name}: {time.perf_counter() - started:.1f} s",
@@ -139,6 +140,28 @@ def identity_mismatch(stored: dict, local: dict) -> str | None:
     return None
 
 
+def _results_json(run: str | Path) -> dict | None:
+    import json
+
+    path = Path(run) / "results.json"
+    return json.loads(path.read_text("utf-8")) if path.exists() else None
+
+
+def trained_summary(results: dict | None) -> dict | None:
+    """Best epoch (1-based), training minutes and test NDCG@10 under the three protocols of
+    a run's ``results.json``; None without one."""
+    if not results:
+        return None
+    test = results.get("test") or {}
+    return {
+        "best_epoch": None
+        if results.get("checkpoint_epoch") is None
+        else results["checkpoint_epoch"] + 1,
+        "train_minutes": round(results.get("train_seconds", float("nan")) / 60, 1),
+        "ndcg10": {p: test[p]["NDCG@10"] for p in ("full", "full_masked", "sampled") if p in test},
+    }
+
+
 def _portable(path: Path) -> str:
     """``path`` relative to the checkout where it lies in it (artifacts/...), else absolute."""
     path = Path(path).resolve()
@@ -149,7 +172,8 @@ def save_scores(row: dict, artifact, run: str | Path, folder: Path) -> Path:
     """Write one run's scoring (``row`` of :func:`evaluate_all` with its cells) to
     ``folder/<artifact>-d<discard>/<run>.npz``, atomically: the cells' user rows, distances,
     items and per-metric values (float32, as scored), and a JSON ``meta`` array with the
-    summary, the run's ``model.json``, the artifact's identity and who scored it when."""
+    summary, the run's ``model.json`` (less the vocabularies), ``run.json`` and ``results.json``
+    (command, wall time, test metrics), the artifact's identity and who scored it when."""
     import json
 
     import numpy as np
@@ -164,6 +188,9 @@ def save_scores(row: dict, artifact, run: str | Path, folder: Path) -> Path:
     model_json = json.loads((checkpoint_dir(run) / "model.json").read_text("utf-8"))
     model_json.pop("catalogue", None)  # the vocabularies: the artifact has them
     meta["model_json"] = model_json
+    if (Path(run) / "run.json").exists():  # the command
+        meta["run_json"] = json.loads((Path(run) / "run.json").read_text("utf-8"))
+    meta["results_json"] = _results_json(run)  # wall time, best epoch, test metrics
     meta["scored"] = {**git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     arrays: dict[str, np.ndarray] = {}
     meta["stored_fields"] = []
@@ -224,7 +251,13 @@ def load_scores(
             f"{path}: scored on the {meta['stage']} stage of {meta['users']} users, not the "
             f"{stage} stage of {users}"
         )
-    meta.update(cells=cells, source=f"stored {Path(path).name}")
+    meta.update(
+        cells=cells,
+        source=f"stored {Path(path).name}",
+        trained=trained_summary(meta.pop("results_json", None)),
+    )
+    meta.pop("run_json", None)  # the command: in the file, not in the table's record
+    meta.pop("model_json", None)
     return meta, artifact
 
 
@@ -499,11 +532,20 @@ def markdown(record: dict) -> list[str]:
     models = [r for r in record["results"] if r["kind"] == "model"]
     if any("source" in r for r in models):
         lines += ["**Runs** (scored here, or read from a stored scoring of the run):", ""]
-        lines += ["| run | seed | source | scored at |", "|---|---:|---|---|"]
+        lines += [
+            "| run | seed | best epoch | training min | test NDCG@10 full / masked / sampled "
+            "| source | scored at |",
+            "|---|---:|---:|---:|---|---|---|",
+        ]
         for r in models:
             at = r.get("scored") or {}
             when = f"{(at.get('commit') or 'no commit')[:10]}, {at['date']}" if at else "here"
-            lines.append(f"| {r['label']} | {r.get('seed')} | {r.get('source')} | {when} |")
+            t = r.get("trained") or {}
+            ndcg = " / ".join(f"{v:.4f}" for v in (t.get("ndcg10") or {}).values()) or "–"
+            lines.append(
+                f"| {r['label']} | {r.get('seed')} | {t.get('best_epoch', '–')} | "
+                f"{t.get('train_minutes', '–')} | {ndcg} | {r.get('source')} | {when} |"
+            )
         lines.append("")
     for rows in by_artifact.values():
         a = rows[0]["artifact"]

@@ -209,7 +209,10 @@ def test_a_stored_scoring_stands_in_for_its_run_and_is_refused_on_another_artifa
     stored = sorted(kept.rglob("*.npz"))
     assert [p.name for p in stored] == ["miir-s1.npz", "miir-s2.npz"]
     with np.load(stored[0], allow_pickle=False) as z:  # no pickled objects in it
-        assert json.loads(str(z["meta"]))["model_json"]["train_config"]["seed"] == 1
+        meta = json.loads(str(z["meta"]))
+    assert meta["model_json"]["train_config"]["seed"] == 1 and "catalogue" not in meta["model_json"]
+    assert meta["run_json"]["command"]  # how the run was trained
+    assert set(meta["results_json"]["test"]) >= {"full", "full_masked", "sampled"}
     bench.main([str(stored[0]), runs[1], *common, "--name", "mixed", "--out", str(tmp_path)])
     fresh, mixed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("fresh", "mixed"))
 
@@ -222,6 +225,9 @@ def test_a_stored_scoring_stands_in_for_its_run_and_is_refused_on_another_artifa
     assert mixed["pairs"] == fresh["pairs"]
     table = (tmp_path / "mixed.md").read_text()
     assert "| stored miir-s1.npz |" in table and "| scored |" in table
+    # the run's best epoch and test NDCG@10 travel with the stored scoring
+    assert [r["trained"] for r in mixed["results"][:1]] == [fresh["results"][0]["trained"]]
+    assert fresh["results"][0]["trained"]["best_epoch"] == 1
     # the same run twice, once stored and once from its folder
     with pytest.raises(SystemExit, match="given twice"):
         bench.main([str(stored[0]), runs[0], *common, "--name", "twice", "--out", str(tmp_path)])
