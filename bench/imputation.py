@@ -241,7 +241,7 @@ def load_scores(
             f"{path}: scored on {meta['artifact']['path']}, which is not here; prepare it (the "
             "same source and --discard) or pass --data"
         )
-    artifact = data or Artifact(where)
+    artifact = data if data is not None else Artifact(where)
     why = identity_mismatch(meta.pop("identity"), artifact_identity(artifact))
     if why:
         raise ConfigError(f"{path} was scored on another artifact than {artifact.path}: {why}")
