@@ -157,7 +157,11 @@ def trained_summary(results: dict | None) -> dict | None:
         "best_epoch": None
         if results.get("checkpoint_epoch") is None
         else results["checkpoint_epoch"] + 1,
-        "train_minutes": round(results.get("train_seconds", float("nan")) / 60, 1),
+        "train_minutes": (
+            None
+            if results.get("train_seconds") is None
+            else round(results["train_seconds"] / 60, 1)
+        ),
         "ndcg10": {p: test[p]["NDCG@10"] for p in ("full", "full_masked", "sampled") if p in test},
     }
 
