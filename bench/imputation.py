@@ -324,6 +324,7 @@ def seed_groups(rows: list[dict]) -> list[dict]:
     for members in by_key.values():
         if len(members) < 2:
             continue
+        members = sorted(members, key=lambda r: r["seed"])  # "seeds 1, 2, 3" whatever the order
         first = members[0]
         cells = {}
         for name, c0 in first["cells"].items():

@@ -98,6 +98,8 @@ def test_seed_groups_are_read_as_one_model_with_their_spread_as_the_floor() -> N
     ]
     groups = bench.seed_groups(rows)
     assert len(groups) == 1 and groups[0]["members"] == ["MIIR (s1)", "MIIR (s2)"]
+    # the runs given in another order (stored files sort by run key): the same group, seeds in order
+    assert bench.seed_groups([rows[1], rows[0]])[0]["label"] == "MIIR (seeds 1, 2: mean)"
     gap = groups[0]["spread"]["brand"]["accuracy"]
     assert gap == pytest.approx(abs(s1.mean() - s2.mean()))
     mean = groups[0]["fields"]["brand"]["all"]["accuracy"]
