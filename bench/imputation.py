@@ -68,6 +68,7 @@ def evaluate_all(args: argparse.Namespace) -> list[dict]:
             group, seed = run_identity(run)
             res.update(
                 label=f"{imputer.name} ({Path(run).name})",
+                config=run_config(run),
                 run=str(run),
                 kind="model",
                 group=group,
@@ -261,7 +262,7 @@ def load_scores(
         trained=trained_summary(meta.pop("results_json", None)),
     )
     meta.pop("run_json", None)  # the command: in the file, not in the table's record
-    meta.pop("model_json", None)
+    meta["config"] = (meta.pop("model_json", None) or {}).get("config")
     return meta, artifact
 
 
@@ -305,6 +306,45 @@ def run_identity(run: str | Path) -> tuple[str, int | None]:
         [meta.get("model"), keyed_config(meta.get("config") or {}), kept], sort_keys=True
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16], train.get("seed")
+
+
+def run_config(run: str | Path) -> dict | None:
+    """The model config of a run folder (its ``model.json``), which tells groups apart."""
+    import json
+
+    from miir.training.checkpoint import checkpoint_dir
+
+    meta = json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
+    return meta.get("config")
+
+
+def _distinguish(groups: list[dict]) -> None:
+    """Groups of one imputer name on one artifact (MIIR and MIIR with another loss weight, say)
+    would read alike: name each by the model options in which it differs from the others
+    (``MIIR (field_weights={...}; seeds 1, 2, 3: mean)``), or by its group id where their model
+    configs are unknown or the same (the training options differ)."""
+    import json
+
+    by_name: dict[tuple[str, str], list[dict]] = {}
+    for g in groups:
+        by_name.setdefault((g["artifact"]["path"], g["imputer"]), []).append(g)
+    for alike in by_name.values():
+        if len(alike) < 2:
+            continue
+        configs = [g.pop("_config", None) or {} for g in alike]
+        keys = sorted({k for c in configs for k in c})
+        differ = [
+            k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+        ]
+        for g, c in zip(alike, configs, strict=True):
+            what = (
+                ", ".join(f"{k}={json.dumps(c.get(k), sort_keys=True)}" for k in differ)
+                if differ and all(configs)
+                else f"group {g['group']}"
+            )
+            g["label"] = f"{g['imputer']} ({what}; seeds {g['seeds']}: mean)"
+    for g in groups:
+        g.pop("_config", None)
 
 
 def seed_groups(rows: list[dict]) -> list[dict]:
@@ -359,6 +399,9 @@ def seed_groups(rows: list[dict]) -> list[dict]:
             {
                 "label": f"{first['imputer']} (seeds {seeds}: mean)",
                 "imputer": first["imputer"],
+                "group": first["group"],
+                "seeds": seeds,
+                "_config": first.get("config"),
                 "kind": "group",
                 "artifact": first["artifact"],
                 "members": [r["label"] for r in members],
@@ -368,6 +411,7 @@ def seed_groups(rows: list[dict]) -> list[dict]:
                 "cells": cells,
             }
         )
+    _distinguish(groups)
     return groups
 
 

@@ -150,6 +150,42 @@ def test_a_second_seed_group_sets_the_floor_by_the_larger_seed_sd() -> None:
     assert pair["fields"]["brand"]["accuracy"]["floor"] == pytest.approx(max(sds))
 
 
+def test_groups_of_one_imputer_are_named_by_the_options_they_differ_in() -> None:
+    """The default MIIR and MIIR with another loss weight, three seeds each, on one artifact:
+    each group's label names the model option that tells it from the other (the options they
+    share are left out); without their configs, the group id."""
+    import numpy as np
+
+    bench = load_bench("imputation")
+    common = {"mask_prob": 0.3, "dropout": 0.1}
+
+    def rows(with_config: bool) -> list[dict]:
+        rng = np.random.default_rng(2)
+        out = []
+        for group, weights in (("g0", {"item_id": 3}), ("g1", {"item_id": 3, "categories": 30})):
+            for seed in (3, 1, 2):
+                row = _row(f"MIIR ({group}{seed})", "model", group, seed, rng.random(300) < 0.5)
+                if with_config:
+                    row["config"] = {**common, "field_weights": weights}
+                out.append(row)
+        return [*out, _row("LRMM (run)", "model", "h", 1, rng.random(300) < 0.5)]
+
+    named = rows(with_config=True)
+    groups = bench.seed_groups(named)
+    labels = [g["label"] for g in groups]
+    assert labels == [
+        'MIIR (field_weights={"item_id": 3}; seeds 1, 2, 3: mean)',
+        'MIIR (field_weights={"categories": 30, "item_id": 3}; seeds 1, 2, 3: mean)',
+    ]
+    pairs = bench.pair_results(named, groups)
+    assert (pairs[0]["a"], pairs[0]["b"]) == (labels[0], labels[1])
+    labels = [g["label"] for g in bench.seed_groups(rows(with_config=False))]
+    assert labels == [
+        "MIIR (group g0; seeds 1, 2, 3: mean)",
+        "MIIR (group g1; seeds 1, 2, 3: mean)",
+    ]
+
+
 def test_run_identity_ignores_the_seed_machine_options_and_options_at_their_neutral_value(
     tmp_path,
 ) -> None:
