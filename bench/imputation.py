@@ -364,7 +364,8 @@ def seed_groups(rows: list[dict]) -> list[dict]:
     for members in by_key.values():
         if len(members) < 2:
             continue
-        members = sorted(members, key=lambda r: r["seed"])  # "seeds 1, 2, 3" whatever the order
+        # "seeds 1, 2, 3" whatever the order (a run without a recorded seed last)
+        members = sorted(members, key=lambda r: (r["seed"] is None, r["seed"] or 0))
         first = members[0]
         cells = {}
         for name, c0 in first["cells"].items():
