@@ -296,9 +296,8 @@ def run_identity(run: str | Path) -> tuple[str, int | None]:
     import json
 
     from miir.benchmark import keyed_config
-    from miir.training.checkpoint import checkpoint_dir
 
-    meta = json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
+    meta = _model_json(run)
     train = meta.get("train_config") or {}
     kept = keyed_config({k: v for k, v in train.items() if k not in RUN_NEUTRAL})
     # options added later, at their neutral value, as the grid's run keys leave them out
@@ -308,14 +307,19 @@ def run_identity(run: str | Path) -> tuple[str, int | None]:
     return hashlib.sha256(key.encode()).hexdigest()[:16], train.get("seed")
 
 
-def run_config(run: str | Path) -> dict | None:
-    """The model config of a run folder (its ``model.json``), which tells groups apart."""
+def _model_json(run: str | Path) -> dict:
+    """A run folder's ``model.json``: the one reader behind :func:`run_identity` and
+    :func:`run_config`."""
     import json
 
     from miir.training.checkpoint import checkpoint_dir
 
-    meta = json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
-    return meta.get("config")
+    return json.loads((checkpoint_dir(run) / "model.json").read_text(encoding="utf-8"))
+
+
+def run_config(run: str | Path) -> dict | None:
+    """The model config of a run folder, which tells groups of one imputer apart."""
+    return _model_json(run).get("config")
 
 
 def _distinguish(groups: list[dict]) -> None:
