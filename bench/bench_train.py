@@ -127,9 +127,7 @@ class NaiveMIIR(nn.Module):
                 per = ((codec.out(h) - vals) ** 2).sum(-1)
             elif f.kind == FieldKind.MULTI_CATEGORICAL:
                 lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
-                hot = torch.zeros_like(lg).scatter_(
-                    -1, (vals - FIRST_VALUE_ID).clamp(min=0), (vals >= FIRST_VALUE_ID).float()
-                )
+                hot = codec.multi_hot(vals, lg)
                 per = F.binary_cross_entropy_with_logits(lg, hot, reduction="none").mean(-1)
             else:
                 lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from helpers import N_ITEMS, random_catalogue, random_windows, small_model
+from miir.errors import ConfigError
 from miir.models.batch import make_batch
-from miir.models.fields import ItemCatalogue
+from miir.models.fields import ItemCatalogue, MultiCodec
 from miir.models.masking import hide_last_items, last_of_sequence, mii_mask
 from miir.training.module import lr_factor
 
@@ -453,3 +454,50 @@ def test_sampled_negatives_draw_candidates_correct_them_and_estimate_the_full_so
     b = miir(sampled_negatives=0).draw_mask(items, torch.Generator().manual_seed(3))
     assert b.negatives is None and torch.equal(a.hidden, b.hidden)
     assert successor_accuracy(100, sampled_negatives=8) > 0.8
+
+
+def test_multi_loss_per_value_divides_the_summed_cross_entropy_by_the_true_values() -> None:
+    """``multi_loss='per_value'``: a multi-valued field's binary cross-entropy summed over its
+    values and divided by the item's number of true values (1 where the set is empty), where
+    Eq. 11 ('mean') divides by the number of values; an unknown normalisation is refused."""
+    info = next(f for f in FIELDS_OF if f.kind.value == "multi_categorical")
+    n_values = info.cardinality - 2  # ids 0 and 1 are padding and missing
+    torch.manual_seed(0)
+    codecs = {norm: MultiCodec(info, 8, norm) for norm in ("mean", "per_value")}
+    codecs["per_value"].load_state_dict(codecs["mean"].state_dict())
+    h = torch.randn(3, 8)
+    values = torch.tensor([[2, 5, 0], [3, 4, 6], [0, 0, 0]])  # 2, 3 and 0 true values
+    mean, per_value = (codecs[norm].loss(h, values) for norm in ("mean", "per_value"))
+    by_hand = mean * n_values / torch.tensor([2.0, 3.0, 1.0])
+    assert torch.allclose(per_value, by_hand, rtol=1e-5)
+    with pytest.raises(ConfigError, match="multi_loss"):
+        MultiCodec(info, 8, "sum")
+
+
+def test_multi_loss_reaches_the_model_and_changes_only_the_multi_valued_field() -> None:
+    """The MIIR option reaches the codec: with the same masks, only the multi-valued field's
+    loss part changes (scaled up: its values outnumber an item's true ones)."""
+    parts = {}
+    for norm in ("mean", "per_value"):
+        model = miir(multi_loss=norm, dropout=0.0)
+        torch.manual_seed(0)
+        model.reset_parameters()
+        batch = make_batch(random_windows(6, 6, seed=4, min_len=2), "none", 6)
+        _, parts[norm] = model.loss(batch, torch.Generator().manual_seed(0))
+    multi = next(f.name for f in FIELDS_OF if f.kind.value == "multi_categorical")
+    assert parts["per_value"][multi] > 1.5 * parts["mean"][multi]
+    for name in parts["mean"]:
+        if name != multi:
+            assert torch.equal(parts["mean"][name], parts["per_value"][name])
+
+
+def test_multi_hot_keeps_the_first_value_beside_padding() -> None:
+    """The first real value (id 2) shares column 0 with the padding ids (0) it is written
+    beside: padding never erases it, wherever it stands in the row."""
+    info = next(f for f in FIELDS_OF if f.kind.value == "multi_categorical")
+    codec = MultiCodec(info, 4)
+    values = torch.tensor([[2, 5, 0], [0, 2, 3], [0, 0, 0], [4, 0, 0]])
+    hot = codec.multi_hot(values, torch.zeros(4, info.cardinality - 2))
+    expected = torch.zeros(4, info.cardinality - 2)
+    expected[0, [0, 3]] = expected[1, [0, 1]] = expected[3, 2] = 1.0
+    assert torch.equal(hot, expected)

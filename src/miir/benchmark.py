@@ -127,6 +127,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "id_stream": False,  # MIIR (issue 9)
     "fusion": "dense",  # MIIR (issue 9)
     "loss_mean": "sequence",  # MIIR (issue 9; BERT4Rec has its own loss_norm)
+    "multi_loss": "mean",  # MIIR (issue 9)
     "rfs_prob": 0.0,  # FDSA and NOVA (issue 10)
     # train options (issue 9)
     "weight_decay": 0.0,

@@ -30,6 +30,7 @@ _PAPER_MIIR: dict[str, Any] = {
     "causal": False,
     "next_item_weight": 0.0,
     "loss_mean": "sequence",
+    "multi_loss": "mean",
     "embedding_size": 64,
     "n_heads": 4,
     "n_layers": 3,

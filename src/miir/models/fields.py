@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from miir.data.artifact import Artifact
 
 ID_FIELD = "item_id"
+#: a multi-valued field's loss normalisations (:class:`MultiCodec`)
+MULTI_LOSS_NORMS = ("mean", "per_value")
 
 
 @dataclass(frozen=True)
@@ -241,11 +243,16 @@ class CategoricalCodec(nn.Module):
 
 class MultiCodec(nn.Module):
     """A set of values per item: the sum of the values' embeddings (the missing row where the set
-    is not visible); predicted with one sigmoid per value (binary cross-entropy)."""
+    is not visible); predicted with one sigmoid per value (binary cross-entropy), the sum over
+    the values divided by their number (``norm='mean'``, Eq. 11's 1 / N_c) or by the item's
+    number of true values (``norm='per_value'``)."""
 
-    def __init__(self, info: FieldInfo, e: int) -> None:
+    def __init__(self, info: FieldInfo, e: int, norm: str = "mean") -> None:
         super().__init__()
+        if norm not in MULTI_LOSS_NORMS:
+            raise ConfigError(f"field {info.name!r}: multi_loss must be one of {MULTI_LOSS_NORMS}")
         self.info = info
+        self.norm = norm
         self.table = nn.Embedding(info.cardinality, e)
 
     def embed(self, values: Tensor, visible: Tensor) -> Tensor:
@@ -257,15 +264,23 @@ class MultiCodec(nn.Module):
         return h @ self.table.weight[FIRST_VALUE_ID:].T
 
     def multi_hot(self, values: Tensor, like: Tensor) -> Tensor:
+        """(..., K) value ids (0-padded) -> (..., V) 0/1 targets shaped like ``like``. The
+        padding adds 0 to column 0, which is also the first value's: added, never written over
+        (``scatter_`` would let a later padding id erase that value)."""
         out = torch.zeros_like(like)
-        out.scatter_(-1, (values - FIRST_VALUE_ID).clamp(min=0), (values >= FIRST_VALUE_ID).to(out))
-        return out
+        index = (values - FIRST_VALUE_ID).clamp(min=0)
+        out.scatter_add_(-1, index, (values >= FIRST_VALUE_ID).to(out))
+        return out.clamp_(max=1.0)
 
     def loss(self, h: Tensor, values: Tensor) -> Tensor:
-        """(M, e) states, (M, K) true value ids -> (M,) mean binary cross-entropy per value."""
+        """(M, e) states, (M, K) true value ids -> (M,) binary cross-entropy summed over the
+        values, divided by their number ('mean') or by the item's true values ('per_value')."""
         logits = self.logits(h).float()
         target = self.multi_hot(values, logits)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        if self.norm == "mean":
+            return bce.mean(-1)
+        return bce.sum(-1) / target.sum(-1).clamp(min=1.0)
 
     def predict(self, h: Tensor) -> Tensor:
         """(..., e) -> (..., V + 2) independent probabilities (0 for ids 0 and 1)."""
@@ -299,12 +314,13 @@ class TextCodec(nn.Module):
 Codec = CategoricalCodec | MultiCodec | TextCodec
 
 
-def field_codec(info: FieldInfo, e: int) -> Codec:
-    """The embedding/head module of a field of kind ``info.kind``."""
+def field_codec(info: FieldInfo, e: int, multi_loss: str = "mean") -> Codec:
+    """The embedding/head module of a field of kind ``info.kind`` (``multi_loss``: a
+    multi-valued field's loss normalisation, :class:`MultiCodec`)."""
     if info.kind == FieldKind.TEXT:
         return TextCodec(info, e)
     if info.kind == FieldKind.MULTI_CATEGORICAL:
-        return MultiCodec(info, e)
+        return MultiCodec(info, e, multi_loss)
     if info.kind in (FieldKind.CATEGORICAL, FieldKind.NUMERIC):
         return CategoricalCodec(info, e)
     raise ConfigError(f"field {info.name!r}: no codec for kind {info.kind.value!r}")
@@ -314,12 +330,12 @@ class FieldEncoder(nn.Module):
     """Item tables plus one codec per side field: what every feature-aware model embeds items
     with. ``embed(items, visible)`` -> (..., F_side, e) in catalogue order."""
 
-    def __init__(self, catalogue: ItemCatalogue, e: int) -> None:
+    def __init__(self, catalogue: ItemCatalogue, e: int, multi_loss: str = "mean") -> None:
         super().__init__()
         self.fields = list(catalogue.fields)
         self.e = e
         self.features = ItemFeatures(catalogue)
-        self.codecs = nn.ModuleDict({f.name: field_codec(f, e) for f in self.fields})
+        self.codecs = nn.ModuleDict({f.name: field_codec(f, e, multi_loss) for f in self.fields})
 
     def __len__(self) -> int:
         return len(self.fields)

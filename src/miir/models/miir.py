@@ -342,6 +342,15 @@ class MIIRConfig(SideInfoConfig):
             )
         return self
 
+    multi_loss: Literal["mean", "per_value"] = Field(
+        "mean",
+        description="A multi-valued field's loss (categories): 'mean' (Eq. 11: the binary "
+        "cross-entropy summed over the field's N_c values and divided by N_c, so with hundreds "
+        "of values its gradient is hundreds of times smaller than a single-valued field's "
+        "softmax) or 'per_value' (the sum divided by the item's number of true values: each "
+        "true value gets the gradient budget a single-valued field's one true value gets; the "
+        "generic form of weighting such a field up, issue 9).",
+    )
     field_weights: dict[str, float] = Field(
         default_factory=lambda: {ID_FIELD: 3.0},
         description="Loss weight per field: the item ID 3, every side field 1 (measured: "
@@ -438,7 +447,7 @@ class MIIR(SequenceModel):
         self.item_emb = nn.Embedding(self.n_items + FIRST_VALUE_ID, e)
         self.field_emb = nn.Embedding(self.n_fields, e)
         self.pos_emb = nn.Embedding(config.max_len, e)
-        self.encoder = FieldEncoder(catalogue, e)
+        self.encoder = FieldEncoder(catalogue, e, config.multi_loss)
         block = PreLNBlock if config.norm_first else Block
         self.blocks = nn.ModuleList(
             [block(e, config.n_heads, config.dropout) for _ in range(config.n_layers)]
