@@ -137,3 +137,23 @@ def test_paper_preset_sits_under_the_users_options(planted_artifact, tmp_path) -
     assert run["train_config"]["max_epochs"] == 1  # --epochs 1 over the paper's 100
     res = runner.invoke(app, [*args, "--overwrite", "--preset", "fast"])
     assert res.exit_code == 2 and "unknown preset 'fast'" in res.output and "paper" in res.output
+
+
+def test_models_options_lists_each_option_in_aligned_columns() -> None:
+    """`miir models --options miir`: one line per option, the defaults in one column however
+    long an option's name or default is (next_item_exclude_history, field_weights)."""
+    from miir.models import get_entry
+
+    result = runner.invoke(app, ["models", "--options", "miir"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    keys = list(get_entry("miir").cls.Config.model_fields)
+    assert [line.split()[0] for line in lines] == keys
+    starts = set()
+    for line, key in zip(lines, keys, strict=True):
+        rest = line[len(key) :]
+        assert rest[:2] == "  ", line  # at least two spaces after the name
+        starts.add(len(line) - len(rest.lstrip()))
+    assert len(starts) == 1  # every default begins in the same column
+    weights = next(line for line in lines if line.startswith("field_weights"))
+    assert "{'item_id': 3.0}  " in weights

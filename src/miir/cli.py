@@ -379,8 +379,12 @@ def models(
         _fail(exc)
     defaults = entry.cls.Config().model_dump()
     defaults.update(entry.preset)
-    for key, info in entry.cls.Config.model_fields.items():
-        typer.echo(f"{key:<18}{defaults[key]!r:<14}{info.description or ''}")
+    fields = entry.cls.Config.model_fields
+    shown = {key: repr(defaults[key]) for key in fields}
+    name_w = max(map(len, fields)) + 2
+    value_w = max(map(len, shown.values())) + 2
+    for key, info in fields.items():
+        typer.echo(f"{key:<{name_w}}{shown[key]:<{value_w}}{info.description or ''}")
 
 
 @app.command()
