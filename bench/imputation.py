@@ -329,13 +329,16 @@ def _distinguish(groups: list[dict]) -> None:
     configs are unknown or the same (the training options differ)."""
     import json
 
+    from miir.benchmark import KEY_NEUTRAL
+
     by_name: dict[tuple[str, str], list[dict]] = {}
     for g in groups:
         by_name.setdefault((g["artifact"]["path"], g["imputer"]), []).append(g)
     for alike in by_name.values():
         if len(alike) < 2:
             continue
-        configs = [g.pop("_config", None) or {} for g in alike]
+        # an option added after a run was recorded reads as its neutral value, not as null
+        configs = [({**KEY_NEUTRAL, **c} if (c := g.pop("_config", None)) else {}) for g in alike]
         keys = sorted({k for c in configs for k in c})
         differ = [
             k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1

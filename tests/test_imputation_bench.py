@@ -186,6 +186,26 @@ def test_groups_of_one_imputer_are_named_by_the_options_they_differ_in() -> None
     ]
 
 
+def test_an_option_a_group_was_recorded_without_reads_as_its_neutral_value() -> None:
+    """Runs recorded before ``multi_loss`` existed lack it in their configs: beside a group
+    trained with ``multi_loss=per_value`` they are named by its neutral value, not null."""
+    import numpy as np
+
+    bench = load_bench("imputation")
+    rng = np.random.default_rng(3)
+    rows = []
+    for group, extra in (("old", {}), ("new", {"multi_loss": "per_value"})):
+        for seed in (1, 2):
+            row = _row(f"MIIR ({group}{seed})", "model", group, seed, rng.random(200) < 0.5)
+            row["config"] = {"dropout": 0.1, **extra}
+            rows.append(row)
+    labels = [g["label"] for g in bench.seed_groups(rows)]
+    assert labels == [
+        'MIIR (multi_loss="mean"; seeds 1, 2: mean)',
+        'MIIR (multi_loss="per_value"; seeds 1, 2: mean)',
+    ]
+
+
 def test_run_identity_ignores_the_seed_machine_options_and_options_at_their_neutral_value(
     tmp_path,
 ) -> None:
