@@ -47,14 +47,18 @@ def main() -> None:
         "--reference", default="SASRec", help="The grid label whose level is the target."
     )
     ap.add_argument("--cores", type=int, default=2, help="The CPU machine's cores.")
-    ap.add_argument("--records", default=str(ROOT / "bench" / "results" / "runs"))
+    ap.add_argument(
+        "--records",
+        action="append",
+        help="Records folder (repeatable; default bench/results/runs).",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
     from miir.benchmark import RecordStore, load_grid, plan
     from miir.provenance import commit_label, run_record, write_result
 
-    store = RecordStore(args.records)
+    store = RecordStore(args.records or [ROOT / "bench" / "results" / "runs"])
     runs = [r for r in plan(load_grid(args.grid)) if r.setting == args.setting]
     found = [(r, store.find(r)) for r in runs]
     found = [(r, rec) for r, rec in found if rec is not None and curve(rec)]

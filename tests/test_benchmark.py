@@ -755,3 +755,22 @@ def test_recorded_runs_keep_their_keys() -> None:
         train = parse(TrainConfig, r["train_config"])
         sums = r["artifact"]["cases_sha256"], r["artifact"]["identity_sha256"]
         assert run_key(r["model"], model, train, *sums) == r["key"], path.name
+
+
+def test_records_are_read_from_several_folders_and_written_to_the_first(tmp_path) -> None:
+    """A store over several folders reads every record (the first folder wins a key held
+    twice) and finds each record's ranks in its own folder; new records go to the first."""
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    RecordStore(shared).write({"key": "k1", "v": "shared"}, {"full": np.array([3, 1])})
+    RecordStore(own).write({"key": "k2", "v": "own"}, {"full": np.array([7])})
+    (own / "k1.json").write_text(json.dumps({"key": "k1", "v": "copy"}), encoding="utf-8")
+    store = RecordStore([own, shared])
+    assert store.by_key["k1"]["v"] == "copy" and store.by_key["k2"]["v"] == "own"
+    assert store.ranks("k2")["full"].tolist() == [7]
+    assert RecordStore([shared, own]).by_key["k1"]["v"] == "shared"
+    assert RecordStore([shared, own]).ranks("k1")["full"].tolist() == [3, 1]
+    store.write({"key": "k3"}, {"full": np.array([2])})
+    assert (own / "k3.json").is_file() and not (shared / "k3.json").exists()
+    assert "`" + str(own) + "`, `" + str(shared) + "`" == store.describe()
+    with pytest.raises(ConfigError, match="no records folder"):
+        RecordStore([])

@@ -35,7 +35,9 @@ recorded at once as ``<records>/<key>.json`` (metrics of validation and
 test under every protocol, best epochs, epochs run, wall time, command, commit, machine) with
 its per-user test ranks in ``<records>/<key>.ranks.npz``, both written atomically. A rerun of
 the grid skips recorded runs; a run killed midway resumes from its run folder
-``<runs-root>/<key>`` (Lightning's last checkpoint).
+``<runs-root>/<key>`` (Lightning's last checkpoint). Records may be read from several folders
+(``--records`` repeated; new ones are written to the first), so a grid that shares runs with
+another grid reads that grid's folder instead of holding copies.
 
 **Tables.** For each data set and setting: rows are the metrics under each protocol (three
 blocks), columns the models in grid order (test metrics in %, mean ± sample std over seeds),
@@ -81,7 +83,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -830,14 +832,24 @@ def selected(run: PlannedRun, only: dict[str, set[str]]) -> bool:
 
 
 class RecordStore:
-    """Recorded runs: ``<root>/<key>.json`` and ``<root>/<key>.ranks.npz``."""
+    """Recorded runs: ``<root>/<key>.json`` and ``<root>/<key>.ranks.npz``, read from one or
+    more folders. New records are written to the first; a key recorded in several folders is
+    read from the first that holds it, so a grid can share the records of another grid's
+    folder instead of holding copies."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Sequence[str | Path]) -> None:
+        roots = [root] if isinstance(root, (str, Path)) else list(root)
+        if not roots:
+            raise ConfigError("no records folder given")
+        self.roots = [Path(r) for r in roots]
+        self.root = self.roots[0]
         self.by_key: dict[str, dict[str, Any]] = {}
-        if self.root.is_dir():
-            for path in sorted(self.root.glob("*.json")):
-                if path.name.startswith("."):
+        self._home: dict[str, Path] = {}
+        for folder in self.roots:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.json")):
+                if path.name.startswith(".") or path.stem in self.by_key:
                     continue
                 try:
                     record = json.loads(path.read_text(encoding="utf-8"))
@@ -845,6 +857,11 @@ class RecordStore:
                     raise ConfigError(f"{path}: not a valid run record ({exc})") from None
                 if isinstance(record, dict) and record.get("key") == path.stem:
                     self.by_key[path.stem] = record
+                    self._home[path.stem] = folder
+
+    def describe(self) -> str:
+        """The folders, as a table's header names them."""
+        return ", ".join(f"`{r}`" for r in self.roots)
 
     def find(self, run: PlannedRun) -> dict[str, Any] | None:
         """The record of ``run``: by its key, else its twin's (the same computation on another
@@ -891,7 +908,7 @@ class RecordStore:
         return max(same, key=lambda r: r.get("date", "")) if same else None
 
     def ranks_path(self, key: str) -> Path:
-        return self.root / f"{key}.ranks.npz"
+        return self._home.get(key, self.root) / f"{key}.ranks.npz"
 
     def write(self, record: dict[str, Any], ranks: dict[str, np.ndarray]) -> None:
         """Write the ranks, then the record (a record always has its ranks)."""
@@ -901,6 +918,7 @@ class RecordStore:
         atomic_npz(self.ranks_path(key), ranks, compressed=True)
         atomic_json(self.root / f"{key}.json", record)
         self.by_key[key] = record
+        self._home[key] = self.root
 
     def ranks(self, key: str) -> dict[str, np.ndarray] | None:
         path = self.ranks_path(key)
@@ -1159,7 +1177,7 @@ def run_benchmark(
     *,
     out: str | Path | None = None,
     runs_root: str | Path = "runs/benchmark",
-    records: str | Path = "bench/results/runs",
+    records: str | Path | Sequence[str | Path] = "bench/results/runs",
     only: Iterable[str] = (),
     dry_run: bool = False,
     tables_only: bool = False,
@@ -1642,7 +1660,7 @@ def write_report(
         f"# Benchmark: {grid.name}",
         "",
         f"- command: `{command or 'miir benchmark ' + str(grid.path)}`",
-        f"- grid: `{grid.path}`; records: `{store.root}`; run folders: `{runs_root}`",
+        f"- grid: `{grid.path}`; records: {store.describe()}; run folders: `{runs_root}`",
         f"- commit: {(now['commit'] or 'unknown')[:10]}"
         + (" (with uncommitted changes)" if now["dirty"] else "")
         + (

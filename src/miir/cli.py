@@ -476,8 +476,12 @@ def benchmark(
         Path, typer.Option(help="Run folders, one per run key (a killed run resumes from its own).")
     ] = Path("runs/benchmark"),
     records: Annotated[
-        Path, typer.Option(help="Recorded runs: <key>.json and <key>.ranks.npz.")
-    ] = Path("bench/results/runs"),
+        list[Path] | None,
+        typer.Option(
+            help="Recorded runs: <key>.json and <key>.ranks.npz (repeatable: all are read, new "
+            "records go to the first; default bench/results/runs)."
+        ),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(
@@ -502,7 +506,7 @@ def benchmark(
             grid,
             out=out,
             runs_root=runs_root,
-            records=records,
+            records=records or [Path("bench/results/runs")],
             only=only or [],
             dry_run=dry_run,
             tables_only=tables_only,
