@@ -771,6 +771,10 @@ def test_records_are_read_from_several_folders_and_written_to_the_first(tmp_path
     assert RecordStore([shared, own]).ranks("k1")["full"].tolist() == [3, 1]
     store.write({"key": "k3"}, {"full": np.array([2])})
     assert (own / "k3.json").is_file() and not (shared / "k3.json").exists()
+    third = tmp_path / "third"  # a key recorded in a later folder is rewritten in the first
+    RecordStore([third, shared]).write({"key": "k1", "v": "new"}, {"full": np.array([5])})
+    assert RecordStore(third).ranks("k1")["full"].tolist() == [5]
+    assert RecordStore(shared).ranks("k1")["full"].tolist() == [3, 1]  # left as it was
     assert "`" + str(own) + "`, `" + str(shared) + "`" == store.describe()
     with pytest.raises(ConfigError, match="no records folder"):
         RecordStore([])

@@ -915,10 +915,10 @@ class RecordStore:
         self.root.mkdir(parents=True, exist_ok=True)
         key = record["key"]
         ranks = {p: r.astype(np.int32) for p, r in ranks.items()}
+        self._home[key] = self.root  # the ranks beside the record, in the first folder
         atomic_npz(self.ranks_path(key), ranks, compressed=True)
         atomic_json(self.root / f"{key}.json", record)
         self.by_key[key] = record
-        self._home[key] = self.root
 
     def ranks(self, key: str) -> dict[str, np.ndarray] | None:
         path = self.ranks_path(key)
