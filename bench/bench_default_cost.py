@@ -1,5 +1,7 @@
-"""What the causal + next-item default costs per training step, beside the bidirectional recipe
-and beside the default with its next-item loss on a clean pass (``next_item_clean``).
+"""What the causal + next-item default costs per training step, beside the bidirectional recipe,
+beside the default with its next-item loss on a clean pass (``next_item_clean``) and beside the
+default with Eq. 11's multi-valued loss (``multi_loss='mean'``, the default before the per-value
+loss: the same sum over the values, divided by another count).
 
     python bench/bench_default_cost.py --data artifacts/beauty [--steps 40 --rounds 5]
 
@@ -43,6 +45,8 @@ VARIANTS = {
     "default": {},
     # the next-item loss on a second, unmasked pass (issue 9's lever after causal + next-item)
     "clean next-item": {"next_item_clean": True},
+    # Eq. 11's multi-valued loss, the default before the per-value one (issue 9)
+    "mean multi loss": {"multi_loss": "mean"},
 }
 
 
@@ -129,7 +133,8 @@ def main() -> None:
         rows=rows,
     )
     lines = [
-        "# What the causal + next-item default (and its clean next-item pass) costs per step",
+        "# What the causal + next-item default (and its clean next-item pass, and Eq. 11's "
+        "multi loss) costs per step",
         "",
         f"{header_line(info)}.",
         f"{args.rounds} interleaved rounds of {args.steps} packed batches of {args.batch} "

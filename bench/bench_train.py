@@ -128,7 +128,10 @@ class NaiveMIIR(nn.Module):
             elif f.kind == FieldKind.MULTI_CATEGORICAL:
                 lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
                 hot = codec.multi_hot(vals, lg)
-                per = F.binary_cross_entropy_with_logits(lg, hot, reduction="none").mean(-1)
+                bce = F.binary_cross_entropy_with_logits(lg, hot, reduction="none")
+                per = (  # Eq. 11's mean over the values, or per true value
+                    bce.mean(-1) if codec.norm == "mean" else bce.sum(-1) / hot.sum(-1).clamp(min=1)
+                )
             else:
                 lg = h @ codec.table.weight[FIRST_VALUE_ID:].T  # (B, n, V)
                 truth = (vals - FIRST_VALUE_ID).clamp(min=0)

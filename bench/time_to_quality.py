@@ -37,6 +37,20 @@ def epochs_to(values: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(values) if v >= target), None)
 
 
+def machines(rows: list[dict[str, Any]]) -> str:
+    """The CPUs a row's runs trained on, with counts, shortest names first seen first
+    ("Xeon 2, AMD EPYC 1"): two machines run the same step at different speeds, so seconds
+    per epoch compare within one machine only."""
+    names = [
+        (r.get("cpu") or "unknown")
+        .replace("Intel(R) ", "")
+        .replace("(R)", "")
+        .replace(" Processor", "")
+        for r in rows
+    ]
+    return ", ".join(f"{n} {names.count(n)}" for n in dict.fromkeys(names))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,11 +114,14 @@ def main() -> None:
         f"recorded seeds' best ({', '.join(f'{v:.4f}' for v in refs)}), {args.setting} data. "
         "Minutes = epochs to the target x training seconds per epoch (validation included). "
         f"Medians over the runs on {args.cores} CPU cores; runs elsewhere (a GPU machine) and "
-        "runs that never reached the target are listed in the JSON.",
+        "runs that never reached the target are listed in the JSON. Machines: the CPUs the "
+        "runs trained on; two CPUs run the same step at different speeds, so seconds per epoch "
+        "compare within one machine (a per-step cost is measured side by side in one process, "
+        "`bench/bench_default_cost.py`).",
         "",
         f"| model | runs on {args.cores} cores | reached | median epochs | median s/epoch | "
-        "median minutes to the target | best validation (median) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "median minutes to the target | best validation (median) | machines |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label in labels:
         mine = [r for r in rows if r["label"] == label and r["cores"] == args.cores]
@@ -119,7 +136,7 @@ def main() -> None:
         lines.append(
             f"| {label} | {len(mine)} | {len(hit)} | {med('epochs_to_target')} | "
             f"{med('s_per_epoch', mine)} | {med('minutes_to_target')} | "
-            f"{statistics.median(r['best_valid'] for r in mine):.4f} |"
+            f"{statistics.median(r['best_valid'] for r in mine):.4f} | {machines(mine)} |"
         )
     write_result(Path(args.out), "time_to_quality", info, lines)
     print(json.dumps(info["target"]))

@@ -241,6 +241,7 @@ def test_only_label_picks_one_column_where_model_picks_its_kin() -> None:
     by_label = [r.label for r in columns if selected(r, parse_only(["label=MIIR"]))]
     assert by_model == [
         "MIIR",
+        "MIIR (mean multi loss)",
         "MIIR (mask 0.5)",
         "MIIR (sequence mean)",
         "MIIR (bidirectional)",
@@ -547,18 +548,28 @@ def test_shipped_grids_are_valid() -> None:
     root = Path(__file__).resolve().parents[1] / "bench" / "grids"
     beauty = load_grid(root / "beauty.yaml")
     names = [m.name for m in beauty.spec.models]
-    assert names[:12] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 6
-    # the default MIIR and, for reference, the same recipe with the paper's MII mask ratio 0.5
-    # (the default before the mask ratio 0.3), with Eq. 13's sequence mean (the default before
-    # the item mean), its bidirectional form (also on the discard data: Table 11 compares how
-    # the two attentions impute), with the clean next-item pass (issue 9's lever, given data
-    # only) and the recipe before issue 9 (given data only), the bidirectional and the last
-    # pinned to the paper's attention; every reference row keeps the mask ratio 0.5 it ran
-    # with, and every row after the item-mean one the sequence mean
-    default, mask05, sequence_mean, bidirectional, clean, previous = beauty.spec.models[6:12]
-    assert "loss_mean" not in default.model and "mask_prob" not in default.model
-    assert mask05.model == {**default.model, "mask_prob": 0.5} and mask05.label == "MIIR (mask 0.5)"
+    assert names[:13] == ["gru4rec", "sasrec", "bert4rec", "prnn", "fdsa", "nova"] + ["miir"] * 7
+    # the default MIIR and, for reference, the same recipe with Eq. 11's multi loss (the default
+    # before the per-value loss), with the paper's MII mask ratio 0.5 (the default before the
+    # mask ratio 0.3), with Eq. 13's sequence mean (the default before the item mean), its
+    # bidirectional form (also on the discard data: Table 11 compares how the two attentions
+    # impute), with the clean next-item pass (issue 9's lever, given data only) and the recipe
+    # before issue 9 (given data only), the bidirectional and the last pinned to the paper's
+    # attention; every reference row keeps Eq. 11's multi loss, every row after it the mask
+    # ratio 0.5 it ran with, and every row after the item-mean one the sequence mean
+    miirs = beauty.spec.models[6:13]
+    default, mean_multi, mask05, sequence_mean, bidirectional, clean, previous = miirs
+    assert set(default.model) == {"fields"}  # the class defaults, nothing pinned
+    assert mean_multi.model == {**default.model, "multi_loss": "mean"}
+    assert mean_multi.label == "MIIR (mean multi loss)" and mean_multi.seeds == [1, 2, 3]
+    assert mask05.model == {**mean_multi.model, "mask_prob": 0.5}
+    assert mask05.label == "MIIR (mask 0.5)"
     refs = (mask05, sequence_mean, bidirectional, clean, previous)
+    assert all(m.model["multi_loss"] == "mean" for m in refs)
+    # MIIR's variants keep Eq. 11's multi loss too: they were run with it
+    kinds = ("miir-r", "miir-f", "miir-m", "miir-r-m", "sparse-miir", "sparse-miir-r")
+    variants = [m for m in beauty.spec.models if m.name in kinds]
+    assert len(variants) == 6 and all(m.model["multi_loss"] == "mean" for m in variants)
     assert all(m.model["mask_prob"] == 0.5 for m in refs)
     assert all(m.model["loss_mean"] == "sequence" for m in refs[1:])
     assert sequence_mean.settings is None and sequence_mean.seeds == [1, 2, 3]
@@ -585,7 +596,7 @@ def test_shipped_grids_are_valid() -> None:
         m.label or m.name for m in beauty.spec.models if m not in lever and m.label not in dropped
     ]
     refs = [m for m in sports.spec.models if (m.label or "").startswith("MIIR (")]
-    assert [(m.seeds, m.settings) for m in refs] == [([1], ["given"])] * 2
+    assert [(m.seeds, m.settings) for m in refs] == [([1, 2, 3], None)] + [([1], ["given"])] * 2
     assert [c.path.name for c in grid_cases(sports)] == ["sports", "sports-d"]
     smoke = load_grid(root / "smoke.yaml")
     assert smoke.spec.train["max_epochs"] == 1

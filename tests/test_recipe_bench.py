@@ -37,3 +37,23 @@ def test_a_run_record_names_the_commit_read_before_training_and_the_machine(
     assert saved["commit"] == "a" * 40 and saved["dirty"] is False
     assert saved["machine"]["cpu"] and saved["machine"]["native_bf16"] in (True, False)
     assert saved["arm"] == arm and saved["kind"] == "screen2" and saved["seconds_per_epoch"] == 3.0
+
+
+def test_time_to_quality_counts_epochs_to_the_target_and_names_each_rows_machines() -> None:
+    """bench/time_to_quality.py: the first epoch (from 1) at or above the target, None when the
+    curve never gets there; a row names the CPUs its runs trained on, since two machines run
+    one step at different speeds."""
+    ttq = load_bench("time_to_quality")
+    assert ttq.epochs_to([0.01, 0.049, 0.05, 0.06], 0.05) == 3
+    assert ttq.epochs_to([0.01, 0.02], 0.05) is None
+    record = {
+        "curve": [{"valid/full/NDCG@10": 0.02}, {"train/loss": 1.0}, {"valid/full/NDCG@10": 0.03}]
+    }
+    assert ttq.curve(record) == [0.02, 0.03]
+    rows = [
+        {"cpu": "Intel(R) Xeon(R) Processor"},
+        {"cpu": "AMD EPYC"},
+        {"cpu": "Intel(R) Xeon(R) Processor"},
+        {},
+    ]
+    assert ttq.machines(rows) == "Xeon 2, AMD EPYC 1, unknown 1"
