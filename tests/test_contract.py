@@ -165,6 +165,30 @@ def test_save_load_gives_identical_scores(name: str, tmp_path) -> None:
         assert loaded.catalogue.vocabs["brand"][2] == "b0"
 
 
+def test_a_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path) -> None:
+    """A saved config that lacks an option predates it: the option is filled in at the value
+    that reproduces the old behaviour (:data:`miir.options.NEUTRAL_OPTIONS`), not at today's
+    default. A model saved before ``multi_loss`` trained with Eq. 11's mean, one saved before
+    ``causal`` attended both ways; an option the config holds is read as saved."""
+    import json
+
+    model = small("miir", config={"causal": False, "next_item_weight": 0.0}).eval()
+    assert model.config.multi_loss == "per_value"  # today's default
+    path = save_checkpoint(model, tmp_path / "old")
+    meta = json.loads((path / "model.json").read_text())
+    for option in ("multi_loss", "causal", "next_item_weight"):
+        del meta["config"][option]
+    (path / "model.json").write_text(json.dumps(meta))
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config.multi_loss == "mean" and loaded.config.causal is False
+    assert loaded.config.next_item_weight == 0.0
+    history = windows(n=MAX_LEN - 1, seed=5)
+    assert torch.equal(model.score(history), loaded.score(history))
+    # today's checkpoints hold every option: nothing is filled in
+    again, _ = load_checkpoint(save_checkpoint(model, tmp_path / "new"))
+    assert again.config == model.config and again.config.multi_loss == "per_value"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_under_a_seed(name: str) -> None:
     a, b = small(name, seed=3), small(name, seed=3)

@@ -101,6 +101,7 @@ from pydantic import (
 
 from miir.atomic import atomic_figure, atomic_json, atomic_npz, atomic_write_text
 from miir.errors import ConfigError
+from miir.options import NEUTRAL_OPTIONS
 from miir.provenance import git_commit, machine
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -109,34 +110,11 @@ FIGURE_METRICS = ("HR@10", "NDCG@10")
 SELECT_BY = ("full", "NDCG@10")
 #: train options that change no result, left out of a run's key
 NOT_KEYED = frozenset({"progress"})
-#: options added after runs were first recorded, at the value that changes nothing: an option
-#: at this value is left out of a run's key (and of the adoption check), so that adding an
-#: option never invalidates the runs recorded before it existed
-KEY_NEUTRAL: dict[str, Any] = {
-    # model options (MIIR, issue 9)
-    "last_item_prob": 0.0,
-    "last_item_clean": False,
-    "embedding_init": "xavier",
-    "norm_first": False,  # MIIR only (SASRec and FDSA always record theirs)
-    "causal": False,  # MIIR (issue 9)
-    "next_item_weight": 0.0,  # MIIR (issue 9)
-    "next_item_clean": False,  # MIIR (issue 9)
-    "next_item_exclude_history": False,  # MIIR (issue 9)
-    "next_item_fraction": 1.0,  # MIIR (issue 9)
-    "sampled_negatives": 0,  # MIIR (issue 9)
-    "side_output": False,  # MIIR (issue 9)
-    "readout": "id",  # MIIR (issue 9)
-    "id_stream": False,  # MIIR (issue 9)
-    "fusion": "dense",  # MIIR (issue 9)
-    "loss_mean": "sequence",  # MIIR (issue 9; BERT4Rec has its own loss_norm)
-    "multi_loss": "mean",  # MIIR (issue 9)
-    "rfs_prob": 0.0,  # FDSA and NOVA (issue 10)
-    # train options (issue 9)
-    "weight_decay": 0.0,
-    "warmup_epochs": 0.0,
-    "lr_schedule": "constant",
-    "copies": 1,
-}
+#: options added after runs were first recorded, at the value that changes nothing
+#: (:data:`miir.options.NEUTRAL_OPTIONS`): an option at this value is left out of a run's
+#: key (and of the adoption check), so that adding an option never invalidates the runs
+#: recorded before it existed
+KEY_NEUTRAL: dict[str, Any] = NEUTRAL_OPTIONS
 
 
 def keyed_config(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from miir.errors import MiirError
 from miir.models import build_model, get_entry
 from miir.models.base import SequenceModel
 from miir.models.fields import ItemCatalogue
+from miir.options import NEUTRAL_OPTIONS
 
 CHECKPOINT_FORMAT = 2
 
@@ -92,6 +93,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def saved_config(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's values, with every option added since it was written filled in at the
+    value that reproduces how it was trained (:data:`miir.options.NEUTRAL_OPTIONS`), not at
+    today's default: a model saved before ``multi_loss`` existed keeps Eq. 11's mean."""
+    if not isinstance(values, dict):
+        raise TypeError(f"config is a {type(values).__name__}, not a table")
+    fields = getattr(cls, "model_fields", {})
+    return {**{k: v for k, v in NEUTRAL_OPTIONS.items() if k in fields}, **values}
+
+
 def load_checkpoint(
     path: str | Path, *, map_location: str = "cpu"
 ) -> tuple[SequenceModel, dict[str, Any]]:
@@ -105,7 +116,7 @@ def load_checkpoint(
     try:
         name = meta["model"]
         entry = get_entry(name)
-        config = entry.cls.Config.model_validate(meta["config"])
+        config = entry.cls.Config.model_validate(saved_config(entry.cls.Config, meta["config"]))
         catalogue = ItemCatalogue.from_json(meta["catalogue"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / 'model.json'}: damaged ({exc}); {RETRAIN}") from None
