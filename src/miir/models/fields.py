@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from miir.data.artifact import Artifact
 
 ID_FIELD = "item_id"
-#: a multi-valued field's loss normalisations (:class:`MultiCodec`)
-MULTI_LOSS_NORMS = ("mean", "per_value")
+#: a multi-valued field's loss normalisations (:class:`MultiCodec`; ``MIIRConfig.multi_loss``)
+MultiLoss = Literal["mean", "per_value"]
+MULTI_LOSS_NORMS: tuple[str, ...] = get_args(MultiLoss)
 
 
 @dataclass(frozen=True)

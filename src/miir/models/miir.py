@@ -109,7 +109,7 @@ from miir.models.batch import (
     padded_rows,
     trim_left_padding,
 )
-from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue
+from miir.models.fields import ID_FIELD, FieldEncoder, FieldInfo, ItemCatalogue, MultiLoss
 from miir.models.layers import Block, Dropout, PreLNBlock, xavier_init
 from miir.models.masking import (
     Masked,
@@ -353,7 +353,7 @@ class MIIRConfig(SideInfoConfig):
             )
         return self
 
-    multi_loss: Literal["mean", "per_value"] = Field(
+    multi_loss: MultiLoss = Field(
         "per_value",
         description="A multi-valued field's loss (categories): 'per_value' (the default: the "
         "binary cross-entropy summed over the field's values and divided by the item's number "
