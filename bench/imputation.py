@@ -329,7 +329,7 @@ def _distinguish(groups: list[dict]) -> None:
     configs are unknown or the same (the training options differ)."""
     import json
 
-    from miir.benchmark import KEY_NEUTRAL
+    from miir.options import NEUTRAL_OPTIONS
 
     by_name: dict[tuple[str, str], list[dict]] = {}
     for g in groups:
@@ -338,7 +338,9 @@ def _distinguish(groups: list[dict]) -> None:
         if len(alike) < 2:
             continue
         # an option added after a run was recorded reads as its neutral value, not as null
-        configs = [({**KEY_NEUTRAL, **c} if (c := g.pop("_config", None)) else {}) for g in alike]
+        configs = [
+            ({**NEUTRAL_OPTIONS, **c} if (c := g.pop("_config", None)) else {}) for g in alike
+        ]
         keys = sorted({k for c in configs for k in c})
         differ = [
             k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1

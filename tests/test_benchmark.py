@@ -747,16 +747,16 @@ def test_claims_are_held_only_beyond_the_noise_and_the_seed_spread() -> None:
 
 def test_recorded_runs_keep_their_keys() -> None:
     """Every committed record's key recomputes from its own configs: an option added to a
-    config must enter ``KEY_NEUTRAL`` at the value that reproduces the old behaviour, or
-    every recorded run of that model silently turns into "to run". (Options a record lacks
-    predate it and were at their neutral value.)"""
-    from miir.benchmark import KEY_NEUTRAL, run_key
+    config must enter ``miir.options.NEUTRAL_OPTIONS`` at the value that reproduces the old
+    behaviour, or every recorded run of that model silently turns into "to run". (Options a
+    record lacks predate it and were at their neutral value.)"""
+    from miir.benchmark import run_key
     from miir.models import get_entry
+    from miir.training.checkpoint import saved_config
     from miir.training.train import TrainConfig
 
     def parse(cls: type, values: dict) -> object:
-        neutral = {k: v for k, v in KEY_NEUTRAL.items() if k in cls.model_fields}
-        return cls(**{**neutral, **values})
+        return cls(**saved_config(cls, values))  # as a checkpoint's config is read
 
     records = sorted((Path(__file__).resolve().parents[1] / "bench/results/runs").glob("*.json"))
     assert records, "no committed benchmark records"

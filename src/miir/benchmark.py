@@ -110,20 +110,16 @@ FIGURE_METRICS = ("HR@10", "NDCG@10")
 SELECT_BY = ("full", "NDCG@10")
 #: train options that change no result, left out of a run's key
 NOT_KEYED = frozenset({"progress"})
-#: options added after runs were first recorded, at the value that changes nothing
-#: (:data:`miir.options.NEUTRAL_OPTIONS`): an option at this value is left out of a run's
-#: key (and of the adoption check), so that adding an option never invalidates the runs
-#: recorded before it existed
-KEY_NEUTRAL: dict[str, Any] = NEUTRAL_OPTIONS
 
 
 def keyed_config(values: dict[str, Any]) -> dict[str, Any]:
     """A dumped config without display-only options and without options at their neutral
-    value (see :data:`KEY_NEUTRAL`)."""
+    value (:data:`miir.options.NEUTRAL_OPTIONS`), so that adding an option never changes the
+    key (or the adoption check) of the runs recorded before it existed."""
     return {
         k: v
         for k, v in values.items()
-        if k not in NOT_KEYED and not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])
+        if k not in NOT_KEYED and not (k in NEUTRAL_OPTIONS and v == NEUTRAL_OPTIONS[k])
     }
 
 

@@ -4,7 +4,7 @@ A saved config or a run record that lacks one of them predates it, and was train
 behaviour the option's neutral value below reproduces, whatever today's default is: loading a
 checkpoint fills an absent option in at this value (a model saved before ``multi_loss``
 existed was trained with Eq. 11's mean, not today's per-value default), and a run's key leaves
-an option at this value out (:data:`miir.benchmark.KEY_NEUTRAL`), so that adding an option
+an option at this value out (:func:`miir.benchmark.keyed_config`), so that adding an option
 never invalidates the runs recorded before it. Every option added from now on enters here.
 """
 

@@ -7,8 +7,9 @@ under a run's own options.
   (no early stop before), Xavier initialisation, and for MIIR and its variants dropout 0.5,
   mask probability 0.5, no whole-item or last-item masking, bidirectional DFSA scored
   from the appended query item (no causal attention, no next-item loss), the loss averaged
-  per sequence (Eq. 13), a multi-valued field's cross-entropy averaged over its values (Eq. 11). Baselines keep their own model options (the paper sets them
-  "following the suggestions from the original papers").
+  per sequence (Eq. 13), a multi-valued field's cross-entropy averaged over its values
+  (Eq. 11). Baselines keep their own model options (the paper sets them "following the
+  suggestions from the original papers").
 
 The order is: preset, then a config file's tables, then command-line options.
 """

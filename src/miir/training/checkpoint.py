@@ -97,10 +97,7 @@ def saved_config(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """A saved config's values, with every option added since it was written filled in at the
     value that reproduces how it was trained (:data:`miir.options.NEUTRAL_OPTIONS`), not at
     today's default: a model saved before ``multi_loss`` existed keeps Eq. 11's mean."""
-    if not isinstance(values, dict):
-        raise TypeError(f"config is a {type(values).__name__}, not a table")
-    fields = getattr(cls, "model_fields", {})
-    return {**{k: v for k, v in NEUTRAL_OPTIONS.items() if k in fields}, **values}
+    return {**{k: v for k, v in NEUTRAL_OPTIONS.items() if k in cls.model_fields}, **values}
 
 
 def load_checkpoint(
