@@ -396,8 +396,10 @@ def test_significance_errors() -> None:
         paired_significance(_ranks(1, 2), _ranks(2, 1), metric="recall@5")
 
 
-def test_evaluate_scores_returns_ranks_in_row_order() -> None:
-    """Rows are scored in order of history length; the ranks come back in the rows' order."""
+@pytest.mark.parametrize("wide", [torch.int64, torch.int32])
+def test_evaluate_scores_returns_ranks_in_row_order(wide: torch.dtype) -> None:
+    """Rows are scored in order of history length; the ranks come back in the rows' order.
+    ``negatives`` and ``seen`` as int32 (as ``EvalRows`` keeps them) rank the same."""
     g = torch.Generator().manual_seed(0)
     U, n, N = 37, 6, 25
     history = torch.randint(2, N + 2, (U, n), generator=g)
@@ -411,7 +413,9 @@ def test_evaluate_scores_returns_ranks_in_row_order() -> None:
         return table[None, :] * (h != 0).sum(1, keepdim=True) + table[h].sum(1, keepdim=True)
 
     seen = history.clone()  # the earlier items (here: the history itself), 0-padded
-    _, ranks = evaluate_scores(score_fn, history, target, negatives, seen, batch_size=4)
+    _, ranks = evaluate_scores(
+        score_fn, history, target, negatives.to(wide), seen.to(wide), batch_size=4
+    )
     scores = score_fn(history)
     assert torch.equal(ranks["full"], target_ranks(scores, target))
     cand = scores.gather(1, torch.cat([target[:, None], negatives], 1))

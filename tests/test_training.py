@@ -40,6 +40,9 @@ def test_windows_and_eval_rows(planted_artifact) -> None:
     assert valid.history.shape == (240, 7)
     assert valid.history[0].tolist() == seq0[3:10].tolist() and valid.target[0] == seq0[10]
     assert test.history[0].tolist() == seq0[4:11].tolist() and test.target[0] == seq0[11]
+    # the wide id tables are int32 (issue 9: memory); every earlier item is in ``seen``
+    assert valid.negatives.dtype == valid.seen.dtype == torch.int32
+    assert valid.seen[0][valid.seen[0] != 0].tolist() == seq0[:10].tolist()
     # the windows hold exactly the training parts seq[:-2], each item once: no validation or
     # test target reaches training
     train_items = sorted(int(i) for u in range(art.n_users) for i in art.sequence(u)[:-2])

@@ -38,10 +38,10 @@ PROTOCOL_LABELS = {
 
 
 def history_exclusion(scores: Tensor, seen: Tensor, target: Tensor) -> Tensor:
-    """(B, N + 2) bool: the items of each user's earlier history (``seen`` (B, S), 0-padded),
-    never the target."""
+    """(B, N + 2) bool: the items of each user's earlier history (``seen`` (B, S), 0-padded,
+    any integer dtype), never the target."""
     exclude = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    exclude.scatter_(1, seen.to(scores.device), True)
+    exclude.scatter_(1, seen.to(scores.device, torch.long), True)
     exclude[:, 0] = False  # the padding id (its score is -inf anyway)
     exclude[torch.arange(len(target), device=scores.device), target] = False
     return exclude
@@ -59,12 +59,14 @@ class ProtocolRanks:
 
     def update(self, scores: Tensor, target: Tensor, negatives: Tensor, seen: Tensor) -> None:
         """scores (B, N + 2) over item ids; target (B,); negatives (B, K); seen (B, S) the
-        user's earlier items (0-padded)."""
+        user's earlier items (0-padded). ``negatives`` and ``seen`` may hold int32 ids (as
+        :class:`miir.training.data.EvalRows` keeps them); they are widened here, one chunk
+        at a time."""
         self.full.update(target_ranks(scores, target))
         self.full_masked.update(
             target_ranks(scores, target, history_exclusion(scores, seen, target))
         )
-        cand = scores.gather(1, torch.cat([target[:, None], negatives], dim=1))  # (B, 1 + K)
+        cand = scores.gather(1, torch.cat([target[:, None], negatives.long()], dim=1))  # (B, 1 + K)
         self.sampled.update(sampled_ranks(cand[:, 0], cand[:, 1:]))
 
     def ranks(self) -> dict[str, Tensor]:

@@ -32,8 +32,8 @@ from torch.utils.data import Dataset, Sampler
 from miir.data.artifact import Artifact
 
 
-def _right_aligned(seqs: list[np.ndarray], width: int) -> np.ndarray:
-    out = np.zeros((len(seqs), width), dtype=np.int64)  # (R, width), 0 = padding
+def _right_aligned(seqs: list[np.ndarray], width: int, dtype: type = np.int64) -> np.ndarray:
+    out = np.zeros((len(seqs), width), dtype=dtype)  # (R, width), 0 = padding
     for r, s in enumerate(seqs):
         s = s[-width:]
         if len(s):
@@ -109,11 +109,21 @@ class LengthBuckets(Sampler[int]):
         return iter(torch.cat(self.batches()).tolist())
 
 
+#: dtype of :class:`EvalRows`' wide id tables (an item id fits: catalogues stay below 2**31)
+WIDE_ID_DTYPE = np.int32
+
+
 @dataclass
 class EvalRows:
     """Evaluation inputs of one stage: (U, max_len - 1) histories, (U,) targets, (U, K)
     negatives, and (U, S) every earlier item of each user, 0-padded (the ``full_masked``
-    protocol removes them from the ranking)."""
+    protocol removes them from the ranking).
+
+    The two wide tables, ``negatives`` and ``seen``, hold item ids as int32
+    (:data:`WIDE_ID_DTYPE`): on amazon-beauty they are 50 MiB of int64 per split (``seen`` is
+    as wide as the longest history, 202 items), resident through every validation epoch of a
+    training run (issue 9: memory); evaluation widens them per chunk where they index
+    (:class:`miir.evaluation.evaluate.ProtocolRanks`)."""
 
     history: Tensor
     target: Tensor
@@ -133,9 +143,9 @@ def eval_rows(artifact: Artifact, stage: str, max_len: int) -> EvalRows:
     return EvalRows(
         history=torch.from_numpy(_right_aligned(hist, max_len - 1)),
         target=torch.from_numpy(targets.astype(np.int64)),
-        negatives=torch.from_numpy(negatives.astype(np.int64)),
+        negatives=torch.from_numpy(negatives.astype(WIDE_ID_DTYPE)),
         users=torch.arange(artifact.n_users),
-        seen=torch.from_numpy(_right_aligned(hist, max(longest, 1))),
+        seen=torch.from_numpy(_right_aligned(hist, max(longest, 1), WIDE_ID_DTYPE)),
     )
 
 
