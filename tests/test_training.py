@@ -183,28 +183,45 @@ def test_validation_scores_in_float32_under_bf16_training() -> None:
 def test_no_trainer_outlives_its_stage(planted_artifact, tmp_path, monkeypatch) -> None:
     """By the final evaluation every stage's trainer is gone, with its module, optimizer state
     and validation rows (a callback kept past ``fit`` held them all through Lightning's bound
-    ``log`` methods: issue 9, ~90 MiB of heap on amazon-beauty)."""
+    ``log`` methods: issue 9, ~90 MiB of heap on amazon-beauty), and the artifact holds no
+    field tables (the model's buffers have what it reads). During a fit the validation rows
+    exist once, reordered for the loader: no ``EvalRows`` in user order is held beside them."""
     import gc
 
     import lightning as L
 
+    import miir.training.module as module_module
     import miir.training.train as train_module
+    from miir.data.artifact import Artifact
+    from miir.training.data import EvalRows
 
     kinds = (L.Trainer, L.LightningModule, torch.optim.Optimizer)
     gc.collect()
-    before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}  # other tests' objects
-    alive = []
-    original = train_module.evaluate_scores
+    before = {id(o) for o in gc.get_objects() if isinstance(o, (*kinds, EvalRows, Artifact))}
+    alive, tables, rows = [], [], []
+    original, original_ranks = train_module.evaluate_scores, module_module.ProtocolRanks
+
+    def new(kind: type) -> list:
+        return [o for o in gc.get_objects() if isinstance(o, kind) and id(o) not in before]
 
     def count(*args, **kwargs):
         gc.collect()
-        alive.append(sum(isinstance(o, kinds) and id(o) not in before for o in gc.get_objects()))
+        alive.append(len(new(kinds)))
+        tables.append(sum("fields" in a.__dict__ for a in new(Artifact)))
         return original(*args, **kwargs)
 
+    def ranks(*args, **kwargs):  # at the start of each validation epoch
+        gc.collect()
+        rows.append(len(new(EvalRows)))
+        return original_ranks(*args, **kwargs)
+
     monkeypatch.setattr(train_module, "evaluate_scores", count)
+    monkeypatch.setattr(module_module, "ProtocolRanks", ranks)
     cfg = TrainConfig(max_epochs=1, limit_train_batches=2, **FAST)
     train(planted_artifact, tmp_path / "g", "miir-f", small_model("miir-f"), cfg)
     assert alive == [0, 0]  # valid and test, after both stages of MIIR-F
+    assert tables == [0, 0]
+    assert len(rows) >= 2 and not any(rows)  # each stage validated once at least
 
 
 def test_resumed_early_stopping_keeps_the_configured_patience() -> None:

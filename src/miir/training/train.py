@@ -392,6 +392,7 @@ def train(
     artifact = Artifact(artifact_path)
     manifest_sha = hashlib.sha256((Path(artifact_path) / "manifest.json").read_bytes()).hexdigest()
     net = build_model(artifact, config, model)
+    artifact.release_fields()  # the model's buffers hold what it reads of them
     run_info = {
         "model": net.registry_name,
         "variant": net.display_name(),
