@@ -28,13 +28,14 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+from childproc import run_child
+from memory_run import status_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("categories", "brand", "title")
@@ -80,9 +81,8 @@ def heap_mib() -> dict[str, float] | None:
 
 def proc_mib() -> dict[str, float]:
     """``{"rss": VmRSS, "peak": VmHWM}`` of this process, in MiB."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        d = dict(x.split(":", 1) for x in f if x.startswith(("VmRSS", "VmHWM")))
-    return {"rss": int(d["VmRSS"].split()[0]) / 1024, "peak": int(d["VmHWM"].split()[0]) / 1024}
+    got = status_mib(os.getpid())
+    return {"rss": got["VmRSS"], "peak": got["VmHWM"]}
 
 
 def sample(tag: str, start: float) -> dict[str, Any]:
@@ -178,15 +178,20 @@ def table(records: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: one trace in a fresh process (:func:`childproc.run_child`): argv data, epochs, threads, every, seed
+CHILD = r"""
+import json, sys
+sys.path.insert(0, "bench")
+from heap_trace import trace
+data, epochs, threads, every, seed = sys.argv[1], *map(int, sys.argv[2:])
+print("RESULT " + json.dumps({"samples": trace(data, epochs, threads, every, seed)}))
+"""
+
+
 def child(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One trace in a fresh process (this script with ``--child``): its samples."""
-    cmd = [sys.executable, __file__, "--child", "--data", args.data, "--epochs", str(args.epochs)]
-    cmd += ["--threads", str(args.threads), "--every", str(args.every), "--seed", str(args.seed)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    line = [x for x in proc.stdout.splitlines() if x.startswith("SAMPLES ")][-1]
-    return json.loads(line[len("SAMPLES ") :])
+    """One trace in a fresh process: its samples."""
+    argv = [args.data, *map(str, (args.epochs, args.threads, args.every, args.seed))]
+    return run_child(CHILD, *argv, env={"OMP_NUM_THREADS": str(args.threads)})["samples"]
 
 
 def main() -> None:
@@ -199,14 +204,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="Fresh processes (medians reported).")
     ap.add_argument("--label", default="today")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "heap_trace"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if heap_mib() is None:
         raise SystemExit("heap_trace needs glibc's mallinfo2 (Linux, glibc 2.33 or later)")
-    if args.child:
-        samples = trace(args.data, args.epochs, args.threads, args.every, args.seed)
-        print("SAMPLES " + json.dumps(samples))
-        return
     from miir.provenance import git_commit, run_record
 
     commit = git_commit()  # the code on the path (a worktree's under PYTHONPATH)

@@ -6,6 +6,7 @@ run, and the bench scripts as modules."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +24,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load_bench(name: str) -> ModuleType:
-    """The script ``bench/<name>.py`` as a module (``bench/`` is not a package)."""
+    """The script ``bench/<name>.py`` as a module (``bench/`` is not a package); ``bench/`` goes
+    on the path, as when a script runs, so that it imports its siblings (``childproc``)."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
