@@ -1,22 +1,29 @@
-"""Training step time and memory with the fused, chunked full-softmax cross-entropy against
-``F.cross_entropy`` on the full logits (issue 9: a faster epoch, memory under 1 GB).
+"""Training step time and memory of the full-softmax cross-entropy's forms (issue 9: a faster
+epoch, memory under 1 GB).
 
     python bench/bench_softmax.py --data artifacts/beauty [--steps 30 --rounds 5 --mem-steps 100]
+    python bench/bench_softmax.py --forms unfused,recompute --name softmax   # the first record
 
 Every ID loss (MIIR's item-ID cloze and next-item losses, its categorical field losses,
-SASRec's next-item loss) is a softmax over a whole table. ``miir.models.softmax`` computes it
-in chunks of rows and recomputes the logits in the backward pass instead of keeping them; the
-unfused form, the code before it, is ``F.cross_entropy((h @ table.T).float(), target)``,
-swapped in here for the comparison.
+SASRec's next-item loss) is a softmax over a whole table. The forms, the first named in
+``--forms`` the baseline of the ratios:
 
-1. Same loss: one batch and mask, dropout off, float32: the two forms' losses and gradients.
-2. Time: for the default MIIR and for SASRec, both forms run the same packed batches (MIIR:
-   the same masks) in interleaved rounds, in float32 and under bf16 autocast; reported are the
-   median over rounds of the mean step time and the median of the per-round ratio.
+- ``unfused``: ``F.cross_entropy((h @ table.T).float(), target)``, the (M, N) logits kept by
+  autograd (the code before ``miir.models.softmax``), swapped in for the comparison;
+- ``recompute``: ``miir.models.softmax`` in chunks of rows, the backward pass recomputing each
+  chunk's logits (its only form until the softmax was kept);
+- ``keep``: the same, the softmax kept from the forward pass under a 16-bit dtype (the default;
+  identical to ``recompute`` in float32).
+
+1. Same loss: one batch and mask, dropout off, float32 and bf16: each form's loss and largest
+   gradient difference from the baseline's.
+2. Time: for the default MIIR and for SASRec, the forms run the same packed batches (MIIR: the
+   same masks) in interleaved rounds, under each of ``--precisions``; reported are the median
+   over rounds of the mean step time and the median of the per-round ratio to the baseline.
 3. Memory: ``--mem-steps`` bf16 steps of the default MIIR in a fresh process per form (1
    thread): resident memory at the end and its peak (VmHWM).
 
-Writes ``bench/results/softmax.json`` and ``.md`` atomically.
+Writes ``bench/results/<--name>.json`` and ``.md`` atomically.
 """
 
 from __future__ import annotations
@@ -40,22 +47,35 @@ FIELDS = ["categories", "brand", "title"]
 USERS_OF_THE_LOSS = ("miir.models.miir", "miir.models.fields", "miir.models.sasrec")
 
 
-def unfused_cross_entropy(h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, chunk=None):
+def unfused_cross_entropy(
+    h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, chunk=None, bias=None, keep=None
+):
     """The form before ``miir.models.softmax``: the (M, N) logits kept by autograd."""
-    return F.cross_entropy((h @ table.T).float(), target, reduction="none")
+    logits = (h @ table.T).float()
+    return F.cross_entropy(logits if bias is None else logits + bias, target, reduction="none")
+
+
+FORMS = ("unfused", "recompute", "keep")
 
 
 @contextlib.contextmanager
 def form(name: str) -> Iterator[None]:
-    """Within the block the models' losses use the ``name`` form ('fused' or 'unfused')."""
+    """Within the block the models' losses use the ``name`` form (one of :data:`FORMS`)."""
+    from miir.models import softmax
+
+    if name not in FORMS:
+        raise ValueError(f"unknown form {name!r}: one of {', '.join(FORMS)}")
     modules = [sys.modules[m] for m in USERS_OF_THE_LOSS]
     saved = [m.softmax_cross_entropy for m in modules]
+    keep = softmax.KEEP_16BIT
     try:
         if name == "unfused":
             for m in modules:
                 m.softmax_cross_entropy = unfused_cross_entropy
+        softmax.KEEP_16BIT = name == "keep"
         yield
     finally:
+        softmax.KEEP_16BIT = keep
         for m, f in zip(modules, saved, strict=True):
             m.softmax_cross_entropy = f
 
@@ -92,42 +112,61 @@ def step_fn(model, windows: torch.Tensor, bf16: bool):
     return step
 
 
-def same_loss(data: str) -> dict[str, float]:
-    """Both forms on one batch and mask of the default MIIR, dropout off, float32."""
+def same_loss(data: str, forms: list[str]) -> list[dict]:
+    """Each form on one batch and mask of the default MIIR, dropout off, in float32 and bf16:
+    its loss, its largest gradient difference from the first form's and the difference's norm
+    relative to that gradient's."""
     from miir.models.batch import make_batch
 
     model, windows = build(data, "miir", {"fields": FIELDS})
     model.eval()  # dropout off; the loss does not depend on the mode otherwise
     batch = make_batch(windows[:128], "packed", model.config.max_len)
-    got = {}
-    for name in ("fused", "unfused"):
-        model.zero_grad(set_to_none=True)
-        with form(name):
-            loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
-        loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        got[name] = (loss.item(), grads)
-    diff = (got["fused"][1] - got["unfused"][1]).abs().max().item()
-    return {
-        "loss_fused": got["fused"][0],
-        "loss_unfused": got["unfused"][0],
-        "max_abs_grad_diff": diff,
-        "max_abs_grad": got["unfused"][1].abs().max().item(),
-    }
+    rows = []
+    for bf16 in (False, True):
+        got = {}
+        for name in forms:
+            model.zero_grad(set_to_none=True)
+            with form(name), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
+            loss.backward()
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            got[name] = (loss.item(), grads)
+        base = got[forms[0]][1]
+        rows.append(
+            {
+                "precision": "bf16" if bf16 else "fp32",
+                "loss": {n: v[0] for n, v in got.items()},
+                "max_abs_grad_diff": {n: (v[1] - base).abs().max().item() for n, v in got.items()},
+                "rel_grad_diff": {
+                    n: ((v[1] - base).norm() / base.norm()).item() for n, v in got.items()
+                },
+                "max_abs_grad": base.abs().max().item(),
+            }
+        )
+    return rows
 
 
-def timing(data: str, model_name: str, over: dict, steps: int, rounds: int) -> list[dict]:
-    """Each round draws fresh random batches, as training does (the same for both forms
+def timing(
+    data: str,
+    model_name: str,
+    over: dict,
+    forms: list[str],
+    precisions: list[str],
+    steps: int,
+    rounds: int,
+) -> list[dict]:
+    """Each round draws fresh random batches, as training does (the same for every form
     within the round): a step meets shapes and allocation sizes that it has not met."""
-    models = {name: build(data, model_name, over) for name in ("fused", "unfused")}
-    windows = models["fused"][1]
+    models = {name: build(data, model_name, over) for name in forms}
+    windows = models[forms[0]][1]
     g = torch.Generator().manual_seed(0)
     picks = [
         [torch.randint(len(windows), (128,), generator=g) for _ in range(steps)]
-        for _ in range(2 * rounds + 1)
+        for _ in range(len(precisions) * rounds + 1)
     ]
     rows = []
-    for bf16 in (False, True):
+    for p, precision in enumerate(precisions):
+        bf16 = precision == "bf16"
         fns = {name: step_fn(m, w, bf16) for name, (m, w) in models.items()}
 
         def run(name: str, batches: list[torch.Tensor], fns=fns) -> float:
@@ -138,16 +177,19 @@ def timing(data: str, model_name: str, over: dict, steps: int, rounds: int) -> l
             run(name, picks[0])
         times: dict[str, list[float]] = {name: [] for name in fns}
         for r in range(rounds):
-            batches = picks[1 + r + (rounds if bf16 else 0)]
+            batches = picks[1 + r + p * rounds]
             for name in fns if r % 2 == 0 else reversed(list(fns)):
                 times[name].append(run(name, batches))
-        ratios = [a / b for a, b in zip(times["fused"], times["unfused"], strict=True)]
+        base = times[forms[0]]
         rows.append(
             {
                 "model": model_name,
-                "precision": "bf16" if bf16 else "fp32",
+                "precision": precision,
                 "s_per_step": {n: statistics.median(t) for n, t in times.items()},
-                "ratio_fused_to_unfused": statistics.median(ratios),
+                "ratio_to_baseline": {
+                    n: statistics.median(a / b for a, b in zip(t, base, strict=True))
+                    for n, t in times.items()
+                },
                 "rounds": times,
             }
         )
@@ -185,13 +227,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--data", default=str(ROOT / "artifacts" / "beauty"))
+    ap.add_argument("--forms", default="recompute,keep", help="Comma-separated; first: baseline.")
+    ap.add_argument("--precisions", default="fp32,bf16", help="Comma-separated: fp32, bf16.")
     ap.add_argument("--steps", type=int, default=30, help="Timed steps per form and round.")
     ap.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
     ap.add_argument("--mem-steps", type=int, default=100, help="Steps per memory run.")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", default="", help="Written under the table (the machine's load).")
+    ap.add_argument("--name", default="softmax_keep", help="Name of the result files.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
+    forms = args.forms.split(",")
+    precisions = args.precisions.split(",")
+    if len(forms) < 2 or not set(forms) <= set(FORMS) or len(set(forms)) != len(forms):
+        ap.error(f"--forms: two or more of {', '.join(FORMS)}, each once")
+    if not precisions or not set(precisions) <= {"fp32", "bf16"}:
+        ap.error("--precisions: fp32, bf16 or both")
 
     from miir.provenance import header_line, run_record, write_result
     from miir.runtime import keep_freed_memory
@@ -200,37 +251,67 @@ def main() -> None:
     keep_freed_memory()
     quiet_lightning()
     torch.set_num_threads(args.threads)
-    check = same_loss(args.data)
+    check = same_loss(args.data, forms)
     print(json.dumps(check), flush=True)
-    mem = {name: memory(args.data, args.mem_steps, name) for name in ("unfused", "fused")}
+    mem = {name: memory(args.data, args.mem_steps, name) for name in forms}
     print(json.dumps(mem), flush=True)
-    rows = timing(args.data, "miir", {"fields": FIELDS}, args.steps, args.rounds)
-    rows += timing(args.data, "sasrec", {}, args.steps, args.rounds)
+    over = {"fields": FIELDS}
+    rows = timing(args.data, "miir", over, forms, precisions, args.steps, args.rounds)
+    rows += timing(args.data, "sasrec", {}, forms, precisions, args.steps, args.rounds)
     info = run_record(
-        same_loss=check, memory=mem, mem_steps=args.mem_steps, timing=rows, note=args.note
+        forms=forms,
+        same_loss=check,
+        memory=mem,
+        mem_steps=args.mem_steps,
+        timing=rows,
+        note=args.note,
     )
+    base, others = forms[0], forms[1:]
     lines = [
-        "# The fused, chunked softmax cross-entropy against F.cross_entropy on full logits",
+        f"# The full-softmax cross-entropy's forms: {', '.join(forms)} (ratios to {base})",
         "",
         f"{header_line(info)}.",
         "",
-        f"Same loss (default MIIR, one packed batch of 128 and its mask, dropout off, float32): "
-        f"fused {check['loss_fused']:.6f}, unfused {check['loss_unfused']:.6f}; largest "
-        f"gradient difference {check['max_abs_grad_diff']:.2e} (largest gradient "
-        f"{check['max_abs_grad']:.2e}).",
+        "Same loss (default MIIR, one packed batch of 128 and its mask, dropout off):",
+        "",
+        "| precision | "
+        + " | ".join(f"{n} loss" for n in forms)
+        + " | "
+        + " | ".join(f"{n}: largest gradient difference (relative, whole gradient)" for n in others)
+        + " | largest gradient |",
+        "|---|" + "---:|" * (len(forms) + len(others) + 1),
+    ]
+    for c in check:
+        lines.append(
+            f"| {c['precision']} | "
+            + " | ".join(f"{c['loss'][n]:.6f}" for n in forms)
+            + " | "
+            + " | ".join(
+                f"{c['max_abs_grad_diff'][n]:.2e} ({c['rel_grad_diff'][n]:.1e})" for n in others
+            )
+            + f" | {c['max_abs_grad']:.2e} |"
+        )
+    lines += [
         "",
         f"Step time: {args.rounds} interleaved rounds of {args.steps} random packed batches of "
-        f"128 (fresh batches each round, the same for both forms), Adam, clipping; "
-        f"{args.threads} torch threads.",
+        f"128 (fresh batches each round, the same for every form), Adam, clipping; "
+        f"{args.threads} torch threads; ratio: the median over rounds of the round's ratio.",
         "",
-        "| model | precision | unfused s/step | fused s/step | ratio fused / unfused |",
-        "|---|---|---:|---:|---:|",
+        "| model | precision | "
+        + " | ".join(f"{n} s/step" for n in forms)
+        + " | "
+        + " | ".join(f"ratio {n} / {base}" for n in others)
+        + " |",
+        "|---|---|" + "---:|" * (len(forms) + len(others)),
     ]
     for r in rows:
-        s = r["s_per_step"]
+        s, q = r["s_per_step"], r["ratio_to_baseline"]
         lines.append(
-            f"| {r['model']} | {r['precision']} | {s['unfused']:.3f} | {s['fused']:.3f} | "
-            f"{r['ratio_fused_to_unfused']:.2f}x |"
+            f"| {r['model']} | {r['precision']} | "
+            + " | ".join(f"{s[n]:.3f}" for n in forms)
+            + " | "
+            + " | ".join(f"{q[n]:.2f}x" for n in others)
+            + " |"
         )
     lines += [
         "",
@@ -244,7 +325,7 @@ def main() -> None:
         lines.append(f"| {name} | {m['start']:.0f} | {m['end']:.0f} | {m['peak']:.0f} |")
     if args.note:
         lines += ["", args.note]
-    write_result(Path(args.out), "softmax", info, lines)
+    write_result(Path(args.out), args.name, info, lines)
 
 
 if __name__ == "__main__":

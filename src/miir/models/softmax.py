@@ -20,6 +20,15 @@ softmax, ``miir.models.miir.IdSoftmax``); it gets no gradient.
 Precision follows autocast: under an autocast context the two products run in its dtype (as
 autocast runs ``h @ table.T``), the softmax and the gradient accumulation of the table in
 float32.
+
+Under a 16-bit compute dtype (the default bf16 training) the forward pass keeps each row's
+softmax, rounded to that dtype, for the backward pass instead of having it recompute the logits:
+one ``(M, N)`` product and four elementwise passes fewer per loss, for ``M x N`` 16-bit values
+held from the forward pass to the backward (27 MB for the default MIIR's two item-ID losses on
+amazon-beauty). The gradient ``softmax - onehot`` was rounded to that dtype before its
+products either way (``bench/bench_softmax.py --forms recompute,keep``,
+``bench/results/softmax_keep.md``). ``keep=False`` (or :data:`KEEP_16BIT` set to ``False``)
+recomputes; in float32 the softmax is always recomputed (twice the memory for the same saving).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import Tensor
 
 CHUNK = 128  # rows of logits at a time: 128 x 12,101 float32 = 6 MB (64-128 were fastest)
+KEEP_16BIT = True  # keep the softmax from the forward pass under a 16-bit compute dtype
 
 
 def _compute_dtype(h: Tensor, table: Tensor) -> torch.dtype:
@@ -40,28 +50,43 @@ def _compute_dtype(h: Tensor, table: Tensor) -> torch.dtype:
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, h: Tensor, table: Tensor, target: Tensor, chunk: int, bias: Tensor | None
+        ctx, h: Tensor, table: Tensor, target: Tensor, chunk: int, bias: Tensor | None, keep: bool
     ) -> Tensor:  # type: ignore[override]
         dtype = _compute_dtype(h, table)
+        keep = keep and dtype.itemsize == 2
         with torch.autocast(h.device.type, enabled=False):
             hc, tc = h.to(dtype), table.to(dtype)
             lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
             picked = torch.empty_like(lse)
+            probs = (
+                torch.empty(h.shape[0], table.shape[0], dtype=dtype, device=h.device)
+                if keep
+                else None
+            )
             for start in range(0, h.shape[0], chunk):
                 rows = slice(start, start + chunk)
                 logits = (hc[rows] @ tc.T).float()  # (c, N)
                 if bias is not None:
                     logits += bias
-                lse[rows] = torch.logsumexp(logits, dim=1)
                 picked[rows] = logits.gather(1, target[rows, None]).squeeze(1)
-        ctx.save_for_backward(hc, tc, target, lse, bias)
+                if probs is None:
+                    lse[rows] = torch.logsumexp(logits, dim=1)
+                    continue
+                top = logits.amax(dim=1, keepdim=True)
+                e = logits.sub_(top).exp_()  # in place: the logits are not needed again
+                total = e.sum(dim=1, keepdim=True)
+                lse[rows] = (top + total.log()).squeeze(1)
+                probs[rows] = e.div_(total)  # rounded to the compute dtype
+        # the target's softmax in float32, so that its gradient (p - 1) is rounded once
+        p_target = (picked - lse).exp() if probs is not None else None
+        ctx.save_for_backward(hc, tc, target, lse, bias, probs, p_target)
         ctx.chunk = chunk
         ctx.dtypes = (h.dtype, table.dtype)
         return lse - picked
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        hc, tc, target, lse, bias = ctx.saved_tensors
+        hc, tc, target, lse, bias, kept, p_target = ctx.saved_tensors
         need_h, need_table = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hc) if need_h else None
         grad_table = (
@@ -71,12 +96,16 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         with torch.autocast(hc.device.type, enabled=False):
             for start in range(0, hc.shape[0], ctx.chunk):
                 rows = slice(start, start + ctx.chunk)
-                probs = (hc[rows] @ tc.T).float()  # (c, N): recomputed
-                if bias is not None:
-                    probs += bias
-                probs.sub_(lse[rows, None]).exp_()  # softmax
-                idx = torch.arange(probs.shape[0], device=probs.device)
-                probs[idx, target[rows]] -= 1.0  # d ce / d logits
+                idx = torch.arange(min(ctx.chunk, hc.shape[0] - start), device=hc.device)
+                if kept is None:
+                    probs = (hc[rows] @ tc.T).float()  # (c, N): recomputed
+                    if bias is not None:
+                        probs += bias
+                    probs.sub_(lse[rows, None]).exp_()  # softmax
+                    probs[idx, target[rows]] -= 1.0  # d ce / d logits
+                else:  # the forward's softmax, turned into the gradient in place (freed after)
+                    probs = kept[rows]
+                    probs[idx, target[rows]] = (p_target[rows] - 1.0).to(probs.dtype)
                 d = probs.mul_(grad[rows, None]).to(hc.dtype)
                 if grad_h is not None:
                     grad_h[rows] = d @ tc
@@ -89,16 +118,23 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def softmax_cross_entropy(
-    h: Tensor, table: Tensor, target: Tensor, chunk: int = CHUNK, bias: Tensor | None = None
+    h: Tensor,
+    table: Tensor,
+    target: Tensor,
+    chunk: int = CHUNK,
+    bias: Tensor | None = None,
+    keep: bool | None = None,
 ) -> Tensor:
     """(M, e) states, (N, e) table, (M,) target rows of the table -> (M,) float32
     cross-entropy of ``softmax(h @ table.T)``: ``F.cross_entropy((h @ table.T).float(), target,
     reduction="none")`` without keeping the ``(M, N)`` logits (see the module's docstring).
-    ``bias`` (N,): added to every row's logits (no gradient)."""
+    ``bias`` (N,): added to every row's logits (no gradient). ``keep``: keep the softmax for
+    the backward pass under a 16-bit compute dtype (default :data:`KEEP_16BIT`)."""
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"states {tuple(h.shape)} and table {tuple(table.shape)} do not match")
     if target.shape != h.shape[:1]:
@@ -107,4 +143,5 @@ def softmax_cross_entropy(
         if bias.shape != table.shape[:1]:
             raise ValueError(f"bias {tuple(bias.shape)} for a table of {table.shape[0]} rows")
         bias = bias.detach().float()
-    return _SoftmaxCrossEntropy.apply(h, table, target, chunk, bias)
+    keep = KEEP_16BIT if keep is None else keep
+    return _SoftmaxCrossEntropy.apply(h, table, target, chunk, bias, keep)
