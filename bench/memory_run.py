@@ -89,6 +89,26 @@ def trace(cmd: list[str], env: dict[str, str], every: float, log: Path) -> dict[
     }
 
 
+def run_summary(run: Path) -> dict[str, Any]:
+    """What the traced run trained to, so that arms and runs compare as the same training: the
+    epochs, the best epoch, the training seconds and the test NDCG@10 under each protocol
+    (``results.json`` and the CSV log of a finished ``miir train``; {} where absent)."""
+    path = run / "results.json"
+    if not path.is_file():
+        return {}
+    res = json.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, Any] = {
+        "best_epoch": {k: v.get("epoch") for k, v in res.get("stages", {}).items()},
+        "train_seconds": round(res.get("train_seconds", 0.0), 1),
+        "test_ndcg10": {p: round(m["NDCG@10"], 4) for p, m in res.get("test", {}).items()},
+    }
+    for log in sorted(run.glob("logs/*/metrics.csv")):
+        lines = log.read_text(encoding="utf-8").splitlines()
+        epochs = {line.split(",", 1)[0] for line in lines[1:] if line}
+        out.setdefault("epochs", {})[log.parent.name] = len(epochs)
+    return out
+
+
 def parse_env(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -138,6 +158,8 @@ def write_table(out: Path, records: dict[str, Any]) -> None:
             lines.append(f"- {label}: time against {arms[0]}: {ratios} (same command).")
         for arm, runs in rec["arms"].items():
             for r in runs:
+                if r.get("run"):
+                    lines.append(f"- {label}, {arm}: trained {json.dumps(r['run'])}")
                 rises = ", ".join(f"{t:.0f} s: {m}" for t, m in r["peak_rises"] if m > 800)
                 lines.append(f"- {label}, {arm}: peak rises above 800 MiB at {rises or '-'}")
     lines.append("")
@@ -186,10 +208,11 @@ def main() -> None:
                     args.every,
                     out / f"last-{len(results[arm])}-{list(arms).index(arm)}.log",
                 )
+                got["run"] = run_summary(Path(tmp) / "run")
                 results[arm].append(got)
                 print(
                     f"{args.label} · {arm} · rep {rep}: peak {got['peak_mib']} MiB, "
-                    f"{got['seconds']:.0f} s",
+                    f"{got['seconds']:.0f} s, {got['run']}",
                     flush=True,
                 )
     for log in out.glob("last-*.log"):

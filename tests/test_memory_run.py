@@ -52,3 +52,28 @@ def test_a_failing_command_names_its_log(tmp_path: Path) -> None:
     mr = load()
     with pytest.raises(SystemExit, match=r"log\.txt"):
         mr.trace([sys.executable, "-c", "raise SystemExit(3)"], {}, 0.05, tmp_path / "log.txt")
+
+
+def test_the_record_says_what_the_run_trained_to(tmp_path: Path) -> None:
+    """Each traced run's record carries its epochs, best epoch, training time and test
+    NDCG@10 under each protocol, so that two arms are seen to have trained alike."""
+    import json
+
+    mr = load()
+    run = tmp_path / "run"
+    assert mr.run_summary(run) == {}  # a run that wrote no results
+    (run / "logs" / "main").mkdir(parents=True)
+    (run / "logs" / "main" / "metrics.csv").write_text(
+        "epoch,step,train/loss\n0,49,3.0\n0,99,2.5\n1,149,2.0\n2,199,1.9\n", encoding="utf-8"
+    )
+    metrics = {"full": {"NDCG@10": 0.045812}, "sampled": {"NDCG@10": 0.37}}
+    (run / "results.json").write_text(
+        json.dumps({"stages": {"main": {"epoch": 1}}, "train_seconds": 12.34, "test": metrics}),
+        encoding="utf-8",
+    )
+    assert mr.run_summary(run) == {
+        "best_epoch": {"main": 1},
+        "train_seconds": 12.3,
+        "test_ndcg10": {"full": 0.0458, "sampled": 0.37},
+        "epochs": {"main": 3},
+    }
