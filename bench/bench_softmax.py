@@ -11,9 +11,9 @@ SASRec's next-item loss) is a softmax over a whole table. The forms, the first n
 - ``unfused``: ``F.cross_entropy((h @ table.T).float(), target)``, the (M, N) logits kept by
   autograd (the code before ``miir.models.softmax``), swapped in for the comparison;
 - ``recompute``: ``miir.models.softmax`` in chunks of rows, the backward pass recomputing each
-  chunk's logits (its only form until the softmax was kept);
-- ``keep``: the same, the softmax kept from the forward pass under a 16-bit dtype (the default;
-  identical to ``recompute`` in float32).
+  chunk's logits (the default);
+- ``keep``: the same, the softmax kept from the forward pass under a 16-bit dtype (an option,
+  ``keep=True``; identical to ``recompute`` in float32).
 
 1. Same loss: one batch and mask, dropout off, float32 and bf16: each form's loss and largest
    gradient difference from the baseline's.

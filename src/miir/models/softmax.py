@@ -21,17 +21,18 @@ Precision follows autocast: under an autocast context the two products run in it
 autocast runs ``h @ table.T``), the softmax and the gradient accumulation of the table in
 float32.
 
-Under a 16-bit compute dtype (the default bf16 training) the forward pass keeps each row's
-softmax, rounded to that dtype, for the backward pass instead of having it recompute the logits:
-one ``(M, N)`` product and four elementwise passes fewer per loss, for ``M x N`` 16-bit values
-held from the forward pass to the backward (about 27 MB for the default MIIR's two item-ID losses
-on amazon-beauty). The target's probability is kept in float32, so its gradient ``p - 1`` is
-rounded once, as when recomputed; the other entries are rounded twice (the softmax, then its
-product with the row's weight). Same loss; the whole gradient of a default MIIR batch within
-6e-4 of the recomputed one (relative norm); a default bf16 step 0.89x the time, SASRec's 0.82x;
-300 steps peak at 821 MiB against 790 (``python bench/bench_softmax.py --forms recompute,keep``,
-``bench/results/softmax_keep.md``). ``keep=False`` (or :data:`KEEP_16BIT` set to ``False``)
-recomputes; in float32 the softmax is always recomputed (twice the memory for the same saving).
+With ``keep=True`` (or :data:`KEEP_16BIT`), under a 16-bit compute dtype, the forward pass
+keeps each row's softmax, rounded to that dtype, for the backward pass instead of having it
+recompute the logits: one ``(M, N)`` product and four elementwise passes fewer per loss, for
+``M x N`` 16-bit values held from the forward pass to the backward (about 27 MB for the default
+MIIR's two item-ID losses on amazon-beauty). The target's probability is kept in float32, so
+its gradient ``p - 1`` is rounded once, as when recomputed. Same loss; the whole gradient of a
+default MIIR batch within 6e-4 of the recomputed one (relative norm); timed alone a default bf16
+step takes 0.89x the time, SASRec's 0.82x (``bench/results/softmax_keep.md``), and three seeds
+of the default land level with their records (``bench/results/softmax_keep/same_keys.md``), but
+real training epochs took 1.08x the time with it (``bench/epoch_time.py``,
+``bench/results/epoch_time.md``), so it is off by default. In float32 the softmax is always
+recomputed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor
 
 CHUNK = 128  # rows of logits at a time: 128 x 12,101 float32 = 6 MB (64-128 were fastest)
-KEEP_16BIT = True  # keep the softmax from the forward pass under a 16-bit compute dtype
+KEEP_16BIT = False  # keep the softmax from the forward pass under a 16-bit compute dtype
 
 
 def _compute_dtype(h: Tensor, table: Tensor) -> torch.dtype:
@@ -137,7 +138,7 @@ def softmax_cross_entropy(
     cross-entropy of ``softmax(h @ table.T)``: ``F.cross_entropy((h @ table.T).float(), target,
     reduction="none")`` without keeping the ``(M, N)`` logits (see the module's docstring).
     ``bias`` (N,): added to every row's logits (no gradient). ``keep``: keep the softmax for
-    the backward pass under a 16-bit compute dtype (default :data:`KEEP_16BIT`)."""
+    the backward pass under a 16-bit compute dtype (default :data:`KEEP_16BIT`, off)."""
     if h.ndim != 2 or table.ndim != 2 or h.shape[1] != table.shape[1]:
         raise ValueError(f"states {tuple(h.shape)} and table {tuple(table.shape)} do not match")
     if target.shape != h.shape[:1]:
