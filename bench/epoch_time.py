@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,8 +41,7 @@ def run(
     import miir.models.miir
     import miir.models.sasrec  # noqa: F401
     from bench_softmax import form
-    from miir.models import model_config
-    from miir.training.train import TrainConfig, train
+    from heap_trace import train_default
 
     stamps: list[tuple[str, int, float]] = []
 
@@ -63,21 +61,8 @@ def run(
         def on_train_end(self, trainer, module) -> None:
             stamps.append(("end", trainer.current_epoch, time.perf_counter()))
 
-    init = L.Trainer.__init__
-
-    def with_clock(self, *args, callbacks=None, **kwargs) -> None:
-        init(self, *args, callbacks=[*(callbacks or []), Clock()], **kwargs)
-
-    L.Trainer.__init__ = with_clock
-    try:
-        cfg = TrainConfig(
-            max_epochs=epochs, min_epochs=epochs, progress=False, seed=seed, threads=threads
-        )
-        with tempfile.TemporaryDirectory() as tmp, form(form_name):
-            config = model_config("miir", {"fields": fields})
-            train(data, Path(tmp) / "run", "miir", config, cfg, stages=())
-    finally:
-        L.Trainer.__init__ = init
+    with form(form_name):
+        train_default(data, epochs, threads, seed, Clock(), fields)
     return epoch_times(stamps)
 
 

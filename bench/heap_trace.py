@@ -89,15 +89,40 @@ def sample(tag: str, start: float) -> dict[str, Any]:
     return {"tag": tag, "t": round(time.perf_counter() - start, 1), **proc_mib(), **heap_mib()}
 
 
+def train_default(
+    data: str, epochs: int, threads: int, seed: int, callback: Any, fields=FIELDS
+) -> None:
+    """Train the default MIIR (the CLI's defaults, no final evaluation) for exactly ``epochs``
+    on ``data`` in this process, ``callback`` added to its Lightning trainer. Call
+    ``miir.runtime.skip_unused_imports()`` first, as the CLI does."""
+    import lightning as L
+
+    from miir.models import model_config
+    from miir.training.train import TrainConfig, train
+
+    init = L.Trainer.__init__
+
+    def with_callback(self, *args, callbacks=None, **kwargs) -> None:
+        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
+
+    L.Trainer.__init__ = with_callback
+    try:
+        cfg = TrainConfig(
+            max_epochs=epochs, min_epochs=epochs, progress=False, seed=seed, threads=threads
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            config = model_config("miir", {"fields": list(fields)})
+            train(data, Path(tmp) / "run", "miir", config, cfg, stages=())
+    finally:
+        L.Trainer.__init__ = init
+
+
 def trace(data: str, epochs: int, threads: int, every: int, seed: int) -> list[dict[str, Any]]:
     """Train the default MIIR for ``epochs`` on ``data`` in this process; the samples."""
     from miir.runtime import skip_unused_imports
 
     skip_unused_imports()  # as the CLI does
     import lightning as L
-
-    from miir.models import model_config
-    from miir.training.train import TrainConfig, train
 
     start = time.perf_counter()
     samples = [sample("imports", start)]
@@ -113,21 +138,7 @@ def trace(data: str, epochs: int, threads: int, every: int, seed: int) -> list[d
         def on_validation_epoch_end(self, trainer, module) -> None:
             samples.append(sample(f"epoch {trainer.current_epoch} validation end", start))
 
-    init = L.Trainer.__init__
-
-    def with_probe(self, *args, callbacks=None, **kwargs) -> None:
-        init(self, *args, callbacks=[*(callbacks or []), Probe()], **kwargs)
-
-    L.Trainer.__init__ = with_probe
-    try:
-        cfg = TrainConfig(
-            max_epochs=epochs, min_epochs=epochs, progress=False, seed=seed, threads=threads
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            config = model_config("miir", {"fields": FIELDS})
-            train(data, Path(tmp) / "run", "miir", config, cfg, stages=())
-    finally:
-        L.Trainer.__init__ = init
+    train_default(data, epochs, threads, seed, Probe())
     samples.append(sample("end", start))
     return samples
 

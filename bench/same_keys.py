@@ -49,11 +49,12 @@ def shared_keys(a: Path, b: Path) -> list[str]:
 
 
 def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-user NDCG@10 or HR@10 of 1-based ranks."""
-    hit = ranks <= 10
-    if metric == "HR@10":
-        return hit.astype(np.float64)
-    return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+    """Per-user NDCG@10 or HR@10 of 1-based ranks (``miir.evaluation.metrics``)."""
+    import torch
+
+    from miir.evaluation.metrics import per_user_metrics
+
+    return per_user_metrics(torch.from_numpy(ranks), (10,))[metric].double().numpy()
 
 
 def _mean_sd(values: list[float]) -> dict[str, float]:
