@@ -1,7 +1,9 @@
-"""Real training epochs of the default MIIR under each form of the full-softmax loss (issue 9:
-an epoch of about 14 s; a step timed alone is not an epoch).
+"""Real training epochs of the default MIIR under each form of the full-softmax loss, or under
+each of several versions of the code (issue 9: an epoch of about 14 s; a step timed alone is
+not an epoch).
 
     python bench/epoch_time.py --forms recompute,keep --epochs 3 --reps 2
+    python bench/epoch_time.py --revs c42e404,HEAD --epochs 3 --reps 2 --name epoch_time_revs
 
 Each run is ``train()`` with the CLI's defaults on amazon-beauty (lean imports, as the CLI; no
 final evaluation) in a fresh process, the loss swapped to one form of ``bench/bench_softmax.py``
@@ -16,12 +18,19 @@ the medians. Writes ``epoch_time.json`` and ``epoch_time.md`` (``--name``) under
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import statistics
+import subprocess
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 from childproc import run_child
+
+AS_IS = "as-is"  # the loss as the code imported has it (no form swapped): ``--revs``
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("categories", "brand", "title")
@@ -61,8 +70,11 @@ def run(
         def on_train_end(self, trainer, module) -> None:
             stamps.append(("end", trainer.current_epoch, time.perf_counter()))
 
-    with form(form_name):
+    if form_name == AS_IS:
         train_default(data, epochs, threads, seed, Clock(), fields)
+    else:
+        with form(form_name):
+            train_default(data, epochs, threads, seed, Clock(), fields)
     return epoch_times(stamps)
 
 
@@ -103,8 +115,33 @@ sys.path.insert(0, "bench")
 from epoch_time import run
 data, form, fields, epochs, threads, seed = *sys.argv[1:4], *map(int, sys.argv[4:])
 got = run(data, epochs, threads, seed, form, fields.split(","))
-print("RESULT " + json.dumps({"epochs": got}))
+import miir
+print("RESULT " + json.dumps({"epochs": got, "miir": miir.__file__}))
 """
+
+
+def export_src(rev: str, into: Path) -> tuple[Path, str]:
+    """``src/`` of git revision ``rev`` extracted under ``into`` -> (its folder, the commit);
+    ``worktree``: the working tree's own ``src/`` (the commit: HEAD's, marked dirty if so)."""
+    if rev == "worktree":
+        from miir.provenance import git_commit
+
+        c = git_commit()
+        return ROOT / "src", f"{c.get('commit')}{'+dirty' if c.get('dirty') else ''}"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tar = subprocess.run(
+        ["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True
+    )
+    folder = into / commit[:12]
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
+        t.extractall(folder, filter="data")
+    return folder / "src", commit
 
 
 def summary(epochs: list[list[dict[str, float]]]) -> dict[str, float]:
@@ -123,7 +160,15 @@ def main() -> None:
     )
     ap.add_argument("--data", default="artifacts/beauty")
     ap.add_argument("--fields", default=",".join(FIELDS), help="MIIR's side fields.")
-    ap.add_argument("--forms", default="recompute,keep", help="Comma-separated; first: baseline.")
+    ap.add_argument(
+        "--forms", default=None, help="Comma-separated; first: baseline (recompute,keep)."
+    )
+    ap.add_argument(
+        "--revs",
+        default=None,
+        help="Comma-separated git revisions of src/ (or worktree) instead of forms; first: "
+        "baseline.",
+    )
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -132,20 +177,42 @@ def main() -> None:
     ap.add_argument("--name", default="epoch_time")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
-    forms = args.forms.split(",")
+    if args.forms and args.revs:
+        ap.error("--forms or --revs, not both")
     if args.epochs < 2:
         ap.error("--epochs: at least 2 (the first is left out)")
 
     from miir.provenance import git_commit, header_line, run_record, write_result
 
     commit = git_commit()  # the code measured (read before the runs)
+    tmp = tempfile.TemporaryDirectory()
+    # variant label -> (form, PYTHONPATH entry or None, commit or None)
+    variants: dict[str, tuple[str, str | None, str | None]] = {}
+    if args.revs:
+        for rev in args.revs.split(","):
+            src, rev_commit = export_src(rev, Path(tmp.name))
+            variants[rev] = (AS_IS, str(src), rev_commit)
+    else:
+        for f in (args.forms or "recompute,keep").split(","):
+            variants[f] = (f, None, None)
+    forms = list(variants)
     runs: dict[str, list[list[dict[str, float]]]] = {f: [] for f in forms}
-    for rep in range(args.reps):
-        for f in forms if rep % 2 == 0 else list(reversed(forms)):
-            argv = [args.data, f, args.fields, *map(str, (args.epochs, args.threads, args.seed))]
-            got = run_child(CHILD, *argv, env={"OMP_NUM_THREADS": str(args.threads)})["epochs"]
-            runs[f].append(got)
-            print(f"rep {rep} · {f}: {json.dumps(got)}", flush=True)
+    imported: dict[str, str] = {}
+    with tmp:
+        for rep in range(args.reps):
+            for f in forms if rep % 2 == 0 else list(reversed(forms)):
+                form_name, path, _ = variants[f]
+                argv = [args.data, form_name, args.fields]
+                argv += [str(x) for x in (args.epochs, args.threads, args.seed)]
+                env = {"OMP_NUM_THREADS": str(args.threads)}
+                if path is not None:
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        [path, *filter(None, [os.environ.get("PYTHONPATH")])]
+                    )
+                got = run_child(CHILD, *argv, env=env)
+                runs[f].append(got["epochs"])
+                imported[f] = got["miir"]
+                print(f"rep {rep} · {f}: {json.dumps(got['epochs'])}", flush=True)
     sums = {f: summary(r) for f, r in runs.items()}
     base = forms[0]
     # per repetition, the ratio of the two forms' median later epoch (side by side)
@@ -160,6 +227,8 @@ def main() -> None:
     info = run_record(
         **commit,
         forms=forms,
+        revs={f: c for f, (_, _, c) in variants.items()} if args.revs else None,
+        miir_imported=imported,
         epochs=args.epochs,
         reps=args.reps,
         threads=args.threads,
@@ -168,25 +237,28 @@ def main() -> None:
         runs=runs,
         note=args.note,
     )
+    kind = "code version" if args.revs else "softmax form"
     lines = [
-        f"# Real training epochs of the default MIIR by softmax form (ratios to {base})",
+        f"# Real training epochs of the default MIIR by {kind} (ratios to {base})",
         "",
         f"{header_line(info)}.",
         "",
         f"`train()` with the CLI's defaults on {args.data}, {args.epochs} epochs per run, "
-        f"{args.reps} fresh processes per form, alternated; medians over the epochs after the "
+        f"{args.reps} fresh processes per {kind}, alternated; medians over the epochs after the "
         f"first; {args.threads} threads. Epoch: one training epoch's start to the next's "
         "(steps, Lightning's loop, validation, checkpoint).",
         "",
-        "| form | epoch s | training loop without validation s | validation s | epoch ratio to "
-        f"{base} (median of the repetitions' ratios) |",
+        f"| {'revision (commit)' if args.revs else 'form'} | epoch s | training loop without "
+        f"validation s | validation s | epoch ratio to {base} (median of the repetitions' "
+        "ratios) |",
         "|---|---:|---:|---:|---:|",
     ]
     for f in forms:
         s = sums[f]
+        label = f"{f} ({variants[f][2][:10]})" if args.revs else f
         lines.append(
-            f"| {f} | {s['epoch_s']:.1f} | {s['train_without_valid']:.1f} | {s['valid']:.1f} | "
-            f"{ratios[f]:.2f}x |"
+            f"| {label} | {s['epoch_s']:.1f} | {s['train_without_valid']:.1f} | "
+            f"{s['valid']:.1f} | {ratios[f]:.2f}x |"
         )
     if args.note:
         lines += ["", args.note]

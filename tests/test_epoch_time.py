@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +43,26 @@ def test_epoch_times_from_stamps() -> None:
     assert math.isnan(cut[-1]["epoch_s"]) and math.isnan(cut[-1]["train"])
     with pytest.raises(ValueError, match="no epoch after the first"):
         bench.summary([[]])  # no epoch after the first: nothing to report
+
+
+def test_a_revision_of_src_is_exported_and_imported_first(tmp_path) -> None:
+    """``--revs``: a revision's ``src/`` extracted, and a child with it first on PYTHONPATH
+    imports that ``miir``, not the installed checkout's."""
+    bench = load_bench("epoch_time")
+    root = Path(bench.ROOT)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: no revision to export")
+    src, commit = bench.export_src("HEAD", tmp_path)
+    assert commit == head.stdout.strip()
+    assert (src / "miir" / "__init__.py").is_file() and src.is_relative_to(tmp_path)
+    child = bench.run_child(
+        "import json, miir; print('RESULT ' + json.dumps({'f': miir.__file__}))",
+        env={"PYTHONPATH": str(src)},
+    )
+    assert Path(child["f"]).is_relative_to(src)
+    assert bench.export_src("worktree", tmp_path)[0] == root / "src"
+    with pytest.raises(subprocess.CalledProcessError):
+        bench.export_src("no-such-revision-anywhere", tmp_path)

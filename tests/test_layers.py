@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from helpers import load_bench
-from miir.models.layers import Block, dropout, dropout_multipliers
+from miir.models.layers import Block, dropout, dropout_multipliers, random_words
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.125, 0.1, 0.3])
@@ -64,12 +65,33 @@ def test_block_matches_transformer_encoder_layer() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.3])
-def test_dropout_multipliers_equal_their_previous_form_from_the_same_seed(p, dtype) -> None:
-    """bench/bench_dropout.py times today's form against the previous one as equals: the same
-    bits give the same mask and the same values."""
+def test_dropout_multipliers_take_their_bits_from_sfc64_seeded_by_torch(p, dtype) -> None:
+    """The bits of today's form are numpy SFC64's, seeded by one draw from torch's generator;
+    bench/bench_dropout.py's earlier forms (torch.randint's bits) agree with each other."""
+    shape = (7, 33, 5)
+    n = 7 * 33 * 5
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
+    keep = words.view(torch.int16)[:n].view(shape) >= round(p * 65536) - 32768
+    torch.manual_seed(5)
+    today = dropout_multipliers(shape, p, dtype, torch.device("cpu"))
+    assert today.dtype == dtype
+    assert torch.equal(today != 0, keep)
+    assert torch.equal(today[keep], torch.full_like(today[keep], 1 / (1 - p)))
     bench = load_bench("bench_dropout")
     torch.manual_seed(5)
-    before = bench.previous_multipliers((7, 33, 5), p, dtype)
+    oldest = bench.bool_float32_multipliers(shape, p, dtype)
     torch.manual_seed(5)
-    today = dropout_multipliers((7, 33, 5), p, dtype, torch.device("cpu"))
-    assert today.dtype == dtype and torch.equal(today, before)
+    assert torch.equal(oldest, bench.torch_bits_multipliers(shape, p, dtype))
+
+
+def test_random_words_are_seeded_by_torch_and_cover_every_bit() -> None:
+    torch.manual_seed(11)
+    a = random_words(5000, torch.device("cpu"))
+    torch.manual_seed(11)
+    assert torch.equal(a, random_words(5000, torch.device("cpu")))
+    assert not torch.equal(a, random_words(5000, torch.device("cpu")))  # the stream moved on
+    assert a.dtype == torch.int64 and a.shape == (5000,)
+    bits = ((a[:, None] >> torch.arange(64)) & 1).float().mean(0)  # each bit's share of ones
+    assert bits.min() > 0.46 and bits.max() < 0.54  # 5000 draws: sd about 0.007
