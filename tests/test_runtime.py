@@ -137,31 +137,3 @@ def test_training_and_serving_do_not_import_the_data_readers_stack() -> None:
 
     schema = infer_schema(pl.DataFrame({"item_id": ["a"], "tags": [["x", "y"]]}))
     assert schema.fields[0].kind == FieldKind.MULTI_CATEGORICAL
-
-
-FLUSH_CHILD = r"""
-import torch
-from miir.runtime import flush_denormals
-on = flush_denormals()
-torch.set_num_threads(2)
-x = torch.full((1 << 20,), 1e-39)  # subnormal: below float32's smallest normal 1.2e-38
-y = x * 1.0  # one parallel pass: both threads of the pool, started after the call
-print(int(on), int((y == 0).sum()), int((torch.tensor(1e-39) * 1.0 == 0).item()))
-"""
-
-
-@pytest.mark.parametrize("setting", ["1", "0"])
-def test_subnormal_floats_flush_to_zero_in_every_thread_started_after(setting: str) -> None:
-    env = {**os.environ, "MIIR_FLUSH_DENORMAL": setting, "OMP_NUM_THREADS": "2"}
-    on, zeros, scalar = map(
-        int,
-        subprocess.run(
-            [sys.executable, "-c", FLUSH_CHILD], env=env, capture_output=True, text=True, check=True
-        ).stdout.split(),
-    )
-    if setting == "0":
-        assert (on, zeros, scalar) == (0, 0, 0)  # left alone: subnormals stay
-    elif on:  # a CPU with the mode: every element flushed, by whichever thread computed it
-        assert (zeros, scalar) == (1 << 20, 1)
-    else:
-        pytest.skip("this CPU has no flush-to-zero mode")

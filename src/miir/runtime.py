@@ -13,17 +13,6 @@ accumulated); it is simply not handed back to the system between steps.
 Set ``MIIR_MALLOC_TUNING=0`` to leave malloc alone. Without glibc (macOS, musl) this does
 nothing.
 
-:func:`flush_denormals` turns on the CPU's flush-to-zero and denormals-are-zero modes
-(``torch.set_flush_denormal``): floats below 1.2e-38 count as 0 instead of taking the CPU's slow
-path for subnormal numbers. A trained model's softmaxes (of the attention, of the losses over
-the catalogue) run through such values, and real training steps of the default MIIR took
-0.80-0.91x the time with it, in alternated runs of the same two epochs (fortieth session;
-``bench/results/epoch_time_ftz.md``); steps of a freshly initialised model, which benchmarks
-time, do not show it. The mode belongs to a thread and threads started later inherit it:
-``train()`` and the evaluation of a run set it first thing, which in a fresh process (the CLI's)
-comes before torch starts its thread pool (for a pool started earlier, only the calling
-thread flushes). ``MIIR_FLUSH_DENORMAL=0`` leaves it alone.
-
 :func:`skip_unused_imports` keeps ``import lightning`` from loading scipy.signal,
 matplotlib.pyplot and transformers through torchmetrics (about 120 MiB of resident memory that
 no miir process uses that way); the CLI calls it, ``MIIR_LEAN_IMPORTS=0`` turns it off.
@@ -76,17 +65,6 @@ def keep_freed_memory() -> bool:
     # no mmap for large blocks, and never trim the heap's top below 1 GiB of free memory
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _applied
-
-
-def flush_denormals() -> bool:
-    """Flush subnormal floats to zero in this thread and the threads it starts later (see the
-    module's docstring); returns whether the mode is on (``MIIR_FLUSH_DENORMAL=0``: off, and
-    False on a CPU without the mode)."""
-    if os.environ.get("MIIR_FLUSH_DENORMAL", "1") == "0":
-        return False
-    import torch
-
-    return bool(torch.set_flush_denormal(True))
 
 
 #: packages whose import Lightning's import of torchmetrics triggers, and that no part of miir

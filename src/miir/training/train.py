@@ -41,7 +41,7 @@ from miir.models import build_model as build_registered
 from miir.models import describe_validation_error, model_config
 from miir.models.base import ModelConfig, SequenceModel
 from miir.models.fields import ItemCatalogue
-from miir.runtime import flush_denormals, keep_freed_memory, resolve_precision
+from miir.runtime import keep_freed_memory, resolve_precision
 from miir.training.checkpoint import load_checkpoint, save_checkpoint
 from miir.training.data import (
     LengthBuckets,
@@ -382,7 +382,6 @@ def train(
     if not isinstance(config, ModelConfig):
         config = model_config(model, config or {})
     keep_freed_memory()
-    flush_denormals()
     quiet_lightning()
     out = Path(out)
     if _is_rank_zero():
@@ -466,7 +465,6 @@ def evaluate_run(
     per-user ranks next to it."""
     run = Path(run)
     keep_freed_memory()
-    flush_denormals()
     model, meta = load_checkpoint(run / "best", map_location=device)
     if artifact is None:
         artifact = Artifact(meta["artifact"]["path"])
