@@ -17,7 +17,10 @@ Variants of one step (Adam, clipping, packed batches, bf16 autocast, as ``miir t
   softmax.py``, ``--before``: ``torch.logsumexp`` forward, ``exp_`` backward);
 - ``torch bits``: the dropout's bits from ``torch.randint`` (the earlier form in
   ``bench/bench_dropout.py``);
-- ``before``: both as they were;
+- ``fill``: ``torch.use_deterministic_algorithms``' fill of every new tensor with NaN on, as
+  ``miir train``'s ``deterministic=True`` had it (today's ``train()`` turns the fill off and
+  keeps the deterministic algorithms; every variant runs with them, as ``miir train`` does);
+- ``before``: all three as they were;
 - ``flush``: today's, with subnormal floats flushed to zero (``torch.set_flush_denormal(True)``;
   measured, not adopted).
 
@@ -50,7 +53,7 @@ from bench_dropout import torch_bits_multipliers
 from bench_softmax import USERS_OF_THE_LOSS, step_fn
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("before", "torch exp", "torch bits", "today", "flush")
+VARIANTS = ("before", "torch exp", "torch bits", "fill", "today", "flush")
 
 
 def module_at(rev: str, path: str, name: str):
@@ -82,7 +85,11 @@ def variant(name: str, old_softmax) -> Iterator[None]:
     modules = [sys.modules[m] for m in USERS_OF_THE_LOSS]
     saved = [m.softmax_cross_entropy for m in modules]
     saved_bits = layers.dropout_multipliers
+    saved_mode = torch.are_deterministic_algorithms_enabled()
+    saved_fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
+        torch.use_deterministic_algorithms(True)  # as miir train's Trainer(deterministic=True)
+        torch.utils.deterministic.fill_uninitialized_memory = name in ("before", "fill")
         if name in ("before", "torch exp"):
             for m in modules:
                 m.softmax_cross_entropy = old_softmax.softmax_cross_entropy
@@ -92,6 +99,8 @@ def variant(name: str, old_softmax) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
+        torch.use_deterministic_algorithms(saved_mode)
+        torch.utils.deterministic.fill_uninitialized_memory = saved_fill
         layers.dropout_multipliers = saved_bits
         for m, f in zip(modules, saved, strict=True):
             m.softmax_cross_entropy = f

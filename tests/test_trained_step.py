@@ -24,6 +24,10 @@ def test_variants_swap_what_they_name_and_restore_it() -> None:
     loss, bits = miir_model.softmax_cross_entropy, layers.dropout_multipliers
     assert old.softmax_cross_entropy is not loss  # a module of its own, from git
     tiny = torch.tensor(1e-39)  # subnormal in float32
+    mode, fill = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
     has_mode = torch.set_flush_denormal(True)  # False on a CPU without flush-to-zero
     torch.set_flush_denormal(False)
     for name in bench.VARIANTS:
@@ -34,8 +38,14 @@ def test_variants_swap_what_they_name_and_restore_it() -> None:
                 name in ("before", "torch bits")
             )
             assert ((tiny * 1.0).item() == 0.0) == (name == "flush" and has_mode)
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.utils.deterministic.fill_uninitialized_memory == (
+                name in ("before", "fill")
+            )
         assert miir_model.softmax_cross_entropy is loss and layers.dropout_multipliers is bits
         assert (tiny * 1.0).item() != 0.0
+        assert torch.are_deterministic_algorithms_enabled() == mode  # as before the block
+        assert torch.utils.deterministic.fill_uninitialized_memory == fill
     with pytest.raises(ValueError, match="bit-table"):
         bench.torch_bits((4, 4), 0.5, torch.float32, torch.device("cpu"))
     torch.manual_seed(0)

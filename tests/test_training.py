@@ -104,6 +104,9 @@ def test_training_is_deterministic_and_resumable(planted_artifact, tmp_path) -> 
     a = train(planted_artifact, tmp_path / "a", "miir", small_model(), cfg)
     b = train(planted_artifact, tmp_path / "b", "miir", small_model(), cfg)
     assert a["test"] == b["test"]
+    # deterministic algorithms on, without their NaN fill of new tensors (not needed for it)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
     ma, _ = load_checkpoint(tmp_path / "a" / "best")
     mb, _ = load_checkpoint(tmp_path / "b" / "best")
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values(), strict=True):

@@ -325,6 +325,11 @@ def _fit_stage(
         deterministic=True,
         enable_model_summary=False,
     )
+    # deterministic=True turns on torch.use_deterministic_algorithms, which also fills every
+    # new tensor with NaN (a check for reads of uninitialised memory, not needed for the same
+    # results): a trained default MIIR's step took 1.05x the time with the fill, 1.01x without
+    # it, against no deterministic mode (bench/results/trained_step.md, fortieth session)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     device_type = "cuda" if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu"
     module = SequenceModule(
         model,
