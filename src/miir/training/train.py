@@ -327,8 +327,9 @@ def _fit_stage(
     )
     # deterministic=True turns on torch.use_deterministic_algorithms, which also fills every
     # new tensor with NaN (a check for reads of uninitialised memory, not needed for the same
-    # results): a trained default MIIR's step took 1.05x the time with the fill, 1.01x without
-    # it, against no deterministic mode (bench/results/trained_step.md, fortieth session)
+    # results): a trained default MIIR's step took 1.056x the time with the fill, 1.013x
+    # without it, against no deterministic mode (2 threads, side by side, fortieth session;
+    # one thread: 1.03x with the fill, bench/results/trained_step.md)
     torch.utils.deterministic.fill_uninitialized_memory = False
     device_type = "cuda" if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else "cpu"
     module = SequenceModule(
