@@ -1,5 +1,5 @@
 """Training steps of a trained default MIIR with each of the fortieth session's speed changes
-switched off in turn, and one more switched on, in one process (issue 9: an epoch of about 14 s).
+switched off in turn, and two options switched on, in one process (issue 9: an epoch of about 14 s).
 
     python bench/bench_trained_step.py --run runs/keep/1ff5127cf735767a [--rounds 9 --steps 20]
 
@@ -22,7 +22,10 @@ Variants of one step (Adam, clipping, packed batches, bf16 autocast, as ``miir t
   keeps the deterministic algorithms; every variant runs with them, as ``miir train`` does);
 - ``before``: all three as they were;
 - ``flush``: today's, with subnormal floats flushed to zero (``torch.set_flush_denormal(True)``;
-  measured, not adopted).
+  measured, not adopted);
+- ``keep``: today's, with the loss's softmax kept from the forward pass in bf16
+  (``miir.models.softmax.KEEP_16BIT``, an option, off: the thirty-ninth session found real
+  epochs 1.08x with it while deterministic mode still filled its buffer with NaN).
 
 One torch thread, so that ``torch.set_flush_denormal`` (a mode of the calling thread) switches
 the whole step; the variants alternate in every round (the order reversed every other round)
@@ -53,7 +56,7 @@ from bench_dropout import torch_bits_multipliers
 from bench_softmax import USERS_OF_THE_LOSS, step_fn
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("before", "torch exp", "torch bits", "fill", "today", "flush")
+VARIANTS = ("before", "torch exp", "torch bits", "fill", "today", "flush", "keep")
 
 
 def module_at(rev: str, path: str, name: str):
@@ -81,13 +84,16 @@ def torch_bits(shape, p: float, dtype: torch.dtype, device: torch.device) -> tor
 def variant(name: str, old_softmax) -> Iterator[None]:
     """Within the block the step runs as variant ``name`` (see the module's docstring)."""
     import miir.models.layers as layers
+    import miir.models.softmax as softmax
 
     modules = [sys.modules[m] for m in USERS_OF_THE_LOSS]
     saved = [m.softmax_cross_entropy for m in modules]
     saved_bits = layers.dropout_multipliers
     saved_mode = torch.are_deterministic_algorithms_enabled()
     saved_fill = torch.utils.deterministic.fill_uninitialized_memory
+    saved_keep = softmax.KEEP_16BIT
     try:
+        softmax.KEEP_16BIT = name == "keep"
         torch.use_deterministic_algorithms(True)  # as miir train's Trainer(deterministic=True)
         torch.utils.deterministic.fill_uninitialized_memory = name in ("before", "fill")
         if name in ("before", "torch exp"):
@@ -101,6 +107,7 @@ def variant(name: str, old_softmax) -> Iterator[None]:
         torch.set_flush_denormal(False)
         torch.use_deterministic_algorithms(saved_mode)
         torch.utils.deterministic.fill_uninitialized_memory = saved_fill
+        softmax.KEEP_16BIT = saved_keep
         layers.dropout_multipliers = saved_bits
         for m, f in zip(modules, saved, strict=True):
             m.softmax_cross_entropy = f

@@ -10,6 +10,7 @@ import torch
 
 import miir.models.layers as layers
 import miir.models.miir as miir_model
+import miir.models.softmax as softmax
 from helpers import load_bench
 
 
@@ -39,12 +40,14 @@ def test_variants_swap_what_they_name_and_restore_it() -> None:
             )
             assert ((tiny * 1.0).item() == 0.0) == (name == "flush" and has_mode)
             assert torch.are_deterministic_algorithms_enabled()
+            assert (name == "keep") == softmax.KEEP_16BIT
             assert torch.utils.deterministic.fill_uninitialized_memory == (
                 name in ("before", "fill")
             )
         assert miir_model.softmax_cross_entropy is loss and layers.dropout_multipliers is bits
         assert (tiny * 1.0).item() != 0.0
         assert torch.are_deterministic_algorithms_enabled() == mode  # as before the block
+        assert softmax.KEEP_16BIT is False
         assert torch.utils.deterministic.fill_uninitialized_memory == fill
     with pytest.raises(ValueError, match="bit-table"):
         bench.torch_bits((4, 4), 0.5, torch.float32, torch.device("cpu"))
