@@ -4,10 +4,11 @@ switched off in turn, and two options switched on, in one process (issue 9: an e
     python bench/bench_trained_step.py --run runs/keep/1ff5127cf735767a [--rounds 9 --steps 20]
 
 Why a trained model: the benchmarks before timed steps of a freshly initialised model, whose
-softmaxes are flat; a trained model's are peaked, so its exponentials reach far below 1 and
-its steps run through subnormal floats (below 1.2e-38) and torch's ``exp`` slow path, which a
-fresh model never meets (the guess this bench tested). Real training epochs took longer than their steps timed alone, and
-changes that made those steps faster did not make real epochs faster.
+softmaxes are flat, and without ``miir train``'s deterministic mode; real training epochs took
+longer than their steps timed alone, and changes that made those steps faster did not make
+real epochs faster. A trained model's softmaxes are peaked, so its steps could run through
+subnormal floats (below 1.2e-38), which a fresh model never meets: the ``flush`` variant tests
+that guess (measured: no effect).
 
 Variants of one step (Adam, clipping, packed batches, bf16 autocast, as ``miir train``):
 
@@ -27,13 +28,13 @@ Variants of one step (Adam, clipping, packed batches, bf16 autocast, as ``miir t
   (``miir.models.softmax.KEEP_16BIT``, an option, off: the thirty-ninth session found real
   epochs 1.08x with it while deterministic mode still filled its buffer with NaN).
 
-One torch thread, so that ``torch.set_flush_denormal`` (a mode of the calling thread) switches
-the whole step; the variants alternate in every round (the order reversed every other round)
-on the same batches and masks; the weights keep training throughout, shared by all variants.
-Every batch runs under every variant in turn, the order rotated from batch to batch (this
-machine's speed drifts by tens of percent within seconds: only steps run side by side
-compare). Reported: the median step time, and the median (and quartiles) of the per-step
-ratios to ``before`` and to ``today``. Writes ``trained_step.json`` and ``.md`` under ``--out``.
+One torch thread by default, so that ``torch.set_flush_denormal`` (a mode of the calling thread)
+switches the whole step (``--threads 2``, as ``miir train`` on two cores, leaves ``flush`` out).
+The same batches and masks for every variant; the weights keep training throughout, shared by
+all variants. Every batch runs under every variant in turn, the order rotated from batch to
+batch (this machine's speed drifts by tens of percent within seconds: only steps run side by
+side compare). Reported: the median step time, and the median (and quartiles) of the per-step
+ratios to ``before`` and to ``today``. Writes ``<--name>.json`` and ``.md`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -121,6 +122,14 @@ def main() -> None:
     ap.add_argument("--before", default="c42e404", help="The revision of the earlier loss.")
     ap.add_argument("--steps", type=int, default=20, help="Timed steps per variant and round.")
     ap.add_argument("--rounds", type=int, default=9, help="Interleaved rounds.")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="Torch threads; above 1 the flush variant is left out (the pool's other threads "
+        "keep the mode they started with).",
+    )
+    ap.add_argument("--name", default="trained_step", help="Name of the result files.")
     ap.add_argument("--note", default="", help="Written under the table (the machine's load).")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -132,7 +141,8 @@ def main() -> None:
     from miir.training.data import training_windows
     from miir.training.train import quiet_lightning
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    variants = tuple(v for v in VARIANTS if args.threads == 1 or v != "flush")
     keep_freed_memory()
     quiet_lightning()
     old_softmax = module_at(args.before, "src/miir/models/softmax.py", "softmax_before")
@@ -142,18 +152,18 @@ def main() -> None:
     step = step_fn(model, windows, bf16=True)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(len(windows), (128,), generator=g) for _ in range(args.steps)]
-    for name in VARIANTS:  # warm-up
+    for name in variants:  # warm-up
         with variant(name, old_softmax):
             for i, b in enumerate(batches[:3]):
                 step(b, i)
     # every batch runs under every variant in turn (the order rotated from batch to batch):
     # this machine's speed drifts by tens of percent within seconds, so only steps run side by
     # side compare
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in variants}
     k = 0
     for _ in range(args.rounds):
         for i, b in enumerate(batches):
-            for name in VARIANTS[k % len(VARIANTS) :] + VARIANTS[: k % len(VARIANTS)]:
+            for name in variants[k % len(variants) :] + variants[: k % len(variants)]:
                 with variant(name, old_softmax):
                     times[name].append(step(b, i))
             k += 1
@@ -176,7 +186,7 @@ def main() -> None:
             "ratio_to_before_quartiles": spread(v, "before"),
             "steps": times[v],
         }
-        for v in VARIANTS
+        for v in variants
     ]
     info = run_record(
         run=str(args.run),
@@ -184,7 +194,7 @@ def main() -> None:
         before=args.before,
         steps=args.steps,
         rounds=args.rounds,
-        threads=1,
+        threads=args.threads,
         rows=rows,
         note=args.note,
     )
@@ -195,7 +205,8 @@ def main() -> None:
         "",
         f"The run's best checkpoint (epoch {meta.get('epoch')}), trained on; {args.rounds} "
         f"rounds of the same {args.steps} packed batches of 128 (and masks), each batch under "
-        "every variant in turn, the order rotated; one torch thread, bf16 autocast. s/step: "
+        f"every variant in turn, the order rotated; {args.threads} torch thread(s), bf16 "
+        "autocast. s/step: "
         "the median step; ratios: medians (and quartiles) of the per-step ratios.",
         "",
         "| variant | s/step | ratio to before (quartiles) | ratio to today |",
@@ -209,7 +220,7 @@ def main() -> None:
         )
     if args.note:
         lines += ["", args.note]
-    write_result(Path(args.out), "trained_step", info, lines)
+    write_result(Path(args.out), args.name, info, lines)
 
 
 if __name__ == "__main__":
