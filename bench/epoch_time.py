@@ -185,20 +185,20 @@ def main() -> None:
     from miir.provenance import git_commit, header_line, run_record, write_result
 
     commit = git_commit()  # the code measured (read before the runs)
-    tmp = tempfile.TemporaryDirectory()
-    # variant label -> (form, PYTHONPATH entry or None, commit or None)
-    variants: dict[str, tuple[str, str | None, str | None]] = {}
-    if args.revs:
-        for rev in args.revs.split(","):
-            src, rev_commit = export_src(rev, Path(tmp.name))
-            variants[rev] = (AS_IS, str(src), rev_commit)
-    else:
-        for f in (args.forms or "recompute,keep").split(","):
-            variants[f] = (f, None, None)
-    forms = list(variants)
-    runs: dict[str, list[list[dict[str, float]]]] = {f: [] for f in forms}
-    imported: dict[str, str] = {}
-    with tmp:
+    # the exported revisions live as long as their runs, and go whatever happens
+    with tempfile.TemporaryDirectory() as tmp:
+        # variant label -> (form, PYTHONPATH entry or None, commit or None)
+        variants: dict[str, tuple[str, str | None, str | None]] = {}
+        if args.revs:
+            for rev in args.revs.split(","):
+                src, rev_commit = export_src(rev, Path(tmp))
+                variants[rev] = (AS_IS, str(src), rev_commit)
+        else:
+            for f in (args.forms or "recompute,keep").split(","):
+                variants[f] = (f, None, None)
+        forms = list(variants)
+        runs: dict[str, list[list[dict[str, float]]]] = {f: [] for f in forms}
+        imported: dict[str, str] = {}
         for rep in range(args.reps):
             for f in forms if rep % 2 == 0 else list(reversed(forms)):
                 form_name, path, _ = variants[f]
